@@ -1,0 +1,86 @@
+"""The `convnets` command: the front door, dispatching to the parts.
+
+    convnets demo                          # LeNet-5 on real digits, end to end (what `make demo` runs)
+    convnets models [--json]               # registered models: parameters, GFLOPs, input size
+    convnets shards digits|mnist|imagefolder|verify ...   # write or check webdataset shards
+    convnets fit|validate|test|predict --config configs/X.yaml [--key value ...]   # LightningCLI
+    convnets sweep ablation --config configs/X.yaml        # the seed's ablation study
+
+Exit codes: 0 success, 2 bad input or configuration (one line on stderr), 1 failure during a run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from convnets.data_pipelines.shards_cli import add_shards_subcommands
+    from convnets.platform.demo import add_demo_arguments
+    from convnets.platform.sweep import add_sweep_subcommands
+
+    parser = argparse.ArgumentParser(prog="convnets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI `{name}` (see `convnets {name} --help`)", add_help=False)
+    models = sub.add_parser("models", help="list registered models with parameters and GFLOPs")
+    models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    models.add_argument("--num-classes", type=int, default=1000, help="classes for the counts (default 1000)")
+    add_demo_arguments(sub.add_parser("demo", help="train LeNet-5 on real digits end to end",
+                                      formatter_class=argparse.RawDescriptionHelpFormatter))
+    add_shards_subcommands(sub)
+    add_sweep_subcommands(sub.add_parser("sweep", help="train a family of variants and tabulate them").add_subparsers(
+        dest="sweep_command", metavar="SWEEP", required=True))
+    return parser
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from convnets.platform.lightning_cli import run_lightning
+
+        run_lightning(argv)
+        return 0
+    args = _parser().parse_args(argv)
+    if args.command == "models":
+        from convnets.platform.model_table import models_table
+
+        print(models_table(as_json=args.json, num_classes=args.num_classes))
+        return 0
+    if args.command == "demo":
+        from convnets.platform.demo import run_demo
+
+        return run_demo(args)
+    if args.command == "shards":
+        from convnets.data_pipelines.shards_cli import run_shards_command
+
+        return run_shards_command(args)
+    from convnets.platform.sweep import run_sweep_command
+
+    return run_sweep_command(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except (ValueError, FileNotFoundError) as exc:  # bad input or configuration: one line, exit 2
+        if os.environ.get("CONVNETS_DEBUG"):
+            raise
+        print(f"convnets: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

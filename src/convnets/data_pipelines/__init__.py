@@ -1,0 +1,1 @@
+"""Images -> webdataset shards (+ DALI .idx + manifest.json) -> DALI pipeline -> DataModule."""

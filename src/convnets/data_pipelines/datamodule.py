@@ -1,0 +1,150 @@
+"""LightningDataModule over webdataset shards, read through the DALI graph on each rank.
+
+Rank and world size come from the Trainer (never the environment). The network's input facts
+(channels, size, mean/std, crop fraction) come from the LightningModule's `input_spec`, which
+the platform derives from the model registry, so a config never repeats them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from convnets.data_pipelines.augment import AugmentSpec, InputSpec, eval_crop_count
+from convnets.data_pipelines.dali_loader import DaliLoader, DataError, LoaderConfig
+from convnets.data_pipelines.shard_reader import check_shard_sizes, read_labels
+from convnets.data_pipelines.shards import Manifest, SampleIndex, load_sample_index, read_manifest
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Train/val/test splits of a shard folder (`DIR/train`, `DIR/val`, optionally `DIR/test`)."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_threads: int = 2,
+        seed: int = 0,
+        device: Literal["auto", "cpu", "gpu"] = "auto",
+        augment: Literal["pad", "scale"] = "scale",
+        min_area: float = 0.08,
+        test_crops: int | None = None,
+        test_split: str | None = None,
+        input_spec: InputSpec | None = None,
+    ) -> None:
+        """
+        Args:
+            data_dir: folder written by `convnets shards` (one subfolder per split).
+            batch_size: per-rank training batch (the global batch is this times the world size).
+            eval_batch_size: per-rank batch for validation and test (default: batch_size).
+            num_threads: DALI worker threads per rank (decoding + augmentation).
+            seed: shuffle and augmentation seed; epoch e of a run is the same wherever it runs.
+            device: "cpu" decodes on the CPU, "gpu" with nvJPEG on the rank's GPU, "auto" picks
+                gpu when the Trainer runs on CUDA.
+            augment: "pad" (small centred images such as digits: random shifts inside a padded
+                window) or "scale" (natural images: random-resized crop, shorter-side resize at eval).
+            min_area: smallest area fraction of the random-resized crop ("scale" only).
+            test_crops: crops per test image: 1, 5 (corners + centre) or 10 (and their mirrors);
+                default 10 where the dataset allows flips, else 5.
+            test_split: split used by `test` (default: "test" when present, else "val").
+            input_spec: the network's input facts; default: the LightningModule's `input_spec`.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["input_spec"])
+        self.data_dir = Path(data_dir)
+        self.input_spec = input_spec
+        self.manifests: dict[str, Manifest] = {}
+        self._splits: dict[str, tuple[SampleIndex, np.ndarray]] = {}
+
+    # -- facts the platform reads before building the model -------------------------------------
+    def manifest(self, split: str) -> Manifest:
+        if split not in self.manifests:
+            folder = self.data_dir / split
+            if not self.data_dir.is_dir():
+                raise DataError(f"data_dir {self.data_dir} does not exist (write it with `convnets shards ...`)")
+            self.manifests[split] = read_manifest(folder)
+        return self.manifests[split]
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest("train").num_classes
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest("train").classes)
+
+    @property
+    def test_split_name(self) -> str:
+        if self.hparams.test_split:
+            return self.hparams.test_split
+        return "test" if (self.data_dir / "test" / "manifest.json").exists() else "val"
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        needed = {"fit": ["train", "val"], "validate": ["val"], "test": [self.test_split_name]}.get(stage, [])
+        for split in needed:
+            self._load(split)
+
+    def _load(self, split: str) -> None:
+        if split in self._splits:
+            return
+        manifest = self.manifest(split)
+        if manifest.num_classes != self.num_classes:
+            raise DataError(f"{self.data_dir / split}: {manifest.num_classes} classes, but train has {self.num_classes}")
+        check_shard_sizes(self.data_dir / split, manifest)
+        index = load_sample_index(self.data_dir / split)
+        # Every rank reads and checks every label up front (a few bytes each): a bad label
+        # stops all ranks at once, before any collective, instead of one rank mid-epoch.
+        labels = read_labels(index, num_classes=manifest.num_classes)
+        self._splits[split] = (index, labels)
+
+    def train_dataloader(self) -> DaliLoader:
+        return self._loader("train", train=True, crops=1)
+
+    def val_dataloader(self) -> DaliLoader:
+        return self._loader("val", train=False, crops=1)
+
+    def test_dataloader(self) -> DaliLoader:
+        flip = self.manifest(self.test_split_name).flip_ok
+        crops = eval_crop_count(self.hparams.test_crops, flip=flip)
+        return self._loader(self.test_split_name, train=False, crops=crops)
+
+    # -- building blocks ------------------------------------------------------------------------
+    def augment_spec(self, split: str) -> AugmentSpec:
+        spec = self.input_spec or getattr(self.trainer.lightning_module, "input_spec", None)
+        if spec is None:
+            raise ValueError("ShardDataModule needs an input_spec (from the model or the constructor)")
+        hp = self.hparams
+        if hp.augment == "pad":  # the image fills crop_fraction of the window (28 of 32 for digits)
+            resize = round(spec.image_size * spec.crop_fraction)
+        else:  # eval resizes the shorter side so that the crop keeps crop_fraction of it (256 for 224)
+            resize = round(spec.image_size / spec.crop_fraction)
+        flip = self.manifest(split).flip_ok
+        return AugmentSpec(spec=spec, mode=hp.augment, resize=resize, flip=flip, area=(hp.min_area, 1.0))
+
+    def _device_id(self) -> int | None:
+        wanted = self.hparams.device
+        root = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if wanted == "gpu" and root.type != "cuda":
+            raise ValueError("data.device=gpu needs the Trainer on a CUDA device (trainer.accelerator=gpu)")
+        if wanted == "cpu" or root.type != "cuda":
+            return None
+        return root.index or 0
+
+    def _loader(self, split: str, *, train: bool, crops: int) -> DaliLoader:
+        self._load(split)
+        index, labels = self._splits[split]
+        hp, trainer = self.hparams, self.trainer
+        cfg = LoaderConfig(
+            train=train, crops=crops,
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            num_threads=hp.num_threads, device_id=self._device_id(), seed=hp.seed,
+            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+        )
+        return DaliLoader(index, labels, self.augment_spec(split), cfg,
+                          epoch_fn=lambda: trainer.current_epoch if trainer else 0)

@@ -1,0 +1,96 @@
+"""`convnets shards ...`: argparse wiring for writing and verifying shards.
+
+    convnets shards imagefolder SRC OUT [--val-fraction 0.1] [--shard-size 1000] [--seed 0]
+    convnets shards mnist SRC OUT [--n-train 8000] [--shard-size 1000] [--seed 0]
+    convnets shards digits OUT [--val-fraction 0.2] [--shard-size 1000] [--seed 0]
+    convnets shards verify OUT [--deep]      (OUT: a split folder, or a folder of split folders)
+
+The front door calls add_shards_subcommands(subparsers) and, for args.command == "shards",
+run_shards_command(args); errors are ValueError (ShardError included) with a one-line message.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from convnets.data_pipelines.shards import MANIFEST, Manifest, ShardError, VerifyReport, verify_shards, write_shards
+from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, MnistSource, Source
+
+log = logging.getLogger(__name__)
+
+
+def _add_write_options(parser: argparse.ArgumentParser, *, val_fraction: float | None) -> None:
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and of the shuffle (default: 0)")
+    if val_fraction is not None:
+        parser.add_argument("--val-fraction", type=float, default=val_fraction,
+                            help=f"stratified val share when there is no val/ folder (default: {val_fraction})")
+
+
+def add_shards_subcommands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `shards {imagefolder,mnist,digits,verify}` to a parent's subparsers; returns the `shards` parser."""
+    shards = subparsers.add_parser("shards", help="write or verify webdataset shards (+ DALI .idx + manifest.json)")
+    sub = shards.add_subparsers(dest="shards_command", required=True, metavar="{imagefolder,mnist,digits,verify}")
+    folder = sub.add_parser("imagefolder", help="SRC/<class>/<image> or SRC/{train,val}/<class>/<image>")
+    folder.add_argument("src", type=Path)
+    folder.add_argument("out", type=Path)
+    _add_write_options(folder, val_fraction=0.1)
+    mnist = sub.add_parser("mnist", help="MNIST idx files (.gz or plain) in SRC")
+    mnist.add_argument("src", type=Path)
+    mnist.add_argument("out", type=Path)
+    mnist.add_argument("--n-train", type=int, default=8000,
+                       help="with only the t10k set present: its first N are train, the rest val (default: 8000)")
+    _add_write_options(mnist, val_fraction=None)
+    digits = sub.add_parser("digits", help="scikit-learn's bundled 8x8 digits (1,797 images)")
+    digits.add_argument("out", type=Path)
+    _add_write_options(digits, val_fraction=0.2)
+    verify = sub.add_parser("verify", help="check shards against manifest.json (sha256, counts, .idx, labels)")
+    verify.add_argument("out", type=Path)
+    verify.add_argument("--deep", action="store_true", help="also decode every image")
+    return shards
+
+
+def _source(args: argparse.Namespace) -> Source:
+    if args.shards_command == "imagefolder":
+        return ImageFolderSource(root=args.src, val_fraction=args.val_fraction, seed=args.seed)
+    if args.shards_command == "mnist":
+        return MnistSource(root=args.src, n_train=args.n_train)
+    if args.shards_command == "digits":
+        return DigitsSource(val_fraction=args.val_fraction, seed=args.seed)
+    raise ValueError(f"unknown shards command {args.shards_command!r}; choose imagefolder, mnist, digits or verify")
+
+
+def split_dirs(out: Path) -> list[Path]:
+    """[out] if it is a split folder, else its split subfolders; a subfolder without a manifest is an error."""
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        return [out]
+    if not out.is_dir():
+        raise ShardError(f"{out}: not a directory")
+    found = []
+    for sub in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (sub / MANIFEST).is_file():  # write_shards made this folder: without a manifest it is unfinished
+            raise ShardError(f"{sub / MANIFEST}: missing (an incomplete write); rerun `convnets shards ...`")
+        found.append(sub)
+    if not found:
+        raise ShardError(f"{out}: no {MANIFEST} in it or in any subfolder; not a shard folder")
+    return found
+
+
+def verify_output(out: Path, *, deep: bool = False) -> list[VerifyReport]:
+    return [verify_shards(split_dir, deep=deep) for split_dir in split_dirs(out)]
+
+
+def run_shards_command(args: argparse.Namespace) -> int:
+    """Run a parsed `convnets shards ...` command; returns 0 or raises ValueError/ShardError (one line)."""
+    if args.shards_command == "verify":
+        for report in verify_output(args.out, deep=args.deep):
+            log.info("%s: OK, %d shards, %d samples%s", report.split_dir, report.num_shards, report.num_samples,
+                     ", every image decoded" if report.deep else "")
+        return 0
+    manifests: dict[str, Manifest] = write_shards(_source(args), args.out, shard_size=args.shard_size, seed=args.seed)
+    for split, manifest in manifests.items():
+        log.info("%s: %d samples, %d classes, %d shards", Path(args.out) / split, manifest.num_samples,
+                 manifest.num_classes, len(manifest.shards))
+    return 0

@@ -1,0 +1,279 @@
+"""Labelled image sources that `shards.write_shards` turns into webdataset shards.
+
+A source has `classes` (names in label order), `flip_ok` (False for digits: a mirrored 2 is not a 2),
+`description` (one line for the manifest) and `splits()`: split name -> list of `Sample`. Samples are
+lazy (`read()` loads and encodes one image) so that a million-file tree can be listed and shuffled
+without holding the images in memory (ImageNet train is about 140 GB of JPEG).
+
+Three sources: an ImageFolder tree, the MNIST idx files and scikit-learn's bundled 8x8 digits.
+Every problem (missing file, bad header, undecodable image) raises ValueError naming the file.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MNIST_IMAGES_MAGIC = 2051  # idx3: unsigned bytes, 3 dimensions
+MNIST_LABELS_MAGIC = 2049  # idx1: unsigned bytes, 1 dimension
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample:
+    """One labelled image; `read()` returns (encoded bytes, "jpg" or "png")."""
+
+    key: str  # where it came from, for error messages: a path, or "t10k-images-idx3-ubyte.gz[17]"
+    label: int
+    read: Callable[[], tuple[bytes, str]] = field(repr=False, compare=False)
+
+
+class Source(Protocol):
+    classes: list[str]
+    flip_ok: bool
+    description: str
+
+    def splits(self) -> dict[str, list[Sample]]: ...
+
+
+def stratified_split(labels: np.ndarray, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices), each class split round(n * val_fraction) to val, seeded."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(len(members) * val_fraction))
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def encode_gray_png(pixels: np.ndarray) -> bytes:
+    """A 2-D uint8 array as grayscale PNG bytes (deterministic: same pixels, same bytes)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_image_file(path: Path) -> tuple[bytes, str]:
+    """JPEG and PNG bytes verbatim (no re-encode, no quality loss); other formats re-encoded as PNG.
+
+    The format is sniffed from the magic bytes, not the suffix: ImageNet has PNGs and CMYK files named .JPEG.
+    """
+    data = path.read_bytes()
+    ext = "jpg" if data.startswith(JPEG_MAGIC) else "png" if data.startswith(PNG_MAGIC) else None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if ext is not None:
+                image.verify()  # header and structure only: microseconds, not a full decode
+                return data, ext
+            image.load()
+            mode = "L" if image.mode in ("1", "L", "LA") else "RGB"
+            buf = io.BytesIO()
+            image.convert(mode).save(buf, format="PNG")
+            return buf.getvalue(), "png"
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: not a decodable image ({type(exc).__name__}: {exc})") from None
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _list_images(class_dir: Path) -> list[Path]:
+    """Every non-hidden file under class_dir (recursively), sorted so listings are reproducible."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        files.extend(Path(dirpath) / f for f in filenames if not _is_hidden(f))
+    return sorted(files)
+
+
+def _class_dirs(tree: Path) -> dict[str, Path]:
+    """Class name -> folder for <tree>/<class>/; a stray file at the top level is an error."""
+    if not tree.is_dir():
+        raise ValueError(f"{tree}: not a directory (expected an ImageFolder tree <root>/<class>/<image>)")
+    dirs = {}
+    for entry in sorted(tree.iterdir()):
+        if _is_hidden(entry.name):
+            continue
+        if not entry.is_dir():
+            raise ValueError(f"{entry}: a file directly under {tree}; expected <root>/<class>/<image>")
+        dirs[entry.name] = entry
+    if not dirs:
+        raise ValueError(f"{tree}: no class folders (expected <root>/<class>/<image>)")
+    return dirs
+
+
+def _tree_samples(tree: Path, class_index: dict[str, int], *, require_images: bool) -> list[Sample]:
+    samples = []
+    for name, class_dir in _class_dirs(tree).items():
+        if name not in class_index:
+            raise ValueError(f"{class_dir}: class {name!r} is not among the train classes; "
+                             "add it to train/ or remove it")
+        images = _list_images(class_dir)
+        if require_images and not images:
+            raise ValueError(f"{class_dir}: class folder has no images")
+        samples.extend(Sample(key=str(p), label=class_index[name], read=partial(read_image_file, p)) for p in images)
+    return samples
+
+
+@dataclass(kw_only=True)
+class ImageFolderSource:
+    """<root>/<class>/<image>, or <root>/train/<class>/... plus <root>/val/<class>/... when both exist.
+
+    Without train/ and val/ the one tree is split stratified by `val_fraction` with `seed`.
+    """
+
+    root: Path
+    val_fraction: float = 0.1
+    seed: int = 0
+    flip_ok: bool = True
+    classes: list[str] = field(init=False)
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        has_train, has_val = (self.root / "train").is_dir(), (self.root / "val").is_dir()
+        if has_train != has_val:
+            missing = "val" if has_train else "train"
+            present = "train" if has_train else "val"
+            raise ValueError(f"{self.root}: has {present}/ but no {missing}/; "
+                             "provide both or a plain <root>/<class>/ tree")
+        self._presplit = has_train
+        self.classes = sorted(_class_dirs(self.root / "train" if has_train else self.root))
+        how = "train/ + val/" if has_train else f"val_fraction={self.val_fraction}, seed={self.seed}"
+        self.description = f"imagefolder {self.root.resolve()} ({how})"
+
+    def splits(self) -> dict[str, list[Sample]]:
+        class_index = {name: i for i, name in enumerate(self.classes)}
+        if self._presplit:
+            train = _tree_samples(self.root / "train", class_index, require_images=True)
+            return {"train": train, "val": _tree_samples(self.root / "val", class_index, require_images=False)}
+        samples = _tree_samples(self.root, class_index, require_images=True)
+        labels = np.array([s.label for s in samples])
+        train_idx, val_idx = stratified_split(labels, val_fraction=self.val_fraction, seed=self.seed)
+        return {"train": [samples[i] for i in train_idx], "val": [samples[i] for i in val_idx]}
+
+
+def _read_idx_file(path: Path, *, magic: int, header: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """(dims, flat uint8 payload) of an idx file (gzip or plain), validating magic and length."""
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path}: unreadable or truncated ({type(exc).__name__}: {exc})") from None
+    size = struct.calcsize(header)
+    if len(data) < size:
+        raise ValueError(f"{path}: truncated header ({len(data)} bytes, expected at least {size})")
+    found, *dims = struct.unpack(header, data[:size])
+    if found != magic:
+        raise ValueError(f"{path}: bad magic {found} (expected {magic}); not an MNIST idx file of this kind")
+    expected = size + int(np.prod(dims))
+    if len(data) != expected:
+        raise ValueError(f"{path}: {len(data)} bytes but the header {tuple(dims)} needs {expected}; "
+                         "truncated or corrupt")
+    return tuple(dims), np.frombuffer(data, dtype=np.uint8, offset=size)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def load_mnist_set(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray, Path] | None:
+    """(images N x 28 x 28 uint8, labels N uint8, images path) for prefix "train" or "t10k"; None if absent."""
+    images_path = _find_idx(root, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find_idx(root, f"{prefix}-labels-idx1-ubyte")
+    if images_path is None and labels_path is None:
+        return None
+    if images_path is None or labels_path is None:
+        raise ValueError(f"{root}: has {(images_path or labels_path).name} but not its {prefix} images/labels partner")
+    (n, rows, cols), pixels = _read_idx_file(images_path, magic=MNIST_IMAGES_MAGIC, header=">IIII")
+    (n_labels,), labels = _read_idx_file(labels_path, magic=MNIST_LABELS_MAGIC, header=">II")
+    if n != n_labels:
+        raise ValueError(f"{labels_path}: {n_labels} labels but {images_path.name} has {n} images")
+    if (rows, cols) != (28, 28):
+        raise ValueError(f"{images_path}: images are {rows}x{cols}, expected 28x28")
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"{labels_path}: label {int(labels.max())} outside 0-9")
+    return pixels.reshape(n, rows, cols), labels, images_path
+
+
+def _array_samples(images: np.ndarray, labels: np.ndarray, origin: str, indices: np.ndarray) -> list[Sample]:
+    def encode(i: int) -> tuple[bytes, str]:
+        return encode_gray_png(images[i]), "png"
+
+    return [Sample(key=f"{origin}[{i}]", label=int(labels[i]), read=partial(encode, int(i))) for i in indices]
+
+
+@dataclass(kw_only=True)
+class MnistSource:
+    """MNIST idx files in `root`; with only the t10k set present, its first `n_train` are train, the rest val."""
+
+    root: Path
+    n_train: int = 8000
+    flip_ok: bool = field(init=False, default=False)  # a mirrored digit is a different glyph
+    classes: list[str] = field(init=False, default_factory=lambda: [str(d) for d in range(10)])
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if _find_idx(self.root, "train-images-idx3-ubyte") is not None:
+            how = "train: train-*, val: t10k-*"
+        else:
+            how = f"t10k only: first {self.n_train} train, the rest val"
+        self.description = f"mnist {self.root.resolve()} ({how})"
+
+    def splits(self) -> dict[str, list[Sample]]:
+        test = load_mnist_set(self.root, "t10k")
+        if test is None:
+            raise ValueError(f"{self.root}: no t10k-images-idx3-ubyte(.gz) / t10k-labels-idx1-ubyte(.gz)")
+        images, labels, path = test
+        train = load_mnist_set(self.root, "train")
+        if train is not None:
+            return {"train": _array_samples(train[0], train[1], train[2].name, np.arange(len(train[1]))),
+                    "val": _array_samples(images, labels, path.name, np.arange(len(labels)))}
+        if not 0 < self.n_train < len(labels):
+            raise ValueError(f"n_train={self.n_train} must be in [1, {len(labels) - 1}] "
+                             f"for {path} ({len(labels)} images)")
+        return {"train": _array_samples(images, labels, path.name, np.arange(self.n_train)),
+                "val": _array_samples(images, labels, path.name, np.arange(self.n_train, len(labels)))}
+
+
+@dataclass(kw_only=True)
+class DigitsSource:
+    """scikit-learn's bundled digits: 1,797 real 8x8 scans, values 0..16, stored as 8x8 PNG scaled to 0..255."""
+
+    val_fraction: float = 0.2
+    seed: int = 0
+    flip_ok: bool = field(init=False, default=False)
+    classes: list[str] = field(init=False, default_factory=lambda: [str(d) for d in range(10)])
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.description = f"sklearn digits (1797 8x8 images, val_fraction={self.val_fraction}, seed={self.seed})"
+
+    def splits(self) -> dict[str, list[Sample]]:
+        from sklearn.datasets import load_digits  # imported here: sklearn costs ~1 s to import
+
+        digits = load_digits()
+        images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+        labels = digits.target.astype(np.int64)
+        train_idx, val_idx = stratified_split(labels, val_fraction=self.val_fraction, seed=self.seed)
+        return {"train": _array_samples(images, labels, "sklearn-digits", train_idx),
+                "val": _array_samples(images, labels, "sklearn-digits", val_idx)}

@@ -1,0 +1,1 @@
+"""Training platform: LightningModule, callbacks, the LightningCLI subclass, demo, evaluate, bench."""

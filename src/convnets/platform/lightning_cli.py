@@ -1,0 +1,83 @@
+"""`convnets fit|validate|test|predict`: LightningCLI over ClassifierModule and ShardDataModule.
+
+Every `__init__` argument is a flag and a YAML key (`--model.arch`, `--data.batch_size`,
+`--trainer.devices`). Each run gets a folder `runs/<run_name>/` with its checkpoints (last and
+best), the resolved config, run_info.json (versions, git revision), the W&B run (offline unless
+credentials exist), metrics.json and plots.
+
+    convnets fit --config configs/lenet5_digits.yaml                      # 1 process
+    convnets fit --config configs/lenet5_mnist.yaml --trainer.devices 2 \\
+        --trainer.strategy ddp --trainer.accelerator cpu                   # 2 CPU processes
+    convnets fit --config configs/alexnet_imagenet.yaml --trainer.devices 8 # 8 GPUs
+    convnets test --config configs/lenet5_digits.yaml --ckpt_path runs/NAME/checkpoints/last.ckpt
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import WandbLogger
+from typing_extensions import override
+
+from convnets.data_pipelines.datamodule import ShardDataModule
+from convnets.platform.callbacks import RunRecorder, RunReport, ThroughputMonitor
+from convnets.platform.module import ClassifierModule
+from convnets.platform.tracking import wandb_offline
+
+RUN_NAME_ENV = "CONVNETS_RUN_NAME"  # DDP ranks re-run the command line: they must agree on the folder
+
+
+def default_run_name(arch: str) -> str:
+    name = os.environ.get(RUN_NAME_ENV) or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.environ[RUN_NAME_ENV] = name  # inherited by the rank processes Lightning launches
+    return name
+
+
+class ConvnetsCLI(LightningCLI):
+    """LightningCLI with the run folder, W&B and the checkpoint policy filled in."""
+
+    @override
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_name", type=str | None, default=None, help="run folder name (default: ARCH-TIME)")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="parent of the run folders")
+        parser.add_argument("--wandb_project", type=str, default="convnets", help="W&B project")
+
+    def run_dir(self) -> Path:
+        cfg = self.config[self.subcommand]
+        return Path(cfg["runs_dir"]) / (cfg["run_name"] or default_run_name(cfg["model"]["arch"]))
+
+    @override
+    def instantiate_trainer(self, **kwargs):
+        run_dir = self.run_dir()
+        cfg = self.config_init[self.subcommand]
+        trainer_cfg = cfg["trainer"]
+        throughput = ThroughputMonitor()
+        callbacks = list(trainer_cfg.get("callbacks") or []) + [
+            ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val_top1",
+                            mode="max", save_last=True, save_top_k=1, auto_insert_metric_name=False),
+            throughput,
+            RunRecorder(run_dir, self.config[self.subcommand].as_dict()),
+            RunReport(run_dir, throughput),
+        ]
+        kwargs["callbacks"] = callbacks
+        kwargs["default_root_dir"] = str(run_dir)
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = WandbLogger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),
+                                           offline=wandb_offline(), log_model=False)
+        return super().instantiate_trainer(**kwargs)
+
+
+def run_lightning(argv: list[str]) -> None:
+    ConvnetsCLI(
+        ClassifierModule,
+        ShardDataModule,
+        args=argv,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"max_epochs": 10, "log_every_n_steps": 10},
+        parser_kwargs={"description": __doc__},
+        auto_configure_optimizers=False,
+    )
