@@ -15,3 +15,32 @@ def shared_data(sub: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is absent (only present in the project's workspace and CI)")
     return path
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory) -> Path:
+    """sklearn's real digits written as shards once per test session (about a second)."""
+    from convnets.data_pipelines.shards import write_shards
+    from convnets.data_pipelines.sources import DigitsSource
+
+    out = tmp_path_factory.mktemp("digits_shards")
+    write_shards(DigitsSource(), out, shard_size=300, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def imagenette_small_shards(tmp_path_factory) -> Path:
+    """12 real Imagenette JPEGs from each of 3 classes per split, as shards (read in place)."""
+    from convnets.data_pipelines.shards import write_shards
+    from convnets.data_pipelines.sources import ImageFolderSource
+
+    root = shared_data("imagenette")
+    tree = tmp_path_factory.mktemp("imagenette_small")
+    for split in ("train", "val"):
+        for class_dir in sorted((root / split).iterdir())[:3]:
+            (tree / split / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:12]:
+                (tree / split / class_dir.name / image.name).symlink_to(image)
+    out = tmp_path_factory.mktemp("imagenette_small_shards")
+    write_shards(ImageFolderSource(root=tree), out, shard_size=10, seed=0)
+    return out

@@ -27,7 +27,7 @@ from convnets.data_pipelines.shards import (
 )
 from convnets.data_pipelines.shards_cli import add_shards_subcommands, run_shards_command, verify_output
 from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, MnistSource, Sample, encode_gray_png
-from conftest import shared_data
+from tests.conftest import shared_data
 
 MNIST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # ../shared/data/README.md
 

@@ -36,13 +36,13 @@ class ShardSource:
         self.files = ShardFiles(index)
         self.recent: deque[np.ndarray] = deque(maxlen=4)  # batches DALI may still be decoding
 
-    def __call__(self, info) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    def __call__(self, info) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         if info.iteration >= self.plan.steps:
             raise StopIteration
         idx, valid = self.plan.batch(info.iteration)
         self.recent.append(idx)
         images = [np.frombuffer(self.files.image(int(i)), dtype=np.uint8) for i in idx]
-        return images, self.labels[idx], valid.astype(np.uint8)
+        return images, self.labels[idx], valid.astype(np.uint8), idx
 
     def find_undecodable(self) -> str | None:
         """After a decode failure: name the first recent sample PIL cannot decode either."""
@@ -73,7 +73,10 @@ class LoaderConfig:
 
 
 class DaliLoader:
-    """Iterable of batches {"images", "labels", "valid"}; len() = steps per epoch on every rank."""
+    """Iterable of batches {"images", "labels", "valid", "index"}; len() = steps per epoch on every rank.
+
+    "index" is each sample's position in its split (shard order), for per-sample results.
+    """
 
     def __init__(
         self, index: SampleIndex, labels: np.ndarray, aug: AugmentSpec, cfg: LoaderConfig,
@@ -102,7 +105,7 @@ class DaliLoader:
         )
         try:
             iterator = DALIGenericIterator(
-                pipe, ["images", "labels", "valid"], last_batch_policy=LastBatchPolicy.PARTIAL,
+                pipe, ["images", "labels", "valid", "index"], last_batch_policy=LastBatchPolicy.PARTIAL,
                 auto_reset=False, prepare_first_batch=False,
             )
             yield from _batches(iterator, source)
@@ -124,4 +127,5 @@ def _batches(iterator: DALIGenericIterator, source: ShardSource) -> Iterator[dic
             raise DataError(f"DALI failed while reading the shards: {str(exc).strip().splitlines()[0]}") from None
         out["labels"] = out["labels"].long().view(-1)
         out["valid"] = out["valid"].bool().view(-1)
+        out["index"] = out["index"].long().view(-1)
         yield out

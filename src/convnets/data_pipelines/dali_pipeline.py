@@ -33,10 +33,10 @@ def _normalize(images, aug: AugmentSpec, device: str, *, pos=(0.5, 0.5), mirror=
         mirror=mirror,
         mean=aug.mean255,
         std=aug.std255,
-        # "pad" lets a window larger than the image shift it around (mode "pad"); the fill is a
-        # raw pixel value, so 0 is black: the background of digits.
+        # "pad" lets a window larger than the image shift it around (mode "pad"). The fill lands
+        # in the normalized output, so -mean/std is a black pixel: the background of digits.
         out_of_bounds_policy="pad",
-        fill_values=0.0,
+        fill_values=[-m / s for m, s in zip(aug.spec.mean, aug.spec.std)],
     )
 
 
@@ -77,19 +77,19 @@ def build_pipeline(
     device_id: int | None,
     seed: int,
 ) -> Pipeline:
-    """Build (not yet run) the pipeline. Outputs: images, labels (int64), valid (uint8)."""
+    """Build (not yet run) the pipeline. Outputs: images, labels (int64), valid (uint8), index (int64)."""
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
     def graph():
-        encoded, labels, valid = fn.external_source(
-            source=source, num_outputs=3, batch=True, batch_info=True,
-            dtype=[types.UINT8, types.INT64, types.UINT8],
+        encoded, labels, valid, index = fn.external_source(
+            source=source, num_outputs=4, batch=True, batch_info=True,
+            dtype=[types.UINT8, types.INT64, types.UINT8, types.INT64],
         )
         decoder = "cpu" if device_id is None else "mixed"
         device = "cpu" if device_id is None else "gpu"
         color = types.GRAY if aug.spec.channels == 1 else types.RGB
         images = fn.decoders.image(encoded, device=decoder, output_type=color)
         images = _train_images(images, aug, device) if train else _eval_images(images, aug, device, crops)
-        return images, labels, valid
+        return images, labels, valid, index
 
     return graph()
