@@ -1,6 +1,7 @@
 """Callbacks: throughput, the run record, metrics.json + history, and the run's pictures."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -58,7 +59,11 @@ class ThroughputMonitor(pl.Callback):
 
 
 class RunRecorder(pl.Callback):
-    """Writes run_info.json (resolved config, versions, git revision) into the run folder and W&B."""
+    """Records what produced the run (resolved config, versions, git revision), per stage.
+
+    Written to run_info.json in the run folder and next to the checkpoints, keyed by stage
+    ("fit", "test", ...) so that testing a checkpoint does not erase how it was trained.
+    """
 
     def __init__(self, run_dir: Path, config: dict) -> None:
         self.run_dir, self.config = Path(run_dir), config
@@ -66,7 +71,10 @@ class RunRecorder(pl.Callback):
     @rank_zero_only
     def _record(self, trainer: pl.Trainer) -> None:
         info = run_info(self.config)
-        write_json(self.run_dir / "run_info.json", info)
+        for path in (self.run_dir / "run_info.json", self.run_dir / "checkpoints" / "run_info.json"):
+            record = json.loads(path.read_text()) if path.exists() else {}
+            record[trainer.state.fn.value if trainer.state.fn else "run"] = info
+            write_json(path, record)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(
@@ -143,8 +151,6 @@ class RunReport(pl.Callback):
         existing = self.run_dir / "metrics.json"
         payload: dict = {}
         if existing.exists():  # `convnets test` after `convnets fit` adds to the same file
-            import json
-
             payload = json.loads(existing.read_text())
         payload.update(self.metrics)
         if self.history:

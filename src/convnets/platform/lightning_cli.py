@@ -14,6 +14,7 @@ credentials exist), metrics.json and plots.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -74,7 +75,8 @@ def run_lightning(argv: list[str]) -> None:
     ConvnetsCLI(
         ClassifierModule,
         ShardDataModule,
-        args=argv,
+        # None: LightningCLI reads sys.argv itself (and does not warn that both were given).
+        args=None if argv == sys.argv[1:] else argv,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"max_epochs": 10, "log_every_n_steps": 10},
