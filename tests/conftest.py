@@ -9,6 +9,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip, with the reason, what this machine cannot run: GPU tests without CUDA, DALI tests without DALI."""
+    import importlib.util
+
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine: pytest -m gpu)")
+    no_dali = pytest.mark.skip(reason="nvidia-dali is not installed")
+    has_dali = importlib.util.find_spec("nvidia.dali") is not None
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "dali" in item.keywords and not has_dali:
+            item.add_marker(no_dali)
+
+
 def shared_data(sub: str) -> Path:
     """Path to ../shared/data/<sub>; skips the test (with the reason) when it is missing."""
     path = SHARED_DATA / sub

@@ -23,7 +23,7 @@ from convnets.data_pipelines.shards import write_shards
 from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, MnistSource
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-DEFAULT_EPOCHS = {"digits": 30, "mnist": 12, "imagefolder": 10}
+DEFAULT_EPOCHS = {"digits": 40, "mnist": 12, "imagefolder": 10}
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits", help="digits | mnist:PATH | imagefolder:PATH (default: digits)")
     parser.add_argument("--out", type=Path, default=None, help="folder for everything the demo makes (default: runs/demo-<data>)")
     parser.add_argument("--arch", default=None, help="model (default: lenet5; alexnet_small for imagefolder)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30 digits, 12 mnist)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40 digits, 12 mnist)")
     parser.add_argument("--devices", type=int, default=2, help="DDP processes (default: 2)")
     parser.add_argument("--accelerator", default="cpu", help="cpu or gpu (default: cpu)")
 
