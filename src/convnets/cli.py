@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -75,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a failure during the run: the traceback, then one summary line
+        traceback.print_exc()
+        print(f"convnets: failed: {_failure_summary(exc)}", file=sys.stderr)
+        return 1
+
+
+def _failure_summary(exc: BaseException) -> str:
+    line = f"{type(exc).__name__}: {_one_line(exc)}"
+    if "Connection closed by peer" in line or "Connection reset by peer" in line:
+        return "another DDP rank stopped (its own error is printed above): " + line
+    return line
 
 
 def _one_line(exc: BaseException) -> str:
