@@ -31,7 +31,7 @@ class OptimConfig:
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     step_epochs: int = 30  # "step": multiply by gamma every step_epochs (AlexNet: /10 on plateau)
     gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warm-up from lr/10, for large global batches
+    warmup_epochs: float = 0.0  # linear warm-up from lr/10 over this many epochs (per step)
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -159,16 +159,19 @@ class ClassifierModule(pl.LightningModule):
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(o, e, epochs))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # Stepped every batch, in fractional epochs: a warm-up ramps smoothly (an epoch-wise ramp
+        # jumps 10x at its end, enough to blow up an AlexNet without LRN at lr 0.03).
+        steps_per_epoch = max(int(self.trainer.estimated_stepping_batches) // epochs, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(o, s / steps_per_epoch, epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def lr_factor(o: OptimConfig, epoch: int, epochs: int) -> float:
-    """Multiplier of the base learning rate at the start of `epoch` (0-based)."""
+def lr_factor(o: OptimConfig, epoch: float, epochs: int) -> float:
+    """Multiplier of the base learning rate at (fractional, 0-based) `epoch`."""
     if epoch < o.warmup_epochs:
         return 0.1 + 0.9 * epoch / o.warmup_epochs
     if o.schedule == "step":
-        return o.gamma ** (epoch // o.step_epochs)
+        return o.gamma ** (int(epoch) // o.step_epochs)
     if o.schedule == "cosine":
         span = max(epochs - o.warmup_epochs, 1)
         return 0.5 * (1 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
