@@ -69,7 +69,7 @@ def test_sweep_tabulates_exact_params_and_resumes(tmp_path, imagenette_small_sha
 
     markdown = (out / "ablation.md").read_text()
     assert all(f"| {name} |" in markdown for name in VARIANT_NAMES)
-    assert f"| {by_name['no_fc7']['params']:,} |" in markdown and "+1.1" in markdown
+    assert f"| {by_name['no_fc7']['params']:,} |" in markdown and "1.1% drop in performance" in markdown
     assert markdown.strip() in result.stdout  # the table is printed at the end
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "wandb").glob("offline-run-*")), "the W&B summary run is missing"
