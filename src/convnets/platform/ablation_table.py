@@ -65,7 +65,7 @@ def markdown_table(rows: list[dict], title: str) -> str:
         f"### {title}",
         "",
         "| variant | what changed | parameters | top-1 | top-5 | Δ top-1 err (pts) | Δ top-5 err (pts) "
-        "| reported Δ err (pts) |",
+        "| reported on ImageNet |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
