@@ -24,6 +24,7 @@ from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, Mni
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 DEFAULT_EPOCHS = {"digits": 40, "mnist": 12, "imagefolder": 10}
+CONFIG_FOR = {"digits": "lenet5_digits.yaml", "mnist": "lenet5_mnist.yaml", "imagefolder": "alexnet_small_imagenette.yaml"}
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,12 +55,11 @@ def _convnets(args: list[str]) -> None:
         raise RuntimeError(f"`convnets {args[0]}` failed with exit code {result.returncode}")
 
 
-def _lightning_args(kind: str, args: argparse.Namespace, out: Path, arch: str) -> list[str]:
-    config = CONFIGS / ("lenet5_mnist.yaml" if kind == "mnist" else "lenet5_digits.yaml")
-    common = ["--config", str(config), "--model.arch", arch, "--data.data_dir", str(out / "shards"),
+def _lightning_args(kind: str, out: Path, arch: str) -> list[str]:
+    # Each data kind trains from its own recipe: natural images need AlexNet's scale augmentation
+    # and optimiser settings, not LeNet's digit recipe with overrides.
+    common = ["--config", str(CONFIGS / CONFIG_FOR[kind]), "--model.arch", arch, "--data.data_dir", str(out / "shards"),
               "--runs_dir", str(out.parent), "--run_name", out.name]
-    if kind == "imagefolder":
-        common += ["--data.augment", "scale", "--data.min_area", "0.35"]
     return common
 
 
@@ -72,7 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"[1/3] shards: {source.description} -> {out / 'shards'}")
     write_shards(source, out / "shards", shard_size=500 if kind == "digits" else 2000, seed=0)
     (out / "metrics.json").unlink(missing_ok=True)
-    common = _lightning_args(kind, args, out, arch)
+    common = _lightning_args(kind, out, arch)
     print(f"[2/3] fit: {arch}, {epochs} epochs, DDP on {args.devices} {args.accelerator} processes")
     strategy = "ddp" if args.devices > 1 else "auto"
     _convnets(["fit", *common, "--trainer.max_epochs", str(epochs), "--trainer.devices", str(args.devices),
