@@ -73,9 +73,11 @@ class LoaderConfig:
 
 
 class DaliLoader:
-    """Iterable of batches {"images", "labels", "valid", "index"}; len() = steps per epoch on every rank.
+    """Iterable of batches {"images", "labels", "valid", "index", "n_valid"}; len() = steps per epoch on every rank.
 
-    "index" is each sample's position in its split (shard order), for per-sample results.
+    "index" is each sample's position in its split (shard order), for per-sample results;
+    "n_valid" is the batch's count of real samples as a host integer, read from the epoch plan,
+    so the training step and the throughput counters never sync with the device to learn it.
     """
 
     def __init__(
@@ -115,7 +117,7 @@ class DaliLoader:
 
 
 def _batches(iterator: DALIGenericIterator, source: ShardSource) -> Iterator[dict[str, torch.Tensor]]:
-    while True:
+    for step in range(source.plan.steps):
         try:
             out = next(iterator)[0]
         except StopIteration:
@@ -128,4 +130,5 @@ def _batches(iterator: DALIGenericIterator, source: ShardSource) -> Iterator[dic
         out["labels"] = out["labels"].long().view(-1)
         out["valid"] = out["valid"].bool().view(-1)
         out["index"] = out["index"].long().view(-1)
+        out["n_valid"] = int(source.plan.batch(step)[1].sum())  # numpy: host-side, no device sync
         yield out

@@ -22,7 +22,7 @@ from pathlib import Path
 from convnets.data_pipelines.shards import write_shards
 from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, MnistSource
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # package data: works from a wheel too
 DEFAULT_EPOCHS = {"digits": 40, "mnist": 12, "imagefolder": 10}
 CONFIG_FOR = {"digits": "lenet5_digits.yaml", "mnist": "lenet5_mnist.yaml", "imagefolder": "alexnet_small_imagenette.yaml"}
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 from typing_extensions import override
@@ -29,6 +29,31 @@ from convnets.platform.module import ClassifierModule
 from convnets.platform.tracking import wandb_offline
 
 RUN_NAME_ENV = "CONVNETS_RUN_NAME"  # DDP ranks re-run the command line: they must agree on the folder
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# The bar reads the logged loss, a device sync, at each refresh: every 20 steps, not every step.
+PROGRESS_REFRESH_STEPS = 20
+
+
+def packaged_configs() -> list[str]:
+    """Names accepted by `--config NAME` besides file paths (the recipes shipped in the package)."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    """`--config alexnet2012_imagenet` -> the packaged file, when no such path exists here."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        name = out[i + 1] if arg == "--config" and i + 1 < len(out) else arg.partition("=")[2] if arg.startswith("--config=") else None
+        if name is None or Path(name).exists():
+            continue
+        packaged = PACKAGED_CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
+        if not packaged.exists():
+            raise FileNotFoundError(f"--config {name}: no such file, nor a packaged recipe ({', '.join(packaged_configs())})")
+        if arg == "--config":
+            out[i + 1] = str(packaged)
+        else:
+            out[i] = f"--config={packaged}"
+    return out
 
 
 def default_run_name(arch: str) -> str:
@@ -63,6 +88,8 @@ class ConvnetsCLI(LightningCLI):
             RunRecorder(run_dir, self.config[self.subcommand].as_dict()),
             RunReport(run_dir, throughput),
         ]
+        if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
         kwargs["callbacks"] = callbacks
         kwargs["default_root_dir"] = str(run_dir)
         if trainer_cfg.get("logger") in (None, True):
@@ -72,6 +99,10 @@ class ConvnetsCLI(LightningCLI):
 
 
 def run_lightning(argv: list[str]) -> None:
+    resolved = resolve_config_args(argv)
+    if resolved != argv and argv == sys.argv[1:]:
+        sys.argv[1:] = resolved  # DDP ranks re-run sys.argv: they must read the same file
+    argv = resolved
     ConvnetsCLI(
         ClassifierModule,
         ShardDataModule,
@@ -79,7 +110,7 @@ def run_lightning(argv: list[str]) -> None:
         args=None if argv == sys.argv[1:] else argv,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"max_epochs": 10, "log_every_n_steps": 10},
+        trainer_defaults={"max_epochs": 10, "log_every_n_steps": 50},
         parser_kwargs={"description": __doc__},
         auto_configure_optimizers=False,
     )

@@ -9,16 +9,23 @@ from torch.utils.flop_counter import FlopCounterMode
 from convnets.models import create_model, get_model_info, list_models
 
 
+def forward_flops(name: str, *, num_classes: int, input_size: tuple[int, int, int] | None = None, **options) -> float:
+    """FLOPs of one image's forward pass (2 x multiply-adds), counted once on a CPU copy."""
+    size = input_size or get_model_info(name).input_size
+    model = create_model(name, num_classes=num_classes, **options).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *size))
+    return float(counter.get_total_flops())
+
+
 def model_row(name: str, *, num_classes: int = 1000) -> dict:
     info = get_model_info(name)
-    model = create_model(name, num_classes=num_classes).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *info.input_size))
+    model = create_model(name, num_classes=num_classes)
     return {
         "name": name,
         "params": sum(p.numel() for p in model.parameters()),
         # FLOPs = 2 x multiply-adds (torch's counter); the papers' "operations" usually count MACs.
-        "gflops": counter.get_total_flops() / 1e9,
+        "gflops": forward_flops(name, num_classes=num_classes) / 1e9,
         "input_size": list(info.input_size),
         "num_classes": num_classes,
         "mean": list(info.mean),

@@ -1,43 +1,69 @@
 """The LightningModule: any registered model, cross-entropy, SGD + momentum, top-1/top-5.
 
-Batches come from the data module as {"images", "labels", "valid"}; `valid` is False for the
-padding that gives every DDP rank the same number of steps, and is masked out of the loss and
-every metric, so each real sample counts exactly once per epoch.
+Batches come from the data module as {"images", "labels", "valid", "n_valid"}; `valid` is False
+for the padding that gives every DDP rank the same number of steps (always at the end of a
+rank's last batch), and `n_valid` is the same count as a host integer, known from the epoch plan.
+Padding is ignored by the loss (ignore_index) and the metrics, and BatchNorm never sees it, so
+each real sample counts exactly once per epoch.
+
+The training step issues no host-device sync (no .item(), int(tensor) or boolean indexing):
+on a GPU the host can then queue step k+1 while step k runs. tests/unit/test_no_sync.py holds it.
 """
 from __future__ import annotations
 
-import math
+import contextlib
+import logging
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from typing_extensions import override
 
 from convnets.data_pipelines.augment import InputSpec
 from convnets.models import create_model, get_model_info
+from convnets.platform.metrics import ConfusionMatrix, TopKAccuracy
+from convnets.platform.recipe import OptimConfig, PlateauState, lr_factor, parameter_groups, scaled_lr
+
+log = logging.getLogger(__name__)
+IGNORE = -100  # cross_entropy's ignore_index: the label given to padding samples
 
 
 @dataclass
-class OptimConfig:
-    """SGD with momentum and weight decay, and its learning-rate schedule (stepped per epoch)."""
+class PerfConfig:
+    """Speed switches that do not change the arithmetic's meaning (precision is the Trainer's)."""
 
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # the AlexNet paper's value
-    nesterov: bool = False
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    step_epochs: int = 30  # "step": multiply by gamma every step_epochs (AlexNet: /10 on plateau)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0  # linear warm-up from lr/10 over this many epochs (per step)
+    channels_last: bool = False  # NHWC: what cuDNN's tensor-core convolutions want
+    compile: bool = False  # torch.compile the network (first steps are slow while it compiles)
+    tf32: bool | None = None  # TF32 matmuls/convolutions on Ampere+; None leaves torch's default
 
 
-def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the valid samples only (0 when a batch has none)."""
-    losses = F.cross_entropy(logits, labels, reduction="none")
-    return (losses * valid).sum() / valid.sum().clamp(min=1)
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy over the valid samples only (0 when a batch has none); no host sync."""
+    targets = labels.masked_fill(~valid, IGNORE)
+    total = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing)
+    return total / valid.sum().clamp(min=1)
+
+
+def valid_count(batch: dict) -> int:
+    """Valid samples in the batch as a host integer: from the loader's plan, else one sync."""
+    n = batch.get("n_valid")
+    return int(batch["valid"].sum()) if n is None else int(n)  # int(tensor): loaders without a plan only
+
+
+@contextlib.contextmanager
+def frozen_batchnorm(net: torch.nn.Module, enabled: bool):
+    """BatchNorm layers in eval mode (running statistics, no update) for the duration."""
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in layers if enabled else ():
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in layers if enabled else ():
+            m.train()
 
 
 class ClassifierModule(pl.LightningModule):
@@ -55,6 +81,7 @@ class ClassifierModule(pl.LightningModule):
         dropout: float | None = None,
         init: str | None = None,
         optim: OptimConfig | None = None,
+        perf: PerfConfig | None = None,
     ) -> None:
         """
         Args:
@@ -66,16 +93,19 @@ class ClassifierModule(pl.LightningModule):
             pool: AlexNet family: "overlap" (3x3 stride 2) or "nonoverlap" (2x2 stride 2).
             dropout: AlexNet family: dropout probability on FC6/FC7 (0 disables).
             init: AlexNet family: "kaiming" or "paper" (N(0, 0.01), biases 1 in conv2/4/5 and hidden FC).
-            optim: optimiser and schedule settings.
+            optim: optimiser, schedule, linear scaling, label smoothing.
+            perf: channels_last, torch.compile, TF32.
         """
         super().__init__()
-        # A checkpoint stores the dataclass as a dict; LightningCLI hands over the dataclass.
+        # A checkpoint stores the dataclasses as dicts; LightningCLI hands over the dataclasses.
         self.optim = OptimConfig(**optim) if isinstance(optim, dict) else (optim or OptimConfig())
-        self.save_hyperparameters(ignore=["optim"])
-        self.hparams["optim"] = asdict(self.optim)
+        self.perf = PerfConfig(**perf) if isinstance(perf, dict) else (perf or PerfConfig())
+        self.save_hyperparameters(ignore=["optim", "perf"])
+        self.hparams["optim"], self.hparams["perf"] = asdict(self.optim), asdict(self.perf)
         self.info = get_model_info(arch)  # fails now, with the valid names, on a typo
         options = {"ablate": ablate, "norm": norm, "pool": pool, "dropout": dropout, "init": init}
         self.model_options = {k: v for k, v in options.items() if v is not None}
+        self.plateau = PlateauState()
         self.net: torch.nn.Module | None = None
         if num_classes is not None:
             self._build(num_classes)
@@ -90,14 +120,14 @@ class ClassifierModule(pl.LightningModule):
 
     def _build(self, num_classes: int) -> None:
         self.net = create_model(self.hparams.arch, num_classes=num_classes, **self.model_options)
+        if self.perf.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.hparams["num_classes"] = num_classes  # so load_from_checkpoint rebuilds the same net
-        top5 = min(5, num_classes)
         for stage in ("train", "val", "test"):
-            setattr(self, f"{stage}_top1", MulticlassAccuracy(num_classes, top_k=1, average="micro"))
-            setattr(self, f"{stage}_top5", MulticlassAccuracy(num_classes, top_k=top5, average="micro"))
-        self.test_top1_1crop = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.test_top5_1crop = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+            setattr(self, f"{stage}_top1", TopKAccuracy(1))
+            setattr(self, f"{stage}_top5", TopKAccuracy(5))
+        self.test_top1_1crop, self.test_top5_1crop = TopKAccuracy(1), TopKAccuracy(5)
+        self.test_confusion = ConfusionMatrix(num_classes)
 
     @override
     def setup(self, stage: str) -> None:
@@ -106,73 +136,98 @@ class ClassifierModule(pl.LightningModule):
             if datamodule is None or not hasattr(datamodule, "num_classes"):
                 raise ValueError("model.num_classes is unset and the data module does not provide it")
             self._build(datamodule.num_classes)
+        if self.perf.tf32 is not None:  # process-wide switches, set from this run's config
+            torch.backends.cuda.matmul.allow_tf32 = self.perf.tf32
+            torch.backends.cudnn.allow_tf32 = self.perf.tf32
+        if self.perf.compile and stage == "fit":
+            self.net.compile()  # in place: state_dict keys stay those of the plain network
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.perf.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     @override
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images, labels, valid = batch["images"], batch["labels"], batch["valid"]
-        logits = self(images)
-        loss = masked_cross_entropy(logits, labels, valid)
-        n = int(valid.sum())
-        self.train_top1(logits[valid], labels[valid])
-        self.log("train_loss", loss, prog_bar=True, batch_size=max(n, 1), sync_dist=False)
-        self.log("train_top1", self.train_top1, on_step=False, on_epoch=True, batch_size=max(n, 1))
+        n, size = valid_count(batch), labels.shape[0]
+        if 2 <= n < size:  # padding is a suffix: drop it, so BatchNorm's batch statistics never see it
+            images, labels, valid = images[:n], labels[:n], valid[:n]
+        # Under 2 real samples BatchNorm cannot form batch statistics: use its running ones.
+        with frozen_batchnorm(self.net, enabled=n < min(2, size)):
+            logits = self(images)
+        loss = masked_cross_entropy(logits, labels, valid, label_smoothing=self.optim.label_smoothing)
+        self.train_top1.update(logits.detach(), labels, valid)
+        self.log("train_loss", loss, prog_bar=True, batch_size=max(n, 1))
+        self.log("train_top1", self.train_top1, on_step=False, on_epoch=True)
         return loss
 
     @override
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
         images, labels, valid = batch["images"], batch["labels"], batch["valid"]
         logits = self(images)
-        n = max(int(valid.sum()), 1)
-        self.log("val_loss", masked_cross_entropy(logits, labels, valid), batch_size=n, sync_dist=True)
-        self.val_top1(logits[valid], labels[valid])
-        self.val_top5(logits[valid], labels[valid])
-        self.log("val_top1", self.val_top1, prog_bar=True, batch_size=n)
-        self.log("val_top5", self.val_top5, batch_size=n)
+        loss = masked_cross_entropy(logits, labels, valid)
+        self.log("val_loss", loss, batch_size=max(valid_count(batch), 1), sync_dist=True)
+        self.val_top1.update(logits, labels, valid)
+        self.val_top5.update(logits, labels, valid)
+        self.log("val_top1", self.val_top1, prog_bar=True)
+        self.log("val_top5", self.val_top5)
 
     @override
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        images, labels, valid = batch["images"], batch["labels"][batch["valid"]], batch["valid"]
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        images, labels, valid = batch["images"], batch["labels"], batch["valid"]
         if images.dim() == 4:  # single crop: (B, C, H, W) -> (B, 1, C, H, W)
             images = images.unsqueeze(1)
         b, k = images.shape[:2]
         # Multi-crop: average the softmax over the crops (Krizhevsky et al. 2012, section 4.1);
         # crop 0 is the centre crop, which gives the single-crop figures in the same pass.
-        probs = self(images.flatten(0, 1)).softmax(-1).view(b, k, -1)[valid]
-        n = max(int(valid.sum()), 1)
+        probs = self(images.flatten(0, 1)).float().softmax(-1).view(b, k, -1)
         for name, p in (("", probs.mean(1)), ("_1crop", probs[:, 0])):
-            getattr(self, f"test_top1{name}")(p, labels)
-            getattr(self, f"test_top5{name}")(p, labels)
-            self.log(f"test_top1{name}", getattr(self, f"test_top1{name}"), batch_size=n)
-            self.log(f"test_top5{name}", getattr(self, f"test_top5{name}"), batch_size=n)
-        self.test_confusion.update(probs.mean(1), labels)
+            for top in ("top1", "top5"):
+                metric = getattr(self, f"test_{top}{name}")
+                metric.update(p, labels, valid)
+                self.log(f"test_{top}{name}", metric)
+        self.test_confusion.update(probs.mean(1), labels, valid)
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def global_batch(self) -> int:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        per_rank = getattr(getattr(datamodule, "hparams", None), "batch_size", None)
+        if per_rank is None:
+            raise ValueError("model.optim.reference_batch needs the data module's batch_size to scale lr")
+        return int(per_rank) * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
     @override
     def configure_optimizers(self):
         o = self.optim
-        decay, no_decay = [], []
-        for name, p in self.net.named_parameters():
-            # Decay weights only: decaying biases and norm gains pulls them to 0 for no regularizing gain.
-            (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        lr = o.lr if o.reference_batch is None else scaled_lr(o, self.global_batch())
+        if o.reference_batch is not None:
+            log.info("linear scaling rule: lr %.4g x %d / %d = %.4g", o.lr, self.global_batch(), o.reference_batch, lr)
+        optimizer = torch.optim.SGD(parameter_groups(self.net, o), lr=lr, momentum=o.momentum, nesterov=o.nesterov)
+        # The horizon in optimizer steps, right for max_epochs and max_steps alike.
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        per_epoch = max(self.trainer.num_training_batches // self.trainer.accumulate_grad_batches, 1)
+        if per_epoch > total or per_epoch >= 2**62:  # infinite/unknown epoch length: the horizon is one epoch
+            per_epoch = total
+        epochs = total / per_epoch
         # Stepped every batch, in fractional epochs: a warm-up ramps smoothly (an epoch-wise ramp
         # jumps 10x at its end, enough to blow up an AlexNet without LRN at lr 0.03).
-        steps_per_epoch = max(int(self.trainer.estimated_stepping_batches) // epochs, 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(o, s / steps_per_epoch, epochs))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(o, s / per_epoch, epochs, self.plateau.drops))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    @override
+    def on_train_epoch_end(self) -> None:
+        # Validation has run inside this epoch; val_top1 is already reduced over ranks, so every
+        # rank takes the same decision.
+        val = self.trainer.callback_metrics.get("val_top1")
+        if self.optim.schedule == "plateau" and val is not None and self.plateau.observe(float(val), self.optim):
+            log.info("val_top1 plateaued: learning rate divided (%d of at most %d)", self.plateau.drops, self.optim.plateau_max_drops)
 
-def lr_factor(o: OptimConfig, epoch: float, epochs: int) -> float:
-    """Multiplier of the base learning rate at (fractional, 0-based) `epoch`."""
-    if epoch < o.warmup_epochs:
-        return 0.1 + 0.9 * epoch / o.warmup_epochs
-    if o.schedule == "step":
-        return o.gamma ** (int(epoch) // o.step_epochs)
-    if o.schedule == "cosine":
-        span = max(epochs - o.warmup_epochs, 1)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
-    return 1.0
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["plateau"] = asdict(self.plateau)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.plateau = PlateauState(**checkpoint.get("plateau", {}))
