@@ -5,6 +5,7 @@
     convnets shards digits|mnist|imagefolder|verify ...   # write or check webdataset shards
     convnets fit|validate|test|predict --config configs/X.yaml [--key value ...]   # LightningCLI
     convnets sweep ablation --config configs/X.yaml        # the seed's ablation study
+    convnets bench model --arch alexnet --batch 64 --json OUT   # Lightning loop vs bare PyTorch
 
 Exit codes: 0 success, 2 bad input or configuration (one line on stderr), 1 failure during a run.
 """
@@ -21,6 +22,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 def _parser() -> argparse.ArgumentParser:
     from convnets.data_pipelines.shards_cli import add_shards_subcommands
+    from convnets.platform.bench import add_bench_subcommands
     from convnets.platform.demo import add_demo_arguments
     from convnets.platform.sweep import add_sweep_subcommands
 
@@ -36,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     add_shards_subcommands(sub)
     add_sweep_subcommands(sub.add_parser("sweep", help="train a family of variants and tabulate them").add_subparsers(
         dest="sweep_command", metavar="SWEEP", required=True))
+    add_bench_subcommands(sub.add_parser("bench", help="benchmarks: JSON + a table").add_subparsers(
+        dest="bench_command", metavar="BENCH", required=True))
     return parser
 
 
@@ -59,6 +63,10 @@ def _dispatch(argv: list[str]) -> int:
         from convnets.data_pipelines.shards_cli import run_shards_command
 
         return run_shards_command(args)
+    if args.command == "bench":
+        from convnets.platform.bench import run_bench_command
+
+        return run_bench_command(args)
     from convnets.platform.sweep import run_sweep_command
 
     return run_sweep_command(args)

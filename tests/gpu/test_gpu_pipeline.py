@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from convnets.data_pipelines.augment import InputSpec
-from convnets.data_pipelines.datamodule import ShardDataModule
 
 pytestmark = [pytest.mark.gpu, pytest.mark.dali]
 
@@ -13,6 +12,8 @@ SMALL_RGB = InputSpec(channels=3, image_size=64, mean=(0.485, 0.456, 0.406), std
 
 
 def _val_batch(shards, device):
+    from convnets.data_pipelines.datamodule import ShardDataModule  # imports DALI: only once the marker allows
+
     dm = ShardDataModule(data_dir=str(shards), batch_size=8, num_threads=2, input_spec=SMALL_RGB, device=device)
     dm.setup("validate")
     dm._device_id = lambda: None if device == "cpu" else 0  # no Trainer here: pick the device directly
@@ -28,10 +29,19 @@ def test_mixed_decoding_matches_the_cpu_graph(imagenette_small_shards):
     assert (gpu["images"].cpu() - cpu["images"]).abs().mean() < 0.05
 
 
-def test_one_gpu_fit_runs(digits_shards, tmp_path):
-    from tests.integration.cli_helpers import REPO, convnets
+def test_one_gpu_nccl_ddp_fit_from_shards(imagenette_small_shards, tmp_path):
+    """The real command: shards -> nvJPEG -> NCCL DDP (world size 1), bf16, channels_last, then 10-crop test."""
+    import json
 
-    result = convnets("fit", "--config", REPO / "configs" / "lenet5_digits.yaml", "--data.data_dir", digits_shards,
-                      "--runs_dir", tmp_path, "--run_name", "gpu", "--trainer.accelerator", "gpu",
-                      "--trainer.devices", "1", "--trainer.max_epochs", "2", "--trainer.logger", "false")
-    assert result.returncode == 0, result.stderr[-3000:]
+    from tests.integration.cli_helpers import convnets
+
+    common = ["--config", "alexnet_small_imagenette", "--data.data_dir", imagenette_small_shards,
+              "--runs_dir", tmp_path, "--run_name", "gpu", "--trainer.accelerator", "gpu", "--trainer.devices", "1",
+              "--trainer.logger", "false", "--data.batch_size", "16", "--data.device", "gpu"]
+    fit = convnets("fit", *common, "--trainer.strategy", "ddp", "--trainer.max_epochs", "2",
+                   "--trainer.precision", "bf16-mixed", "--model.perf.channels_last", "true")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    test = convnets("test", *common, "--ckpt_path", tmp_path / "gpu" / "checkpoints" / "last.ckpt")
+    assert test.returncode == 0, test.stderr[-3000:]
+    metrics = json.loads((tmp_path / "gpu" / "metrics.json").read_text())
+    assert metrics["images_per_s"] > 0 and 0 <= metrics["test_top1"] <= 1

@@ -70,6 +70,7 @@ class LoaderConfig:
     seed: int
     rank: int
     world_size: int
+    hw_decoder_load: float = 0.65  # GPU decoding: share of images for the hardware JPEG decoder
 
 
 class DaliLoader:
@@ -103,7 +104,7 @@ class DaliLoader:
         seed = (c.seed * 1_000_003 + epoch * 7_919 + c.rank) % (2**31 - 1)
         pipe = build_pipeline(
             source, self.aug, train=c.train, crops=c.crops, batch_size=c.batch_size,
-            num_threads=c.num_threads, device_id=c.device_id, seed=seed,
+            num_threads=c.num_threads, device_id=c.device_id, seed=seed, hw_decoder_load=c.hw_decoder_load,
         )
         try:
             iterator = DALIGenericIterator(

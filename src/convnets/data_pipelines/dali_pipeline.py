@@ -76,6 +76,7 @@ def build_pipeline(
     num_threads: int,
     device_id: int | None,
     seed: int,
+    hw_decoder_load: float = 0.65,
 ) -> Pipeline:
     """Build (not yet run) the pipeline. Outputs: images, labels (int64), valid (uint8), index (int64)."""
 
@@ -88,7 +89,10 @@ def build_pipeline(
         decoder = "cpu" if device_id is None else "mixed"
         device = "cpu" if device_id is None else "gpu"
         color = types.GRAY if aug.spec.channels == 1 else types.RGB
-        images = fn.decoders.image(encoded, device=decoder, output_type=color)
+        # mixed: hw_decoder_load is the share of images sent to the A100/H100 hardware JPEG
+        # decoder, the rest go to CUDA nvJPEG; 0.65 is DALI's recommendation for those parts.
+        extra = {"hw_decoder_load": hw_decoder_load} if decoder == "mixed" else {}
+        images = fn.decoders.image(encoded, device=decoder, output_type=color, **extra)
         images = _train_images(images, aug, device) if train else _eval_images(images, aug, device, crops)
         return images, labels, valid, index
 

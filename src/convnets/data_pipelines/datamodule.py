@@ -36,6 +36,7 @@ class ShardDataModule(pl.LightningDataModule):
         test_crops: int | None = None,
         test_split: str | None = None,
         input_spec: InputSpec | None = None,
+        hw_decoder_load: float = 0.65,
     ) -> None:
         """
         Args:
@@ -53,6 +54,8 @@ class ShardDataModule(pl.LightningDataModule):
                 default 10 where the dataset allows flips, else 5.
             test_split: split used by `test` (default: "test" when present, else "val").
             input_spec: the network's input facts; default: the LightningModule's `input_spec`.
+            hw_decoder_load: GPU decoding: share of images for the hardware JPEG decoder of
+                A100/H100 (the rest go to CUDA nvJPEG); ignored on CPU.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["input_spec"])
@@ -145,6 +148,7 @@ class ShardDataModule(pl.LightningDataModule):
             batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
             num_threads=hp.num_threads, device_id=self._device_id(), seed=hp.seed,
             rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+            hw_decoder_load=hp.hw_decoder_load,
         )
         return DaliLoader(index, labels, self.augment_spec(split), cfg,
                           epoch_fn=lambda: trainer.current_epoch if trainer else 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from typing_extensions import override
@@ -200,7 +201,8 @@ class RunReport(pl.Callback):
         self.fit_start = time.perf_counter()
 
     @override
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Once per run, after the first step (the picture reads the batch back to the host).
         if trainer.current_epoch == 0 and batch_idx == 0 and trainer.is_global_zero:
             spec, classes = pl_module.input_spec, getattr(trainer.datamodule, "classes", None)
             classes = classes or [str(i) for i in range(int(batch["labels"].max()) + 1)]
@@ -251,3 +253,22 @@ class RunReport(pl.Callback):
         if self.history:
             payload["history"] = self.history
         write_json(existing, payload)
+
+
+# The bar reads the logged loss, a device sync, at each refresh: every 20 steps, not every step.
+PROGRESS_REFRESH_STEPS = 20
+
+
+def platform_callbacks(run_dir: Path, config: dict, *, progress_bar: bool = True) -> list[pl.Callback]:
+    """What every training run gets: checkpoints (last + best), throughput, the run record and report."""
+    throughput = ThroughputMonitor()
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val_top1",
+                        mode="max", save_last=True, save_top_k=1, auto_insert_metric_name=False),
+        throughput,
+        RunRecorder(run_dir, config),
+        RunReport(run_dir, throughput),
+    ]
+    if progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
+    return callbacks

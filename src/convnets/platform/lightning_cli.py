@@ -18,20 +18,18 @@ import sys
 import time
 from pathlib import Path
 
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 from typing_extensions import override
 
 from convnets.data_pipelines.datamodule import ShardDataModule
-from convnets.platform.callbacks import RunRecorder, RunReport, ThroughputMonitor
+from convnets.platform.callbacks import platform_callbacks
 from convnets.platform.module import ClassifierModule
 from convnets.platform.tracking import wandb_offline
 
 RUN_NAME_ENV = "CONVNETS_RUN_NAME"  # DDP ranks re-run the command line: they must agree on the folder
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# The bar reads the logged loss, a device sync, at each refresh: every 20 steps, not every step.
-PROGRESS_REFRESH_STEPS = 20
 
 
 def packaged_configs() -> list[str]:
@@ -80,16 +78,9 @@ class ConvnetsCLI(LightningCLI):
         run_dir = self.run_dir()
         cfg = self.config_init[self.subcommand]
         trainer_cfg = cfg["trainer"]
-        throughput = ThroughputMonitor()
-        callbacks = list(trainer_cfg.get("callbacks") or []) + [
-            ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val_top1",
-                            mode="max", save_last=True, save_top_k=1, auto_insert_metric_name=False),
-            throughput,
-            RunRecorder(run_dir, self.config[self.subcommand].as_dict()),
-            RunReport(run_dir, throughput),
-        ]
-        if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
+        user = list(trainer_cfg.get("callbacks") or [])
+        bar = trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in user)
+        callbacks = user + platform_callbacks(run_dir, self.config[self.subcommand].as_dict(), progress_bar=bar)
         kwargs["callbacks"] = callbacks
         kwargs["default_root_dir"] = str(run_dir)
         if trainer_cfg.get("logger") in (None, True):

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# One prepared check of the GPU path, for a single-GPU machine, in under 8 minutes:
+#   scripts/gpu_check.sh OUT_DIR
+# 1. the GPU and versions; 2. the GPU tests (pytest -m gpu: NCCL world-size-1 DDP fit, bf16,
+# channels_last, no CUDA syncs in the step); 3. `convnets bench model` for alexnet and alexnet2012
+# at batch 256, bf16, channels_last, with and without torch.compile; 4. the 10-crop evaluation
+# benchmark; 5. DALI's `mixed` decode and the end-to-end rate from shards, when DALI is importable
+# and shards are given (CONVNETS_BENCH_SHARDS=DIR). One table at the end; JSON files in OUT_DIR.
+# Runs from a source checkout with only torch, Lightning and torchmetrics installed (no install
+# needed: src/ goes on PYTHONPATH). Without a GPU it runs the CPU-only parts, small, and says so.
+set -uo pipefail
+OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline WANDB_SILENT=true PYTHONUNBUFFERED=1
+STATUS=0
+step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, keep its log, remember a failure
+    local name=$1 limit=$2; shift 2
+    echo "== $name"
+    if ! timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; then
+        echo "   FAILED (exit $?): last lines of $OUT/$name.log:"; tail -n 25 "$OUT/$name.log"; STATUS=1
+    else
+        tail -n 4 "$OUT/$name.log"
+    fi
+}
+
+$PY - "$OUT/env.json" <<'PYEOF'
+import json, platform, sys, importlib.util
+import torch
+info = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
+for mod in ("pytorch_lightning", "torchmetrics", "nvidia.dali", "webdataset", "wandb", "jsonargparse"):
+    spec = importlib.util.find_spec(mod.split(".")[0]) and importlib.util.find_spec(mod)
+    if spec is None:
+        info[mod] = None
+        continue
+    m = __import__(mod, fromlist=["__version__"])
+    info[mod] = getattr(m, "__version__", "?")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count,
+                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), nccl=".".join(map(str, torch.cuda.nccl.version())))
+json.dump(info, open(sys.argv[1], "w"), indent=2)
+print(" ".join(f"{k}={v}" for k, v in info.items()))
+PYEOF
+
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "no GPU: GPU tests and GPU benchmarks skipped; exercising the CPU-only parts"
+    step bench_model_cpu 300 $PY -m convnets.cli bench model --arch lenet5 --batch 32 --steps 3 --warmup 1 --rounds 1 \
+        --device cpu --json "$OUT/bench_model_cpu.json"
+    step bench_eval_cpu 300 $PY -m convnets.cli bench eval --arch lenet5 --batch 16 --crops 5 --steps 2 --warmup 1 \
+        --device cpu --json "$OUT/bench_eval_cpu.json"
+else
+    step pytest_gpu 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/gpu
+    for arch in alexnet alexnet2012; do
+        for compile in "" "--compile"; do
+            tag=${compile:+_compile}
+            step "bench_model_${arch}${tag}" 240 $PY -m convnets.cli bench model --arch "$arch" --batch 256 \
+                --precision bf16-mixed --channels-last $compile --steps 30 --warmup 5 --rounds 3 \
+                --json "$OUT/bench_model_${arch}${tag}.json"
+        done
+    done
+    step bench_eval_alexnet 180 $PY -m convnets.cli bench eval --arch alexnet --batch 128 --crops 10 \
+        --precision bf16-mixed --channels-last --steps 20 --json "$OUT/bench_eval_alexnet.json"
+    if $PY -c "import nvidia.dali" 2>/dev/null; then
+        if [ -n "${CONVNETS_BENCH_SHARDS:-}" ]; then
+            step bench_e2e_alexnet 300 $PY -m convnets.cli bench e2e --data "$CONVNETS_BENCH_SHARDS" --arch alexnet \
+                --batch 256 --precision bf16-mixed --channels-last --hw-decoder-load 0.65 --json "$OUT/bench_e2e_alexnet.json"
+        else
+            echo "DALI is importable but CONVNETS_BENCH_SHARDS is unset: mixed decode benchmark skipped"
+        fi
+    else
+        echo "DALI is NOT importable here: the mixed (nvJPEG) decode path and end-to-end rate were not measured"
+    fi
+fi
+
+$PY - "$OUT" <<'PYEOF'
+import json, pathlib, sys
+from convnets.platform.bench import format_eval_table, format_table, format_e2e_table
+out = pathlib.Path(sys.argv[1])
+results = [json.loads(p.read_text()) for p in sorted(out.glob("bench_*.json"))]
+tables = []
+for kind, fmt in (("model", format_table), ("eval", format_eval_table), ("e2e", format_e2e_table)):
+    rows = [r for r in results if r.get("bench") == kind]
+    if rows:
+        tables.append(fmt(rows))
+text = "\n\n".join(tables) or "(no benchmark results)"
+(out / "summary.md").write_text(text + "\n")
+print(text)
+PYEOF
+[ $STATUS -eq 0 ] && echo "gpu_check: all steps passed" || echo "gpu_check: some steps FAILED (logs in $OUT)"
+exit $STATUS

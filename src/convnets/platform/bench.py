@@ -1,0 +1,341 @@
+"""`convnets bench model`: training images/s of the Lightning loop next to a bare PyTorch loop.
+
+Both arms do the same work on the same synthetic batch (already on the device, so the data path
+is out of the picture): forward, masked cross-entropy, backward, SGD step, LR-scheduler step.
+The Lightning arm carries everything a real run has: the platform's callbacks (throughput, run
+record, report, checkpointing), a logger (W&B offline where wandb is installed, else CSV) and
+the progress bar. Arms alternate A/B then B/A, round after round, and the reported ratio is
+the median of the per-round ratios, so drifting clocks and a busy neighbour hit both arms.
+
+    convnets bench model --arch alexnet --batch 64 --json bench/alexnet.json
+    convnets bench model --arch alexnet --batch 256 --precision bf16-mixed --channels-last --compile --json OUT
+
+It imports neither DALI nor jsonargparse, so it runs on a machine with only torch and Lightning.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelBench:
+    """One benchmark's settings."""
+
+    arch: str
+    batch: int
+    precision: str = "32-true"
+    channels_last: bool = False
+    compile: bool = False
+    steps: int = 50  # timed steps per arm and round
+    warmup: int = 3  # untimed steps first (cuDNN autotuning, compilation, allocator)
+    rounds: int = 5
+    num_classes: int = 1000
+    device: str = "auto"
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def _add_common(p) -> None:
+    p.add_argument("--arch", required=True, help="registered model (`convnets models`)")
+    p.add_argument("--batch", type=int, required=True, help="images per step")
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--steps", type=int, default=50, help="timed steps (per arm and round for `model`; default 50)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before them (default 3)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", type=Path, default=None, help="write the result here")
+
+
+def add_bench_subcommands(sub) -> None:
+    from convnets.platform.bench_e2e import add_e2e_arguments
+
+    add_e2e_arguments(sub.add_parser("e2e", help="shards into training: data alone, model alone, both together"))
+    ev = sub.add_parser("eval", help="multi-crop test images/s through the platform's test step")
+    _add_common(ev)
+    ev.add_argument("--crops", type=int, default=10, choices=[1, 5, 10], help="crops per image (default 10)")
+    model = sub.add_parser("model", help="training images/s: the Lightning loop vs a bare PyTorch loop")
+    _add_common(model)
+    model.add_argument("--compile", action="store_true", help="torch.compile the network")
+    model.add_argument("--rounds", type=int, default=5, help="A/B rounds; the ratio is their median (default 5)")
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    if args.bench_command == "e2e":
+        from convnets.platform.bench_e2e import bench_e2e
+
+        return _report(bench_e2e(args), format_e2e_table, args.json)
+    cfg = ModelBench(arch=args.arch, batch=args.batch, precision=args.precision, channels_last=args.channels_last,
+                     compile=getattr(args, "compile", False), steps=args.steps, warmup=args.warmup,
+                     rounds=getattr(args, "rounds", 1), num_classes=args.num_classes, device=args.device)
+    if min(cfg.batch, cfg.steps, cfg.rounds) < 1 or cfg.warmup < 0:
+        raise ValueError("--batch, --steps and --rounds must be >= 1 and --warmup >= 0")
+    if cfg.torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible")
+    if args.bench_command == "eval":
+        return _report(bench_eval(cfg, crops=args.crops), format_eval_table, args.json)
+    return _report(bench_model(cfg), format_table, args.json)
+
+
+def _report(result: dict, table, path: Path | None) -> int:
+    print(table([result]))
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+# -- the two arms ---------------------------------------------------------------------------------
+def synthetic_batch(batch: int, input_size: tuple[int, ...], num_classes: int, device: torch.device,
+                    *, n_valid: int | None = None) -> dict:
+    """A batch as the data module makes it; the last batch - n_valid samples are padding."""
+    g = torch.Generator().manual_seed(0)
+    n_valid = batch if n_valid is None else n_valid
+    images = torch.randn(batch, *input_size, generator=g).to(device)
+    labels = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+    valid = (torch.arange(batch) < n_valid).to(device)
+    return {"images": images, "labels": labels, "valid": valid, "n_valid": n_valid}
+
+
+class SyntheticBatches:
+    """The same device-resident batch `n` times (then `last`, if given): an iterable with len()."""
+
+    def __init__(self, batch: dict, n: int, last: dict | None = None) -> None:
+        self.batch, self.n, self.last = batch, n, last
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield self.last if self.last is not None and i == self.n - 1 else self.batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _module(cfg: ModelBench):
+    from convnets.platform.module import ClassifierModule, PerfConfig
+
+    torch.manual_seed(0)
+    return ClassifierModule(arch=cfg.arch, num_classes=cfg.num_classes,
+                            perf=PerfConfig(channels_last=cfg.channels_last, compile=cfg.compile))
+
+
+def bare_loop(cfg: ModelBench, batch: dict) -> float:
+    """Images/s of plain PyTorch doing the module's training arithmetic."""
+    from convnets.platform.module import masked_cross_entropy
+    from convnets.platform.recipe import lr_factor, parameter_groups
+
+    module = _module(cfg)
+    net, o = module.net.to(cfg.torch_device), module.optim
+    if cfg.compile:
+        net.compile()
+    optimizer = torch.optim.SGD(parameter_groups(net, o), lr=o.lr, momentum=o.momentum)
+    total = cfg.warmup + cfg.steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(o, s / total, 1.0))
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.precision)
+    autocast = torch.autocast(cfg.torch_device.type, dtype=dtype) if dtype else nullcontext()
+    scaler = torch.amp.GradScaler(cfg.torch_device.type, enabled=cfg.precision == "16-mixed")
+    net.train()
+    start = 0.0
+    for step in range(total):
+        if step == cfg.warmup:
+            _sync(cfg.torch_device)
+            start = time.perf_counter()
+        with autocast:
+            images = batch["images"]
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss = masked_cross_entropy(net(images), batch["labels"], batch["valid"])
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    _sync(cfg.torch_device)
+    return cfg.batch * cfg.steps / (time.perf_counter() - start)
+
+
+def lightning_loop(cfg: ModelBench, batch: dict, run_dir: Path) -> float:
+    """Images/s of the platform's Trainer with its callbacks, logger and progress bar on."""
+    from convnets.platform.callbacks import platform_callbacks
+
+    timer = WindowTimer(cfg.warmup, cfg.warmup + cfg.steps - 1, cfg.torch_device)
+    trainer = pl.Trainer(
+        accelerator="gpu" if cfg.torch_device.type == "cuda" else "cpu", devices=1, precision=cfg.precision,
+        max_steps=cfg.warmup + cfg.steps, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
+        callbacks=[timer, *platform_callbacks(run_dir, {"bench": "model"})], logger=_logger(run_dir),
+        log_every_n_steps=50, enable_model_summary=False, default_root_dir=str(run_dir),
+        benchmark=cfg.torch_device.type == "cuda",
+    )
+    trainer.fit(_module(cfg), train_dataloaders=SyntheticBatches(batch, cfg.warmup + cfg.steps))
+    return cfg.batch * cfg.steps / timer.seconds
+
+
+class WindowTimer(pl.Callback):
+    """Seconds from the start of step `warmup` to the end of step `last`, device synchronized.
+
+    It stops at the last step's end, before the epoch-end checkpoint (which the bare arm does not write).
+    """
+
+    def __init__(self, warmup: int, last: int, device: torch.device) -> None:
+        self.warmup, self.last, self.device = warmup, last, device
+        self.start, self.seconds = 0.0, float("nan")
+
+    def _begin(self, batch_idx: int) -> None:
+        if batch_idx == self.warmup:
+            _sync(self.device)
+            self.start = time.perf_counter()
+
+    def _end(self, batch_idx: int) -> None:
+        if batch_idx == self.last:
+            _sync(self.device)
+            self.seconds = time.perf_counter() - self.start
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._begin(batch_idx)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._end(batch_idx)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._begin(batch_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._end(batch_idx)
+
+
+def _logger(run_dir: Path):
+    """The platform's logger where wandb is installed (offline), else Lightning's CSV logger."""
+    import importlib.util
+
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    if importlib.util.find_spec("wandb") is not None:
+        return WandbLogger(project="convnets-bench", save_dir=str(run_dir), offline=True, log_model=False)
+    return CSVLogger(str(run_dir))
+
+
+# -- orchestration and report -----------------------------------------------------------------
+def bench_model(cfg: ModelBench) -> dict:
+    from convnets.models import get_model_info
+    from convnets.platform.callbacks import peak_flops
+    from convnets.platform.model_table import forward_flops
+
+    info = get_model_info(cfg.arch)
+    if cfg.torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # both arms: Lightning's benchmark=True sets the same
+    batch = synthetic_batch(cfg.batch, info.input_size, cfg.num_classes, cfg.torch_device)
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="convnets-bench-") as tmp:
+        for r in range(cfg.rounds):
+            run_dir = Path(tmp) / f"round{r}"
+            if r % 2 == 0:  # A/B, then B/A: neither arm always runs first
+                lit, bare = lightning_loop(cfg, batch, run_dir), bare_loop(cfg, batch)
+            else:
+                bare, lit = bare_loop(cfg, batch), lightning_loop(cfg, batch, run_dir)
+            rounds.append({"images_per_s": lit, "bare_images_per_s": bare, "ratio": lit / bare})
+            log.info("round %d: lightning %.1f images/s, bare %.1f images/s, ratio %.3f", r, lit, bare, lit / bare)
+    lit = statistics.median(r["images_per_s"] for r in rounds)
+    bare = statistics.median(r["bare_images_per_s"] for r in rounds)
+    train_flops = 3.0 * forward_flops(cfg.arch, num_classes=cfg.num_classes)
+    peak = peak_flops(cfg.torch_device, cfg.precision)
+    return {
+        "bench": "model", **{k: getattr(cfg, k) for k in ("arch", "batch", "precision", "channels_last", "compile",
+                                                        "steps", "warmup", "rounds", "num_classes")},
+        "images_per_s": lit, "bare_images_per_s": bare,
+        "ratio": statistics.median(r["ratio"] for r in rounds),
+        "train_gflops_per_image": train_flops / 1e9,
+        "mfu": lit * train_flops / peak if peak else None,
+        "bare_mfu": bare * train_flops / peak if peak else None,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "per_round": rounds,
+        "hardware": hardware(cfg.torch_device),
+        "versions": versions(),
+    }
+
+
+def bench_eval(cfg: ModelBench, *, crops: int) -> dict:
+    """Images/s of the platform's multi-crop test step (each image: `crops` views in one forward)."""
+    from convnets.models import get_model_info
+
+    info = get_model_info(cfg.arch)
+    if cfg.torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    batch = synthetic_batch(cfg.batch, (crops, *info.input_size), cfg.num_classes, cfg.torch_device)
+    timer = WindowTimer(cfg.warmup, cfg.warmup + cfg.steps - 1, cfg.torch_device)
+    trainer = pl.Trainer(accelerator="gpu" if cfg.torch_device.type == "cuda" else "cpu", devices=1,
+                         precision=cfg.precision, callbacks=[timer], logger=False, enable_model_summary=False,
+                         enable_progress_bar=False, benchmark=cfg.torch_device.type == "cuda")
+    trainer.test(_module(cfg), dataloaders=SyntheticBatches(batch, cfg.warmup + cfg.steps), verbose=False)
+    rate = cfg.batch * cfg.steps / timer.seconds
+    return {
+        "bench": "eval", "arch": cfg.arch, "batch": cfg.batch, "crops": crops, "precision": cfg.precision,
+        "channels_last": cfg.channels_last, "steps": cfg.steps, "images_per_s": rate, "crops_per_s": rate * crops,
+        "hardware": hardware(cfg.torch_device), "versions": versions(),
+    }
+
+
+def format_eval_table(results: list[dict]) -> str:
+    rows = ["| arch         | batch | crops | precision  | NHWC | images/s | crops/s  |",
+            "|--------------|-------|-------|------------|------|----------|----------|"]
+    for r in results:
+        rows.append(f"| {r['arch']:<12} | {r['batch']:>5} | {r['crops']:>5} | {r['precision']:<10} "
+                    f"| {'yes' if r['channels_last'] else 'no':<4} | {r['images_per_s']:>8.1f} | {r['crops_per_s']:>8.1f} |")
+    return "\n".join(rows)
+
+
+def format_e2e_table(results: list[dict]) -> str:
+    rows = ["| arch         | batch | decode         | data img/s | model img/s | both img/s | bottleneck |",
+            "|--------------|-------|----------------|------------|-------------|------------|------------|"]
+    for r in results:
+        rows.append(f"| {r['arch']:<12} | {r['batch']:>5} | {r['decode']:<14} | {r['data_images_per_s']:>10.1f} "
+                    f"| {r['model_images_per_s']:>11.1f} | {r['both_images_per_s']:>10.1f} | {r['bottleneck']:<10} |")
+    return "\n".join(rows)
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {torch.get_num_threads()} CPU threads"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning": pl.__version__}
+    if torch.cuda.is_available():
+        out["cuda"] = str(torch.version.cuda)
+        out["cudnn"] = str(torch.backends.cudnn.version())
+    return out
+
+
+def format_table(results: list[dict]) -> str:
+    head = (f"| {'arch':<12} | {'batch':>5} | {'precision':<10} | {'NHWC':<4} | {'compile':<7} | {'Lightning img/s':>15} "
+            f"| {'bare img/s':>10} | {'ratio':>5} | {'MFU':>6} |")
+    rows = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for r in results:
+        mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else "   n/a"
+        rows.append(f"| {r['arch']:<12} | {r['batch']:>5} | {r['precision']:<10} | {'yes' if r['channels_last'] else 'no':<4} "
+                    f"| {'yes' if r['compile'] else 'no':<7} | {r['images_per_s']:>15.1f} | {r['bare_images_per_s']:>10.1f} "
+                    f"| {r['ratio']:>5.3f} | {mfu:>6} |")
+    return "\n".join(rows)
