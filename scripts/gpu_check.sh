@@ -54,9 +54,10 @@ else
     step pytest_gpu 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/gpu
     for arch in alexnet alexnet2012; do
         for compile in "" "--compile"; do
+            rounds=3; [ -n "$compile" ] && rounds=2  # each round compiles afresh
             tag=${compile:+_compile}
             step "bench_model_${arch}${tag}" 240 $PY -m convnets.cli bench model --arch "$arch" --batch 256 \
-                --precision bf16-mixed --channels-last $compile --steps 30 --warmup 5 --rounds 3 \
+                --precision bf16-mixed --channels-last $compile --steps 30 --warmup 5 --rounds $rounds \
                 --json "$OUT/bench_model_${arch}${tag}.json"
         done
     done

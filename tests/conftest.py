@@ -1,12 +1,14 @@
 """Shared fixtures: where the real shared data lives, and skips when it is absent."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# CONVNETS_SHARED_DATA points elsewhere on machines without ../shared (the GPU machine gets a subset).
+SHARED_DATA = Path(os.environ.get("CONVNETS_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

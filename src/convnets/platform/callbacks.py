@@ -261,6 +261,7 @@ PROGRESS_REFRESH_STEPS = 20
 
 def platform_callbacks(run_dir: Path, config: dict, *, progress_bar: bool = True) -> list[pl.Callback]:
     """What every training run gets: checkpoints (last + best), throughput, the run record and report."""
+    run_dir = Path(run_dir)
     throughput = ThroughputMonitor()
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val_top1",
