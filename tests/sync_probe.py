@@ -29,6 +29,7 @@ class SyncRecorder(pl.Callback):
 
     def __init__(self) -> None:
         self.events: list[str] = []
+        self.devices: set[torch.device] = set()
         self._active = False
 
     def note(self, what: str) -> None:
@@ -39,6 +40,7 @@ class SyncRecorder(pl.Callback):
             self.events.append(f"{what} at {where}")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.devices.add(pl_module.device)  # Lightning moves the module back to the CPU after fit
         self._active = True
         if pl_module.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
@@ -85,7 +87,7 @@ def cuda_sync_warnings(recorder: SyncRecorder):
         previous = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            if "synchronizing" in str(message):
+            if "synchronizing" in str(message) and "prototype" not in str(message):  # not the mode's own notice
                 recorder.note(f"CUDA sync ({str(message).splitlines()[0][:60]})")
             else:
                 previous(message, category, filename, lineno, file, line)
@@ -121,9 +123,10 @@ def fit_and_record(*, arch: str, norm: str | None, device: str, strategy: str, p
     with guard:
         trainer.fit(module, train_dataloaders=SyntheticBatches(full, steps, last=padded))
     monitor = next(c for c in trainer.callbacks if isinstance(c, ThroughputMonitor))
+    trained_on = str(next(iter(recorder.devices), "none"))
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
     return {"syncs": recorder.events, "throughput": monitor.last, "backend": backend,
-            "global_step": trainer.global_step, "device": str(module.device)}
+            "global_step": trainer.global_step, "device": trained_on}
 
 
 def main() -> None:
