@@ -50,3 +50,21 @@ class ConfusionMatrix(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.counts.view(self.num_classes, self.num_classes)
+
+
+class WeightedMean(Metric):
+    """Mean of per-batch values weighted by each batch's count of valid samples (device tensors)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: torch.Tensor) -> None:
+        self.total += value.detach().double() * weight
+        self.count += weight
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
