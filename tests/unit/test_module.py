@@ -49,3 +49,46 @@ def test_checkpoint_hparams_rebuild_the_same_model():
     module = ClassifierModule(arch="lenet5", num_classes=7, optim=OptimConfig(lr=0.5))
     again = ClassifierModule(**module.hparams)
     assert again.optim.lr == 0.5 and again.net.output.centres.shape == (7, 84)
+
+
+def _bn_module():
+    torch.manual_seed(0)
+    module = ClassifierModule(arch="alexnet_small", num_classes=4, norm="batch")
+    module.log = lambda *a, **k: None  # no Trainer: nothing to log to
+    module.trainer = type("T", (), {"log_every_n_steps": 50, "num_training_batches": 100, "global_step": 0})()
+    return module.train()
+
+
+def _running_means(module) -> list[torch.Tensor]:
+    return [m.running_mean.clone() for m in module.net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("n_valid", [4, 1])
+def test_batchnorm_never_learns_from_padding(n_valid):
+    """A padded batch moves BatchNorm's statistics exactly as its real samples alone would."""
+    torch.manual_seed(1)
+    images = torch.randn(6, 3, 64, 64)
+    images[n_valid:] = 1000.0  # padding repeats: here, absurd values that would wreck the statistics
+    batch = {"images": images, "labels": torch.tensor([0, 1, 2, 3, 0, 1]), "valid": torch.arange(6) < n_valid,
+             "n_valid": n_valid}
+    padded, alone = _bn_module(), _bn_module()
+    torch.manual_seed(2)  # the same dropout masks in both
+    padded.training_step(batch, 0)
+    if n_valid >= 2:  # the reference: the same module fed only the real samples
+        real = {k: (v[:n_valid] if torch.is_tensor(v) else v) for k, v in batch.items()}
+        torch.manual_seed(2)
+        alone.training_step(real, 0)
+    # n_valid = 1: no batch statistics can be formed from one sample, so the running ones stay.
+    for got, want in zip(_running_means(padded), _running_means(alone)):
+        assert torch.allclose(got, want, atol=1e-6)
+    assert all(m.training for m in padded.net.modules())  # BatchNorm is back in training mode
+
+
+def test_plateau_state_survives_a_checkpoint():
+    module = ClassifierModule(arch="lenet5", num_classes=10, optim=OptimConfig(schedule="plateau"))
+    module.plateau.drops, module.plateau.best = 2, 0.61
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    again = ClassifierModule(**module.hparams)
+    again.on_load_checkpoint(checkpoint)
+    assert again.plateau.drops == 2 and again.plateau.best == 0.61

@@ -69,18 +69,28 @@ class ConvnetsCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str, default="runs", help="parent of the run folders")
         parser.add_argument("--wandb_project", type=str, default="convnets", help="W&B project")
 
+    @override
+    def parse_arguments(self, parser, args) -> None:
+        # `--config NAME` names a packaged recipe (DDP ranks re-run the same line and resolve alike).
+        if args is None or isinstance(args, (list, tuple)):
+            args = resolve_config_args(list(sys.argv[1:] if args is None else args))
+        super().parse_arguments(parser, args)
+
+    def _cfg(self, which):
+        return which[self.subcommand] if self.subcommand else which  # run=False: no subcommand level
+
     def run_dir(self) -> Path:
-        cfg = self.config[self.subcommand]
+        cfg = self._cfg(self.config)
         return Path(cfg["runs_dir"]) / (cfg["run_name"] or default_run_name(cfg["model"]["arch"]))
 
     @override
     def instantiate_trainer(self, **kwargs):
         run_dir = self.run_dir()
-        cfg = self.config_init[self.subcommand]
+        cfg = self._cfg(self.config_init)
         trainer_cfg = cfg["trainer"]
         user = list(trainer_cfg.get("callbacks") or [])
         bar = trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in user)
-        callbacks = user + platform_callbacks(run_dir, self.config[self.subcommand].as_dict(), progress_bar=bar)
+        callbacks = user + platform_callbacks(run_dir, self._cfg(self.config).as_dict(), progress_bar=bar)
         kwargs["callbacks"] = callbacks
         kwargs["default_root_dir"] = str(run_dir)
         if trainer_cfg.get("logger") in (None, True):
@@ -90,10 +100,6 @@ class ConvnetsCLI(LightningCLI):
 
 
 def run_lightning(argv: list[str]) -> None:
-    resolved = resolve_config_args(argv)
-    if resolved != argv and argv == sys.argv[1:]:
-        sys.argv[1:] = resolved  # DDP ranks re-run sys.argv: they must read the same file
-    argv = resolved
     ConvnetsCLI(
         ClassifierModule,
         ShardDataModule,

@@ -23,7 +23,7 @@ from typing_extensions import override
 from convnets.data_pipelines.augment import InputSpec
 from convnets.models import create_model, get_model_info
 from convnets.platform.metrics import ConfusionMatrix, TopKAccuracy, WeightedMean
-from convnets.platform.recipe import OptimConfig, PlateauState, lr_factor, parameter_groups, scaled_lr
+from convnets.platform.recipe import OptimConfig, PlateauState, lr_factor, parameter_groups, scaled
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # cross_entropy's ignore_index: the label given to padding samples
@@ -214,9 +214,11 @@ class ClassifierModule(pl.LightningModule):
     @override
     def configure_optimizers(self):
         o = self.optim
-        lr = o.lr if o.reference_batch is None else scaled_lr(o, self.global_batch())
+        lr = o.lr
         if o.reference_batch is not None:
-            log.info("linear scaling rule: lr %.4g x %d / %d = %.4g", o.lr, self.global_batch(), o.reference_batch, lr)
+            lr, o = scaled(o, self.global_batch())
+            log.info("linear scaling rule: lr %.4g x %d / %d = %.4g (warm-up from %.3g x that)",
+                     self.optim.lr, self.global_batch(), o.reference_batch, lr, o.warmup_start)
         optimizer = torch.optim.SGD(parameter_groups(self.net, o), lr=lr, momentum=o.momentum, nesterov=o.nesterov)
         # The horizon in optimizer steps, right for max_epochs and max_steps alike.
         total = max(int(self.trainer.estimated_stepping_batches), 1)

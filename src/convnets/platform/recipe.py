@@ -6,7 +6,7 @@ function of the step, so it costs nothing per step and resumes exactly from a ch
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -39,14 +39,16 @@ class OptimConfig:
     plateau_threshold: float = 1e-3  # "plateau": smallest val_top1 gain that counts as improvement
     plateau_max_drops: int = 3  # "plateau": the AlexNet paper divided by 10 three times
     warmup_epochs: float = 0.0  # linear warm-up (per step) from warmup_start x lr over this many epochs
-    warmup_start: float = 0.1
+    # None: from the unscaled rate when the linear scaling rule applies (Goyal et al.: ramp from
+    # lr to k x lr), else from lr / 10.
+    warmup_start: float | None = None
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
             "lr": self.lr > 0, "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
             "gamma": 0 < self.gamma <= 1, "warmup_epochs": self.warmup_epochs >= 0,
-            "warmup_start": 0 < self.warmup_start <= 1, "label_smoothing": 0 <= self.label_smoothing < 1,
+            "warmup_start": self.warmup_start is None or 0 < self.warmup_start <= 1, "label_smoothing": 0 <= self.label_smoothing < 1,
             "step_epochs": self.step_epochs >= 1, "reference_batch": self.reference_batch is None or self.reference_batch >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -81,7 +83,8 @@ class PlateauState:
 def lr_factor(o: OptimConfig, epoch: float, epochs: float, plateau_drops: int = 0) -> float:
     """Multiplier of the (scaled) base rate at fractional, 0-based `epoch` of an `epochs`-long run."""
     if epoch < o.warmup_epochs:
-        return o.warmup_start + (1 - o.warmup_start) * epoch / o.warmup_epochs
+        start = 0.1 if o.warmup_start is None else o.warmup_start
+        return start + (1 - start) * epoch / o.warmup_epochs
     if o.schedule == "step":
         return o.gamma ** (int(epoch) // o.step_epochs)
     if o.schedule == "multistep":
@@ -103,6 +106,10 @@ def parameter_groups(net: torch.nn.Module, o: OptimConfig) -> list[dict]:
     return [{"params": decay, "weight_decay": o.weight_decay}, {"params": spared, "weight_decay": 0.0}]
 
 
-def scaled_lr(o: OptimConfig, global_batch: int) -> float:
-    """The base rate after the linear scaling rule (unchanged without reference_batch)."""
-    return o.lr if o.reference_batch is None else o.lr * global_batch / o.reference_batch
+def scaled(o: OptimConfig, global_batch: int) -> tuple[float, OptimConfig]:
+    """The base rate after the linear scaling rule, and the config with its warm-up start resolved."""
+    if o.reference_batch is None:
+        return o.lr, o
+    k = global_batch / o.reference_batch
+    start = o.warmup_start if o.warmup_start is not None else min(1.0, 1.0 / k)
+    return o.lr * k, replace(o, warmup_start=start)
