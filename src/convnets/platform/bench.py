@@ -1,7 +1,8 @@
 """`convnets bench model`: training images/s of the Lightning loop next to a bare PyTorch loop.
 
 Both arms do the same work on the same synthetic batch (already on the device, so the data path
-is out of the picture): forward, masked cross-entropy, backward, SGD step, LR-scheduler step.
+is out of the picture): forward, masked cross-entropy, running training accuracy, backward, SGD
+step, LR-scheduler step.
 The Lightning arm carries everything a real run has: the platform's callbacks (throughput, run
 record, report, checkpointing), a logger (W&B offline where wandb is installed, else CSV) and
 the progress bar. Arms alternate A/B then B/A, round after round, and the reported ratio is
@@ -143,7 +144,7 @@ def _module(cfg: ModelBench):
 
 
 def bare_loop(cfg: ModelBench, batch: dict) -> float:
-    """Images/s of plain PyTorch doing the module's training arithmetic."""
+    """Images/s of plain PyTorch doing the module's training arithmetic (loss, accuracy, SGD, schedule)."""
     from convnets.platform.module import masked_cross_entropy
     from convnets.platform.recipe import lr_factor, parameter_groups
 
@@ -158,7 +159,7 @@ def bare_loop(cfg: ModelBench, batch: dict) -> float:
     autocast = torch.autocast(cfg.torch_device.type, dtype=dtype) if dtype else nullcontext()
     scaler = torch.amp.GradScaler(cfg.torch_device.type, enabled=cfg.precision == "16-mixed")
     net.train()
-    start = 0.0
+    start, correct = 0.0, torch.zeros((), dtype=torch.long, device=cfg.torch_device)
     for step in range(total):
         if step == cfg.warmup:
             _sync(cfg.torch_device)
@@ -167,7 +168,10 @@ def bare_loop(cfg: ModelBench, batch: dict) -> float:
             images = batch["images"]
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            loss = masked_cross_entropy(net(images), batch["labels"], batch["valid"])
+            logits = net(images)
+            loss = masked_cross_entropy(logits, batch["labels"], batch["valid"])
+        # The running training accuracy a plain script keeps too (device-side, no sync).
+        correct += ((logits.argmax(-1) == batch["labels"]) & batch["valid"]).sum()
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
