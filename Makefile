@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast setup clean
+.PHONY: demo test test-fast setup clean bench-imagenette
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m "not slow"
+
+# Time to accuracy on this machine's CPUs (the README's Imagenette row): ~15 min on 2 cores.
+bench-imagenette: $(STAMP)
+	$(BIN)/convnets bench imagenette --data ../shared/data/imagenette --out runs/bench-imagenette
 
 clean:
 	rm -rf runs .pytest_cache

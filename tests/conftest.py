@@ -47,11 +47,8 @@ def digits_shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def imagenette_small_shards(tmp_path_factory) -> Path:
-    """12 real Imagenette JPEGs from each of 3 classes per split, as shards (read in place)."""
-    from convnets.data_pipelines.shards import write_shards
-    from convnets.data_pipelines.sources import ImageFolderSource
-
+def imagenette_small_tree(tmp_path_factory) -> Path:
+    """12 real Imagenette JPEGs from each of 3 classes per split, as an ImageFolder tree of links."""
     root = shared_data("imagenette")
     tree = tmp_path_factory.mktemp("imagenette_small")
     for split in ("train", "val"):
@@ -59,6 +56,16 @@ def imagenette_small_shards(tmp_path_factory) -> Path:
             (tree / split / class_dir.name).mkdir(parents=True)
             for image in sorted(class_dir.iterdir())[:12]:
                 (tree / split / class_dir.name / image.name).symlink_to(image)
+    return tree
+
+
+@pytest.fixture(scope="session")
+def imagenette_small_shards(imagenette_small_tree, tmp_path_factory) -> Path:
+    """The small tree as shards (read in place)."""
+    from convnets.data_pipelines.shards import write_shards
+    from convnets.data_pipelines.sources import ImageFolderSource
+
+    tree = imagenette_small_tree
     out = tmp_path_factory.mktemp("imagenette_small_shards")
     write_shards(ImageFolderSource(root=tree), out, shard_size=10, seed=0)
     return out

@@ -403,3 +403,27 @@ def test_cli_writes_digits_and_verifies(tmp_path: Path) -> None:
     assert run_shards_command(parser.parse_args(["shards", "verify", str(tmp_path), "--deep"])) == 0
     with pytest.raises(SystemExit):
         parser.parse_args(["shards", "digits"])
+
+
+def test_resize_on_write_shrinks_the_shorter_side_and_normalizes_cmyk(tmp_path):
+    """--resize: real JPEGs come out with the shorter side at N px (never enlarged); CMYK becomes RGB."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from convnets.data_pipelines.shards import write_shards
+    from convnets.data_pipelines.sources import ImageFolderSource
+    from tests.conftest import shared_data
+
+    real = sorted((shared_data("imagenette") / "train").iterdir())[0]
+    for split in ("train", "val"):
+        (tmp_path / "src" / split / "a").mkdir(parents=True)
+        for i, image in enumerate(sorted(real.iterdir())[:3]):
+            (tmp_path / "src" / split / "a" / f"{i}.JPEG").write_bytes(image.read_bytes())
+        Image.new("CMYK", (40, 30), (0, 128, 255, 0)).save(tmp_path / "src" / split / "a" / "cmyk.JPEG", format="JPEG")
+    write_shards(ImageFolderSource(root=tmp_path / "src", resize=32, quality=85), tmp_path / "out", shard_size=10)
+    with tarfile.open(next((tmp_path / "out" / "train").glob("*.tar"))) as tar:
+        images = [Image.open(io.BytesIO(tar.extractfile(m).read())) for m in tar.getmembers() if m.name.endswith(".jpg")]
+    assert len(images) == 4 and all(im.format == "JPEG" and im.mode in ("RGB", "L") for im in images)
+    assert sorted(min(im.size) for im in images) == [30, 32, 32, 32]  # the 40x30 image is not enlarged

@@ -1,6 +1,6 @@
 """`convnets shards ...`: argparse wiring for writing and verifying shards.
 
-    convnets shards imagefolder SRC OUT [--val-fraction 0.1] [--shard-size 1000] [--seed 0]
+    convnets shards imagefolder SRC OUT [--val-fraction 0.1] [--shard-size 1000] [--seed 0] [--resize N --quality Q]
     convnets shards mnist SRC OUT [--n-train 8000] [--shard-size 1000] [--seed 0]
     convnets shards digits OUT [--val-fraction 0.2] [--shard-size 1000] [--seed 0]
     convnets shards verify OUT [--deep]      (OUT: a split folder, or a folder of split folders)
@@ -36,6 +36,9 @@ def add_shards_subcommands(subparsers: argparse._SubParsersAction) -> argparse.A
     folder.add_argument("src", type=Path)
     folder.add_argument("out", type=Path)
     _add_write_options(folder, val_fraction=0.1)
+    folder.add_argument("--resize", type=int, default=None,
+                        help="re-encode with the shorter side at most N px (cheaper decoding every epoch); default: keep the bytes")
+    folder.add_argument("--quality", type=int, default=90, help="JPEG quality with --resize (default: 90)")
     mnist = sub.add_parser("mnist", help="MNIST idx files (.gz or plain) in SRC")
     mnist.add_argument("src", type=Path)
     mnist.add_argument("out", type=Path)
@@ -53,7 +56,8 @@ def add_shards_subcommands(subparsers: argparse._SubParsersAction) -> argparse.A
 
 def _source(args: argparse.Namespace) -> Source:
     if args.shards_command == "imagefolder":
-        return ImageFolderSource(root=args.src, val_fraction=args.val_fraction, seed=args.seed)
+        return ImageFolderSource(root=args.src, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize,
+                                 quality=args.quality)
     if args.shards_command == "mnist":
         return MnistSource(root=args.src, n_train=args.n_train)
     if args.shards_command == "digits":

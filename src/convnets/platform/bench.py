@@ -70,6 +70,9 @@ def add_bench_subcommands(sub) -> None:
     from convnets.platform.bench_e2e import add_e2e_arguments
 
     add_e2e_arguments(sub.add_parser("e2e", help="shards into training: data alone, model alone, both together"))
+    from convnets.platform.bench_imagenette import add_imagenette_arguments
+
+    add_imagenette_arguments(sub.add_parser("imagenette", help="time to accuracy on Imagenette on this machine's CPUs"))
     ev = sub.add_parser("eval", help="multi-crop test images/s through the platform's test step")
     _add_common(ev)
     ev.add_argument("--crops", type=int, default=10, choices=[1, 5, 10], help="crops per image (default 10)")
@@ -80,6 +83,10 @@ def add_bench_subcommands(sub) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
+    if args.bench_command == "imagenette":
+        from convnets.platform.bench_imagenette import bench_imagenette, format_imagenette_table
+
+        return _report(bench_imagenette(args), format_imagenette_table, args.json)
     if args.bench_command == "e2e":
         from convnets.platform.bench_e2e import bench_e2e
 

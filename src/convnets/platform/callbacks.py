@@ -193,6 +193,7 @@ class RunReport(pl.Callback):
     def __init__(self, run_dir: Path, throughput: ThroughputMonitor) -> None:
         self.run_dir, self.throughput = Path(run_dir), throughput
         self.history: list[dict] = []
+        self.val_history: list[dict] = []  # one entry per validation, with its wall-clock time (time-to-accuracy)
         self.metrics: dict[str, float] = {}
         self.fit_start = 0.0
 
@@ -213,6 +214,12 @@ class RunReport(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
             self.history.append({"epoch": trainer.current_epoch, **_float_metrics(trainer), **self.throughput.last})
+
+    @override
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking and trainer.state.fn == "fit":
+            metrics = {k: v for k, v in _float_metrics(trainer).items() if k.startswith("val_")}
+            self.val_history.append({"epoch": trainer.current_epoch, "unix_time": time.time(), **metrics})
 
     @override
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -252,6 +259,8 @@ class RunReport(pl.Callback):
         payload.update(self.metrics)
         if self.history:
             payload["history"] = self.history
+        if self.val_history:
+            payload["val_history"] = self.val_history
         write_json(existing, payload)
 
 

@@ -48,7 +48,8 @@ def _source(data: str):
     raise ValueError(f"--data {data!r}: use digits, mnist:PATH or imagefolder:PATH")
 
 
-def _convnets(args: list[str]) -> None:
+def run_convnets(args: list[str]) -> None:
+    """`convnets ARGS` as a child process (DDP re-executes its own command line); raises on failure."""
     cmd = [sys.executable, "-m", "convnets.cli", *args]
     result = subprocess.run(cmd)
     if result.returncode != 0:
@@ -75,10 +76,10 @@ def run_demo(args: argparse.Namespace) -> int:
     common = _lightning_args(kind, out, arch)
     print(f"[2/3] fit: {arch}, {epochs} epochs, DDP on {args.devices} {args.accelerator} processes")
     strategy = "ddp" if args.devices > 1 else "auto"
-    _convnets(["fit", *common, "--trainer.max_epochs", str(epochs), "--trainer.devices", str(args.devices),
+    run_convnets(["fit", *common, "--trainer.max_epochs", str(epochs), "--trainer.devices", str(args.devices),
                "--trainer.strategy", strategy, "--trainer.accelerator", args.accelerator])
     print("[3/3] test: last checkpoint, single crop and multi-crop")
-    _convnets(["test", *common, "--trainer.devices", "1", "--trainer.accelerator", args.accelerator,
+    run_convnets(["test", *common, "--trainer.devices", "1", "--trainer.accelerator", args.accelerator,
                "--ckpt_path", str(out / "checkpoints" / "last.ckpt")])
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["demo_wall_s"] = time.perf_counter() - start

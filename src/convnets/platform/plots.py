@@ -34,6 +34,21 @@ def learning_curves(history: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def time_to_accuracy(curve: list[tuple[float, float]], final: tuple[float, float], target: float, budget_s: float,
+                     path: Path, title: str) -> Path:
+    """Validation top-1 against wall-clock minutes, with the target and the time budget marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    if curve:
+        ax.plot([t / 60 for t, _ in curve], [a for _, a in curve], marker="o", ms=3, label="val top-1 (centre crop)")
+    ax.plot([final[0] / 60], [final[1]], marker="*", ms=12, ls="", color="C3", label="test top-1, 10 crops (end)")
+    ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:.0%}")
+    ax.axvline(budget_s / 60, color="grey", ls=":", lw=1, label=f"budget {budget_s / 60:.0f} min")
+    ax.set(xlabel="wall time, minutes (shard writing included)", ylabel="top-1 accuracy", title=title, ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
 def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     """Rows: true class, columns: predicted class; counts in the cells when they fit."""
     n = len(classes)
