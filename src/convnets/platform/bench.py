@@ -5,8 +5,10 @@ is out of the picture): forward, masked cross-entropy, running training accuracy
 step, LR-scheduler step.
 The Lightning arm carries everything a real run has: the platform's callbacks (throughput, run
 record, report, checkpointing), a logger (W&B offline where wandb is installed, else CSV) and
-the progress bar. Arms alternate A/B then B/A, round after round, and the reported ratio is
-the median of the per-round ratios, so drifting clocks and a busy neighbour hit both arms.
+the progress bar. Arms alternate A/B then B/A, round after round. Each arm's rate is its batch
+over its MEDIAN step time (a shared machine adds bursts to a few steps; the median ignores them,
+and every step of the Lightning arm includes its whole loop: fetch, hooks, callbacks, logging);
+the reported ratio is the median of the per-round ratios. Whole-window rates are in the JSON too.
 
     convnets bench model --arch alexnet --batch 64 --json bench/alexnet.json
     convnets bench model --arch alexnet --batch 256 --precision bf16-mixed --channels-last --compile --json OUT
@@ -150,7 +152,24 @@ def _module(cfg: ModelBench):
                             perf=PerfConfig(channels_last=cfg.channels_last, compile=cfg.compile))
 
 
-def bare_loop(cfg: ModelBench, batch: dict) -> float:
+@dataclass(frozen=True)
+class Timing:
+    """One arm's timed steps: host time stamps at each step's start, and the end (device synchronized)."""
+
+    marks: list[float]
+    batch: int
+
+    @property
+    def window_rate(self) -> float:
+        return self.batch * (len(self.marks) - 1) / (self.marks[-1] - self.marks[0])
+
+    @property
+    def step_rate(self) -> float:
+        """Images/s from the median step: robust to the bursts a shared machine adds to a few steps."""
+        return self.batch / statistics.median(b - a for a, b in zip(self.marks, self.marks[1:]))
+
+
+def bare_loop(cfg: ModelBench, batch: dict) -> Timing:
     """Images/s of plain PyTorch doing the module's training arithmetic (loss, accuracy, SGD, schedule)."""
     from convnets.platform.module import masked_cross_entropy
     from convnets.platform.recipe import lr_factor, parameter_groups
@@ -166,11 +185,12 @@ def bare_loop(cfg: ModelBench, batch: dict) -> float:
     autocast = torch.autocast(cfg.torch_device.type, dtype=dtype) if dtype else nullcontext()
     scaler = torch.amp.GradScaler(cfg.torch_device.type, enabled=cfg.precision == "16-mixed")
     net.train()
-    start, correct = 0.0, torch.zeros((), dtype=torch.long, device=cfg.torch_device)
+    marks, correct = [], torch.zeros((), dtype=torch.long, device=cfg.torch_device)
     for step in range(total):
         if step == cfg.warmup:
             _sync(cfg.torch_device)
-            start = time.perf_counter()
+        if step >= cfg.warmup:
+            marks.append(time.perf_counter())
         with autocast:
             images = batch["images"]
             if cfg.channels_last:
@@ -185,10 +205,10 @@ def bare_loop(cfg: ModelBench, batch: dict) -> float:
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
     _sync(cfg.torch_device)
-    return cfg.batch * cfg.steps / (time.perf_counter() - start)
+    return Timing(marks + [time.perf_counter()], cfg.batch)
 
 
-def lightning_loop(cfg: ModelBench, batch: dict, run_dir: Path) -> float:
+def lightning_loop(cfg: ModelBench, batch: dict, run_dir: Path) -> Timing:
     """Images/s of the platform's Trainer with its callbacks, logger and progress bar on."""
     from convnets.platform.callbacks import platform_callbacks
 
@@ -201,7 +221,7 @@ def lightning_loop(cfg: ModelBench, batch: dict, run_dir: Path) -> float:
         benchmark=cfg.torch_device.type == "cuda",
     )
     trainer.fit(_module(cfg), train_dataloaders=SyntheticBatches(batch, cfg.warmup + cfg.steps))
-    return cfg.batch * cfg.steps / timer.seconds
+    return Timing(timer.marks, cfg.batch)
 
 
 class WindowTimer(pl.Callback):
@@ -212,17 +232,22 @@ class WindowTimer(pl.Callback):
 
     def __init__(self, warmup: int, last: int, device: torch.device) -> None:
         self.warmup, self.last, self.device = warmup, last, device
-        self.start, self.seconds = 0.0, float("nan")
+        self.marks: list[float] = []  # each timed step's start, then the last step's end
+
+    @property
+    def seconds(self) -> float:
+        return self.marks[-1] - self.marks[0]
 
     def _begin(self, batch_idx: int) -> None:
         if batch_idx == self.warmup:
             _sync(self.device)
-            self.start = time.perf_counter()
+        if batch_idx >= self.warmup:
+            self.marks.append(time.perf_counter())
 
     def _end(self, batch_idx: int) -> None:
         if batch_idx == self.last:
             _sync(self.device)
-            self.seconds = time.perf_counter() - self.start
+            self.marks.append(time.perf_counter())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._begin(batch_idx)
@@ -263,11 +288,15 @@ def bench_model(cfg: ModelBench) -> dict:
         for r in range(cfg.rounds):
             run_dir = Path(tmp) / f"round{r}"
             if r % 2 == 0:  # A/B, then B/A: neither arm always runs first
-                lit, bare = lightning_loop(cfg, batch, run_dir), bare_loop(cfg, batch)
+                lt, bt = lightning_loop(cfg, batch, run_dir), bare_loop(cfg, batch)
             else:
-                bare, lit = bare_loop(cfg, batch), lightning_loop(cfg, batch, run_dir)
-            rounds.append({"images_per_s": lit, "bare_images_per_s": bare, "ratio": lit / bare})
-            log.info("round %d: lightning %.1f images/s, bare %.1f images/s, ratio %.3f", r, lit, bare, lit / bare)
+                bt, lt = bare_loop(cfg, batch), lightning_loop(cfg, batch, run_dir)
+            lit, bare = lt.step_rate, bt.step_rate
+            rounds.append({"images_per_s": lit, "bare_images_per_s": bare, "ratio": lit / bare,
+                           "window_images_per_s": lt.window_rate, "bare_window_images_per_s": bt.window_rate,
+                           "window_ratio": lt.window_rate / bt.window_rate})
+            log.info("round %d: lightning %.1f images/s, bare %.1f images/s, ratio %.3f (whole windows: %.3f)",
+                     r, lit, bare, lit / bare, lt.window_rate / bt.window_rate)
     lit = statistics.median(r["images_per_s"] for r in rounds)
     bare = statistics.median(r["bare_images_per_s"] for r in rounds)
     train_flops = 3.0 * forward_flops(cfg.arch, num_classes=cfg.num_classes)
@@ -277,6 +306,7 @@ def bench_model(cfg: ModelBench) -> dict:
                                                         "steps", "warmup", "rounds", "num_classes")},
         "images_per_s": lit, "bare_images_per_s": bare,
         "ratio": statistics.median(r["ratio"] for r in rounds),
+        "window_ratio": statistics.median(r["window_ratio"] for r in rounds),
         "train_gflops_per_image": train_flops / 1e9,
         "mfu": lit * train_flops / peak if peak else None,
         "bare_mfu": bare * train_flops / peak if peak else None,
@@ -300,7 +330,7 @@ def bench_eval(cfg: ModelBench, *, crops: int) -> dict:
                          precision=cfg.precision, callbacks=[timer], logger=False, enable_model_summary=False,
                          enable_progress_bar=False, benchmark=cfg.torch_device.type == "cuda")
     trainer.test(_module(cfg), dataloaders=SyntheticBatches(batch, cfg.warmup + cfg.steps), verbose=False)
-    rate = cfg.batch * cfg.steps / timer.seconds
+    rate = Timing(timer.marks, cfg.batch).window_rate
     return {
         "bench": "eval", "arch": cfg.arch, "batch": cfg.batch, "crops": crops, "precision": cfg.precision,
         "channels_last": cfg.channels_last, "steps": cfg.steps, "images_per_s": rate, "crops_per_s": rate * crops,
@@ -309,27 +339,33 @@ def bench_eval(cfg: ModelBench, *, crops: int) -> dict:
 
 
 def format_eval_table(results: list[dict]) -> str:
-    rows = ["| arch         | batch | crops | precision  | NHWC | images/s | crops/s  |",
-            "|--------------|-------|-------|------------|------|----------|----------|"]
-    for r in results:
-        rows.append(f"| {r['arch']:<12} | {r['batch']:>5} | {r['crops']:>5} | {r['precision']:<10} "
-                    f"| {'yes' if r['channels_last'] else 'no':<4} | {r['images_per_s']:>8.1f} | {r['crops_per_s']:>8.1f} |")
-    return "\n".join(rows)
+    return markdown_table(
+        ["arch", "batch", "crops", "precision", "NHWC", "images/s", "crops/s"],
+        [[r["arch"], str(r["batch"]), str(r["crops"]), r["precision"], yes_no(r["channels_last"]),
+          f"{r['images_per_s']:.1f}", f"{r['crops_per_s']:.1f}"] for r in results])
 
 
 def format_e2e_table(results: list[dict]) -> str:
-    rows = ["| arch         | batch | decode         | data img/s | model img/s | both img/s | bottleneck |",
-            "|--------------|-------|----------------|------------|-------------|------------|------------|"]
-    for r in results:
-        rows.append(f"| {r['arch']:<12} | {r['batch']:>5} | {r['decode']:<14} | {r['data_images_per_s']:>10.1f} "
-                    f"| {r['model_images_per_s']:>11.1f} | {r['both_images_per_s']:>10.1f} | {r['bottleneck']:<10} |")
-    return "\n".join(rows)
+    return markdown_table(
+        ["arch", "batch", "decode", "data img/s", "model img/s", "both img/s", "bottleneck"],
+        [[r["arch"], str(r["batch"]), r["decode"], f"{r['data_images_per_s']:.1f}", f"{r['model_images_per_s']:.1f}",
+          f"{r['both_images_per_s']:.1f}", r["bottleneck"]] for r in results])
 
 
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, {torch.get_num_threads()} CPU threads"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{_cpu_name()}, {torch.get_num_threads()} threads"
+
+
+def _cpu_name() -> str:
+    try:  # Linux names the model; platform.processor() is often empty there
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:
@@ -340,13 +376,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A markdown table, every column padded to its widest cell (first column left, others right)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def format_table(results: list[dict]) -> str:
-    head = (f"| {'arch':<12} | {'batch':>5} | {'precision':<10} | {'NHWC':<4} | {'compile':<7} | {'Lightning img/s':>15} "
-            f"| {'bare img/s':>10} | {'ratio':>5} | {'MFU':>6} |")
-    rows = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
-    for r in results:
-        mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else "   n/a"
-        rows.append(f"| {r['arch']:<12} | {r['batch']:>5} | {r['precision']:<10} | {'yes' if r['channels_last'] else 'no':<4} "
-                    f"| {'yes' if r['compile'] else 'no':<7} | {r['images_per_s']:>15.1f} | {r['bare_images_per_s']:>10.1f} "
-                    f"| {r['ratio']:>5.3f} | {mfu:>6} |")
-    return "\n".join(rows)
+    return markdown_table(
+        ["arch", "batch", "precision", "NHWC", "compile", "Lightning img/s", "bare img/s", "ratio", "MFU"],
+        [[r["arch"], str(r["batch"]), r["precision"], yes_no(r["channels_last"]), yes_no(r["compile"]),
+          f"{r['images_per_s']:.1f}", f"{r['bare_images_per_s']:.1f}", f"{r['ratio']:.3f}",
+          f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"] for r in results])

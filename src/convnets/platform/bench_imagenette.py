@@ -66,10 +66,10 @@ def bench_imagenette(args: argparse.Namespace) -> dict:
 
 
 def format_imagenette_table(results: list[dict]) -> str:
-    rows = ["| recipe | top-1 10-crop | top-1 centre | wall (shards + fit + test) | target met |",
-            "|---|---:|---:|---|---|"]
-    for r in results:
-        rows.append(f"| {r['config']} | {100 * r['top1_10crop']:.2f}% | {100 * r['top1_1crop']:.2f}% | "
-                    f"{r['wall_s'] / 60:.1f} min ({r['shards_s']:.0f} s + {r['fit_s']:.0f} s + {r['test_s']:.0f} s) | "
-                    f"{'yes' if r['met'] else 'no'} (>= {100 * r['target_top1']:.0f}% in {r['budget_s'] / 60:.0f} min) |")
-    return "\n".join(rows)
+    from convnets.platform.bench import markdown_table, yes_no
+
+    return markdown_table(
+        ["recipe", "top-1 10-crop", "top-1 centre", "wall (shards + fit + test)", "target met"],
+        [[r["config"], f"{100 * r['top1_10crop']:.2f}%", f"{100 * r['top1_1crop']:.2f}%",
+          f"{r['wall_s'] / 60:.1f} min ({r['shards_s']:.0f} s + {r['fit_s']:.0f} s + {r['test_s']:.0f} s)",
+          f"{yes_no(r['met'])} (>= {100 * r['target_top1']:.0f}% in {r['budget_s'] / 60:.0f} min)"] for r in results])
