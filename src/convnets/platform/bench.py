@@ -225,7 +225,7 @@ def lightning_loop(cfg: ModelBench, batch: dict, run_dir: Path) -> Timing:
 
 
 class WindowTimer(pl.Callback):
-    """Seconds from the start of step `warmup` to the end of step `last`, device synchronized.
+    """Host time stamps from the start of step `warmup` to the end of step `last`, device synchronized.
 
     It stops at the last step's end, before the epoch-end checkpoint (which the bare arm does not write).
     """
@@ -233,10 +233,6 @@ class WindowTimer(pl.Callback):
     def __init__(self, warmup: int, last: int, device: torch.device) -> None:
         self.warmup, self.last, self.device = warmup, last, device
         self.marks: list[float] = []  # each timed step's start, then the last step's end
-
-    @property
-    def seconds(self) -> float:
-        return self.marks[-1] - self.marks[0]
 
     def _begin(self, batch_idx: int) -> None:
         if batch_idx == self.warmup:
