@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,18 @@ def test_plateau_state_survives_a_checkpoint():
     again = ClassifierModule(**module.hparams)
     again.on_load_checkpoint(checkpoint)
     assert again.plateau.drops == 2 and again.plateau.best == 0.61
+
+
+def test_confusion_plot_stays_small_at_a_thousand_classes(tmp_path):
+    """ImageNet's 1,000 classes: only the most confused are drawn, the PNG stays a normal size."""
+    from PIL import Image
+
+    from convnets.platform.plots import confusion_matrix, most_confused
+
+    rng = np.random.default_rng(0)
+    matrix = np.diag(rng.integers(40, 50, 1000))
+    matrix[7, 3] = matrix[500, 999] = 30  # the two worst confusions
+    path = confusion_matrix(matrix, [f"class {i}" for i in range(1000)], tmp_path / "cm.png")
+    width, height = Image.open(path).size
+    assert width < 2000 and height < 2000
+    assert {3, 7, 500, 999} <= set(most_confused(matrix).tolist()) and len(most_confused(matrix)) == 20

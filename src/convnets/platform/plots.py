@@ -49,18 +49,34 @@ def time_to_accuracy(curve: list[tuple[float, float]], final: tuple[float, float
     return _save(fig, path)
 
 
+MAX_CONFUSION_CLASSES = 20  # beyond this a full matrix is unreadable (and 1,000 classes would be ~50k px square)
+
+
+def most_confused(matrix: np.ndarray, k: int = MAX_CONFUSION_CLASSES) -> np.ndarray:
+    """Indices (sorted) of the k classes with the most errors, made or received."""
+    errors = matrix.sum(0) + matrix.sum(1) - 2 * np.diag(matrix)
+    return np.sort(np.argsort(-errors, kind="stable")[:k])
+
+
 def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Rows: true class, columns: predicted class; counts in the cells when they fit."""
+    """Rows: true class, columns: predicted class; counts in the cells.
+
+    Above MAX_CONFUSION_CLASSES classes only the most confused ones are drawn, so the figure stays
+    small and readable at ImageNet's 1,000 classes.
+    """
+    total, n_all = int(matrix.sum()), len(classes)
+    keep = np.arange(n_all) if n_all <= MAX_CONFUSION_CLASSES else most_confused(matrix)
+    matrix, classes = matrix[np.ix_(keep, keep)], [classes[i] for i in keep]
     n = len(classes)
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * n + 2), max(4, 0.45 * n + 1.5)))
     ax.imshow(matrix, cmap="Blues")
-    if n <= 20:
-        ticks = range(n)
-        ax.set_xticks(ticks, classes, rotation=90)
-        ax.set_yticks(ticks, classes)
-        for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, int(v), ha="center", va="center", fontsize=7, color="white" if v > matrix.max() / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({int(matrix.sum())} test images)")
+    ticks = range(n)
+    ax.set_xticks(ticks, [c[:24] for c in classes], rotation=90)
+    ax.set_yticks(ticks, [c[:24] for c in classes])
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, int(v), ha="center", va="center", fontsize=7, color="white" if v > matrix.max() / 2 else "black")
+    shown = "" if n == n_all else f", the {n} most confused of {n_all} classes"
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({total} test images{shown})")
     return _save(fig, path)
 
 
