@@ -54,9 +54,12 @@ def _loader(args, cfg: ModelBench, total_batches: int):
     device_id = 0 if cfg.torch_device.type == "cuda" else None
     lc = LoaderConfig(train=True, crops=1, batch_size=cfg.batch, num_threads=args.num_threads, device_id=device_id,
                       seed=0, rank=0, world_size=1, hw_decoder_load=args.hw_decoder_load)
-    loader = DaliLoader(index, labels, dm.augment_spec("train"), lc, epoch_fn=lambda: 0)
-    loader.plan = lambda epoch: plan  # the cycled plan instead of one epoch's
-    return loader, dm.num_classes
+    class CycledLoader(DaliLoader):
+        def plan(self, epoch: int) -> RankPlan:  # the cycled plan instead of one epoch's
+            return cycled
+
+    cycled = plan
+    return CycledLoader(index, labels, dm.augment_spec("train"), lc, epoch_fn=lambda: 0), dm.num_classes
 
 
 def _timed(batches, warmup: int, device: torch.device, work=None) -> float:
@@ -106,7 +109,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     from convnets.models import get_model_info
 
     batch = synthetic_batch(cfg.batch, get_model_info(cfg.arch).input_size, num_classes, cfg.torch_device)
-    model = bare_loop(ModelBench(**{**cfg.__dict__, "num_classes": num_classes}), batch)
+    model = bare_loop(ModelBench(**{**cfg.__dict__, "num_classes": num_classes}), batch).window_rate
     loader, _ = _loader(args, cfg, total)
     both = _timed(iter(loader), cfg.warmup, cfg.torch_device, work=_train_step_fn(cfg, num_classes))
     return {

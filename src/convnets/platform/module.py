@@ -59,14 +59,17 @@ def valid_count(batch: dict) -> int:
 
 @contextlib.contextmanager
 def frozen_batchnorm(net: torch.nn.Module, enabled: bool):
-    """BatchNorm layers in eval mode (running statistics, no update) for the duration."""
-    layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-    for m in layers if enabled else ():
+    """BatchNorm layers in eval mode (running statistics, no update) for the duration.
+
+    Disabled (every step but a nearly all-padding one) it does nothing: no walk over the modules.
+    """
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training] if enabled else []
+    for m in layers:
         m.eval()
     try:
         yield
     finally:
-        for m in layers if enabled else ():
+        for m in layers:
             m.train()
 
 
