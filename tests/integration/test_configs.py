@@ -47,7 +47,7 @@ def test_recipe_parses_and_builds(name, tmp_path, monkeypatch):
 
 
 def _mnist_shards(tmp_path):
-    from convnets.data_pipelines.shards import write_shards
+    from convnets.data_pipelines.shard_writer import write_shards
     from convnets.data_pipelines.sources import MnistSource
 
     write_shards(MnistSource(root=shared_data("mnist"), n_train=600), tmp_path / "mnist", shard_size=500)

@@ -9,8 +9,7 @@ import torch
 from convnets.data_pipelines.augment import InputSpec
 from convnets.data_pipelines.dali_loader import DataError
 from convnets.data_pipelines.datamodule import ShardDataModule
-from convnets.data_pipelines.shard_reader import read_labels
-from convnets.data_pipelines.shards import ShardError, load_sample_index
+from convnets.data_pipelines.shard_format import ShardError, load_sample_index, read_labels
 
 pytestmark = pytest.mark.dali
 

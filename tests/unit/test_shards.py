@@ -17,14 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnets.data_pipelines.shards import (
-    ShardError,
-    load_sample_index,
-    parse_idx,
-    read_manifest,
-    verify_shards,
-    write_shards,
-)
+from convnets.data_pipelines.shard_format import ShardError, load_sample_index, parse_idx, read_labels, read_manifest
+from convnets.data_pipelines.shard_verify import verify_shards
+from convnets.data_pipelines.shard_writer import write_shards
 from convnets.data_pipelines.shards_cli import add_shards_subcommands, run_shards_command, verify_output
 from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, MnistSource, Sample, encode_gray_png
 from tests.conftest import shared_data
@@ -324,13 +319,13 @@ def test_interrupted_write_leaves_no_half_shard_and_no_manifest(tmp_path: Path) 
     assert not (split_dir / "manifest.json").exists() and not list(split_dir.glob("*.tmp"))
     with pytest.raises(ShardError, match=r"manifest\.json: missing"):
         verify_output(out)
-    assert sorted(p.name for p in split_dir.iterdir()) == ["shard-000000.idx", "shard-000000.tar",
-                                                           "shard-000001.idx", "shard-000001.tar"]
+    assert sorted(p.name for p in split_dir.iterdir()) == [f"shard-00000{i}.{e}" for i in (0, 1)
+                                                           for e in ("done", "idx", "tar")]
     for tar in split_dir.glob("*.tar"):  # the shards that finished are complete, each with its .idx
         with tarfile.open(tar) as archive:
             assert len(archive.getmembers()) == 2 * len(parse_idx(tar.with_suffix(".idx")))
     write_shards(ListSource(samples={"train": _digit_samples(200)}), out, shard_size=50)
-    expected = [f"shard-{i:06d}.{e}" for i in range(4) for e in ("idx", "tar")]
+    expected = [f"shard-{i:06d}.{e}" for i in range(4) for e in ("done", "idx", "tar")]
     assert sorted(p.name for p in split_dir.glob("shard-*")) == expected
     assert verify_shards(split_dir).num_samples == 200
 
@@ -412,7 +407,6 @@ def test_resize_on_write_shrinks_the_shorter_side_and_normalizes_cmyk(tmp_path):
 
     from PIL import Image
 
-    from convnets.data_pipelines.shards import write_shards
     from convnets.data_pipelines.sources import ImageFolderSource
     from tests.conftest import shared_data
 

@@ -20,8 +20,8 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from convnets.data_pipelines.augment import AugmentSpec
 from convnets.data_pipelines.dali_pipeline import build_pipeline
 from convnets.data_pipelines.epoch_plan import RankPlan, plan_rank
+from convnets.data_pipelines.shard_format import SampleIndex
 from convnets.data_pipelines.shard_reader import ShardFiles, describe
-from convnets.data_pipelines.shards import SampleIndex
 
 
 class DataError(ValueError):

@@ -15,8 +15,8 @@ import torch
 
 from convnets.data_pipelines.augment import AugmentSpec, InputSpec, eval_crop_count
 from convnets.data_pipelines.dali_loader import DaliLoader, DataError, LoaderConfig
-from convnets.data_pipelines.shard_reader import check_shard_sizes, read_labels
-from convnets.data_pipelines.shards import Manifest, SampleIndex, load_sample_index, read_manifest
+from convnets.data_pipelines.shard_format import Manifest, SampleIndex, load_sample_index, read_labels, read_manifest
+from convnets.data_pipelines.shard_reader import check_shard_sizes
 
 
 class ShardDataModule(pl.LightningDataModule):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnets.data_pipelines.shards import Manifest, SampleIndex, ShardError
+from convnets.data_pipelines.shard_format import Manifest, SampleIndex, ShardError
 
 
 def describe(index: SampleIndex, i: int) -> str:
@@ -59,20 +59,3 @@ class ShardFiles:
             os.close(fd)
         self._fds.clear()
 
-
-def read_labels(index: SampleIndex, *, num_classes: int) -> np.ndarray:
-    """Every label of the split (int64), each checked to lie in [0, num_classes)."""
-    files = ShardFiles(index)
-    try:
-        labels = np.empty(len(index), dtype=np.int64)
-        for i in range(len(index)):
-            text = files.label_text(i)
-            try:
-                labels[i] = int(text)
-            except ValueError:
-                raise ShardError(f"{describe(index, i)}: label {text!r} is not an integer") from None
-            if not 0 <= labels[i] < num_classes:
-                raise ShardError(f"{describe(index, i)}: label {labels[i]} outside the {num_classes} classes [0, {num_classes - 1}]")
-        return labels
-    finally:
-        files.close()

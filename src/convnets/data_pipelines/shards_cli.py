@@ -14,7 +14,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from convnets.data_pipelines.shards import MANIFEST, Manifest, ShardError, VerifyReport, verify_shards, write_shards
+from convnets.data_pipelines.shard_format import MANIFEST, Manifest, ShardError
+from convnets.data_pipelines.shard_verify import VerifyReport, verify_shards
+from convnets.data_pipelines.shard_writer import write_shards
 from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, MnistSource, Source
 
 log = logging.getLogger(__name__)

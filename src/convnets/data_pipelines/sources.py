@@ -1,12 +1,15 @@
-"""Labelled image sources that `shards.write_shards` turns into webdataset shards.
+"""Labelled image sources that `shard_writer.write_shards` turns into webdataset shards.
 
 A source has `classes` (names in label order), `flip_ok` (False for digits: a mirrored 2 is not a 2),
 `description` (one line for the manifest) and `splits()`: split name -> list of `Sample`. Samples are
 lazy (`read()` loads and encodes one image) so that a million-file tree can be listed and shuffled
 without holding the images in memory (ImageNet train is about 140 GB of JPEG).
 
-Three sources: an ImageFolder tree, the MNIST idx files and scikit-learn's bundled 8x8 digits.
-Every problem (missing file, bad header, undecodable image) raises ValueError naming the file.
+Three sources here: an ImageFolder tree, the MNIST idx files and scikit-learn's bundled 8x8 digits
+(ILSVRC-2012 is in imagenet.py). Every problem (missing file, bad header, undecodable image) raises
+ValueError naming the file; an undecodable image raises its subclass UnreadableImage, which the writer
+skips and reports for sources with `skip_unreadable = True` (ImageNet) and fails on otherwise.
+Image bytes go through one function, encode_image: original bytes when plain, else re-encoded.
 """
 from __future__ import annotations
 
@@ -67,25 +70,87 @@ def encode_gray_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def read_image_file(path: Path) -> tuple[bytes, str]:
-    """JPEG and PNG bytes verbatim (no re-encode, no quality loss); other formats re-encoded as PNG.
+class UnreadableImage(ValueError):
+    """A source file no decoder reads (empty, truncated, corrupt, not an image); the message names it and why."""
 
-    The format is sniffed from the magic bytes, not the suffix: ImageNet has PNGs and CMYK files named .JPEG.
+
+@dataclass(frozen=True, kw_only=True)
+class Encoding:
+    """How source images are stored in the shards."""
+
+    resize: int | None = None  # shorter side brought down to N px (never up) and re-encoded as JPEG
+    quality: int = 90  # JPEG quality of every re-encoded image
+    rgb_jpeg: bool = False  # True (ImageNet): every image a 3-channel JPEG; False keeps grayscale JPEGs and PNGs
+
+
+def _orientation(image: Image.Image) -> int:
+    return int(image.getexif().get(0x0112, 1) or 1)  # EXIF Orientation; 1 = as stored
+
+
+def _plain(image: Image.Image, encoding: Encoding) -> bool:
+    """True when the original bytes can be stored as they are: a format and mode every decoder reads the
+    same way, no rotation to apply, no resize to do. Header fields only: no pixel is decoded."""
+    if encoding.resize is not None and min(image.size) > encoding.resize:
+        return False
+    if image.format == "JPEG":
+        modes = ("RGB",) if encoding.rgb_jpeg else ("RGB", "L")  # CMYK/YCCK JPEGs are re-encoded
+        return image.mode in modes and _orientation(image) == 1
+    return image.format == "PNG" and not (encoding.rgb_jpeg or encoding.resize)
+
+
+def _reencode(image: Image.Image, encoding: Encoding) -> tuple[bytes, str]:
+    """Decoded pixels, upright, as JPEG (quality Q) or, for other formats without rgb_jpeg/resize, as PNG."""
+    as_jpeg = encoding.rgb_jpeg or encoding.resize is not None or image.format == "JPEG"
+    image = ImageOps.exif_transpose(image)
+    gray = image.mode in ("1", "L", "LA", "I", "I;16") and not encoding.rgb_jpeg
+    image = image.convert("L" if gray else "RGB")
+    if encoding.resize is not None and min(image.size) > encoding.resize:
+        # FFCV's trick: decoding a 256-px JPEG costs a fraction of the original's, every epoch.
+        scale = encoding.resize / min(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if as_jpeg:
+        image.save(buf, format="JPEG", quality=encoding.quality)
+        return buf.getvalue(), "jpg"
+    image.save(buf, format="PNG")
+    return buf.getvalue(), "png"
+
+
+def encode_image(data: bytes, *, name: str, encoding: Encoding = Encoding()) -> tuple[bytes, str]:
+    """(bytes, "jpg" or "png") to store for one source file: the original bytes when plain (the common case,
+    found from the header alone), else decoded and re-encoded so no training decoder meets the quirk:
+    CMYK JPEG, a PNG named .JPEG, grayscale (with rgb_jpeg), EXIF rotation, other formats.
+
+    The format is sniffed from the bytes, not the name (ILSVRC-2012 train has a PNG and CMYK files named .JPEG).
+    A JPEG that does not end in its EOI marker is decoded in full, so truncation is caught here, on write.
+    Raises UnreadableImage naming `name` and the reason.
     """
-    data = path.read_bytes()
-    ext = "jpg" if data.startswith(JPEG_MAGIC) else "png" if data.startswith(PNG_MAGIC) else None
+    if not data:
+        raise UnreadableImage(f"{name}: empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if ext is not None:
-                image.verify()  # header and structure only: microseconds, not a full decode
-                return data, ext
-            image.load()
-            mode = "L" if image.mode in ("1", "L", "LA") else "RGB"
-            buf = io.BytesIO()
-            image.convert(mode).save(buf, format="PNG")
-            return buf.getvalue(), "png"
+            plain = _plain(image, encoding)
+            if plain and image.format == "JPEG" and data.rstrip(b"\0").endswith(b"\xff\xd9"):
+                return data, "jpg"
+            if plain and image.format == "PNG":
+                image.verify()  # chunk structure and CRCs: no full decode
+                return data, "png"
+            image.load()  # full decode: raises on a truncated or corrupt file
+            if plain:  # a JPEG with bytes after its EOI marker that decodes fine: keep it
+                return data, "jpg"
+            return _reencode(image, encoding)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: not a decodable image ({type(exc).__name__}: {exc})") from None
+        raise UnreadableImage(f"{name}: not a decodable image ({type(exc).__name__}: {exc})") from None
+
+
+def read_image_file(path: Path, *, encoding: Encoding = Encoding()) -> tuple[bytes, str]:
+    """One image file as encode_image stores it (UnreadableImage names the file)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UnreadableImage(f"{path}: unreadable ({exc.strerror or exc})") from None
+    return encode_image(data, name=str(path), encoding=encoding)
 
 
 def _is_hidden(name: str) -> bool:
@@ -115,27 +180,6 @@ def _class_dirs(tree: Path) -> dict[str, Path]:
     if not dirs:
         raise ValueError(f"{tree}: no class folders (expected <root>/<class>/<image>)")
     return dirs
-
-
-def read_resized_jpeg(path: Path, *, shorter: int, quality: int) -> tuple[bytes, str]:
-    """The image with its shorter side brought down to `shorter` px (never up), re-encoded as JPEG.
-
-    FFCV's trick: decoding a 80-px or 256-px JPEG costs a fraction of the original's, every epoch.
-    EXIF orientation is applied and CMYK/palette images become RGB, so no decoder meets them later.
-    """
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("L" if image.mode in ("1", "L", "LA", "I;16") else "RGB")
-            scale = shorter / min(image.size)
-            if scale < 1:
-                size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-                image = image.resize(size, Image.Resampling.LANCZOS)
-            buf = io.BytesIO()
-            image.save(buf, format="JPEG", quality=quality)
-            return buf.getvalue(), "jpg"
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: not a decodable image ({type(exc).__name__}: {exc})") from None
 
 
 def _tree_samples(tree: Path, class_index: dict[str, int], *, require_images: bool, reader=read_image_file) -> list[Sample]:
@@ -187,7 +231,7 @@ class ImageFolderSource:
 
     def splits(self) -> dict[str, list[Sample]]:
         class_index = {name: i for i, name in enumerate(self.classes)}
-        reader = partial(read_resized_jpeg, shorter=self.resize, quality=self.quality) if self.resize else read_image_file
+        reader = partial(read_image_file, encoding=Encoding(resize=self.resize, quality=self.quality))
         if self._presplit:
             train = _tree_samples(self.root / "train", class_index, require_images=True, reader=reader)
             return {"train": train, "val": _tree_samples(self.root / "val", class_index, require_images=False, reader=reader)}

@@ -25,7 +25,7 @@ def add_imagenette_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def bench_imagenette(args: argparse.Namespace) -> dict:
-    from convnets.data_pipelines.shards import write_shards
+    from convnets.data_pipelines.shard_writer import write_shards
     from convnets.data_pipelines.sources import ImageFolderSource
     from convnets.platform import plots
     from convnets.platform.bench import hardware, versions

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from convnets.data_pipelines.shards import write_shards
+from convnets.data_pipelines.shard_writer import write_shards
 from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, MnistSource
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # package data: works from a wheel too

@@ -181,7 +181,7 @@ def _train_manifest(config: dict, extra: dict[str, object]) -> Path | None:
 
 def _model_facts(config: dict, extra: dict[str, object]) -> tuple[str, int, int | None, dict[str, object]]:
     """(arch, num_classes, image_size, base options) as the children's ClassifierModule will see them."""
-    from convnets.data_pipelines.shards import read_manifest
+    from convnets.data_pipelines.shard_format import read_manifest
 
     model = dict(config.get("model") or {})
     model.update({k[len("model."):]: v for k, v in extra.items() if k.startswith("model.")})
