@@ -2,7 +2,7 @@
 
     convnets demo                          # LeNet-5 on real digits, end to end (what `make demo` runs)
     convnets models [--json]               # registered models: parameters, GFLOPs, input size
-    convnets shards digits|mnist|imagefolder|verify ...   # write or check webdataset shards
+    convnets shards digits|mnist|imagefolder|imagenet|verify ...   # write or check webdataset shards
     convnets fit|validate|test|predict --config configs/X.yaml [--key value ...]   # LightningCLI
     convnets sweep ablation --config configs/X.yaml        # the seed's ablation study
     convnets bench model --arch alexnet --batch 64 --json OUT   # Lightning loop vs bare PyTorch

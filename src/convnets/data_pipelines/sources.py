@@ -157,7 +157,7 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _list_images(class_dir: Path) -> list[Path]:
+def list_images(class_dir: Path) -> list[Path]:
     """Every non-hidden file under class_dir (recursively), sorted so listings are reproducible."""
     files = []
     for dirpath, dirnames, filenames in os.walk(class_dir):
@@ -188,7 +188,7 @@ def _tree_samples(tree: Path, class_index: dict[str, int], *, require_images: bo
         if name not in class_index:
             raise ValueError(f"{class_dir}: class {name!r} is not among the train classes; "
                              "add it to train/ or remove it")
-        images = _list_images(class_dir)
+        images = list_images(class_dir)
         if require_images and not images:
             raise ValueError(f"{class_dir}: class folder has no images")
         samples.extend(Sample(key=str(p), label=class_index[name], read=partial(reader, p)) for p in images)
