@@ -421,3 +421,30 @@ def test_resize_on_write_shrinks_the_shorter_side_and_normalizes_cmyk(tmp_path):
         images = [Image.open(io.BytesIO(tar.extractfile(m).read())) for m in tar.getmembers() if m.name.endswith(".jpg")]
     assert len(images) == 4 and all(im.format == "JPEG" and im.mode in ("RGB", "L") for im in images)
     assert sorted(min(im.size) for im in images) == [30, 32, 32, 32]  # the 40x30 image is not enlarged
+
+
+def test_format_1_folders_are_still_read_through_their_cls_members(digits_shards: Path, tmp_path: Path) -> None:
+    """A folder written before labels.npy existed: labels come from the .cls members, equal to labels.npy's."""
+    split_dir = shutil.copytree(digits_shards / "val", tmp_path / "val")
+    expected = read_labels(split_dir, num_classes=10)
+    assert np.array_equal(expected, np.load(split_dir / "labels.npy"))
+    raw = json.loads((split_dir / "manifest.json").read_text())
+    for new_field in ("labels", "class_names", "skipped", "small_images"):
+        del raw[new_field]
+    (split_dir / "manifest.json").write_text(json.dumps({**raw, "format_version": 1}))
+    (split_dir / "labels.npy").unlink()
+    index = load_sample_index(split_dir)
+    assert index.labels is None and read_manifest(split_dir).format_version == 1
+    assert np.array_equal(read_labels(index, num_classes=10), expected)
+    assert verify_shards(split_dir).num_samples == len(expected)
+    with pytest.raises(ShardError, match=rf"sample '{index.key(int(np.argmax(expected)))}': label 9 outside the 9"):
+        read_labels(index, num_classes=9)
+
+
+def test_labels_npy_is_one_small_file_in_sample_index_order(digits_shards: Path) -> None:
+    split_dir = digits_shards / "train"
+    manifest = read_manifest(split_dir)
+    labels = np.load(split_dir / "labels.npy")
+    assert labels.dtype == np.int16 and manifest.labels.name == "labels.npy"
+    assert labels.tolist() == [label for *_, label in _read_samples(split_dir)]  # the .cls members, pread
+    assert manifest.labels.sha256 == hashlib.sha256((split_dir / "labels.npy").read_bytes()).hexdigest()
