@@ -34,6 +34,8 @@ TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # GNU tar and Python's tarfile pad archives to 10 KiB records
 MANIFEST = "manifest.json"
 LABELS = "labels.npy"
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPLIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # no dots: webdataset cuts key/ext at the first dot
 
 
@@ -356,6 +358,11 @@ def load_labels_file(split_dir: Path, entry: LabelsEntry, *, num_samples: int) -
     return labels
 
 
+def parse_label(text: bytes) -> int | None:
+    """A .cls member's label (ASCII decimal digits, as the writer stores it); None if it is not one."""
+    return int(text) if text.isdigit() else None
+
+
 def _labels_from_cls(index: SampleIndex) -> np.ndarray:
     """Format 1: one pread per .cls member (1.28 M small reads for ImageNet: why format 2 has labels.npy)."""
     labels = np.empty(len(index), dtype=np.int64)
@@ -366,9 +373,10 @@ def _labels_from_cls(index: SampleIndex) -> np.ndarray:
             text = os.pread(fds[int(index.shard_id[i])], want, int(index.cls_offset[i]))
             if len(text) != want:
                 raise ShardError(f"{index.where(i)}: shard ends early (truncated)")
-            if not text.isdigit():
+            label = parse_label(text)
+            if label is None:
                 raise ShardError(f"{index.where(i)}: label {text!r} is not an integer")
-            labels[i] = int(text)
+            labels[i] = label
     finally:
         for fd in fds:
             os.close(fd)

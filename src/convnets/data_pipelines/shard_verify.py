@@ -16,15 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from convnets.data_pipelines.shard_format import (
+    JPEG_MAGIC,
     MANIFEST,
+    PNG_MAGIC,
     IdxRecord,
     Manifest,
     ShardError,
     load_labels_file,
     parse_idx,
+    parse_label,
     read_manifest,
 )
-from convnets.data_pipelines.sources import JPEG_MAGIC, PNG_MAGIC
 
 _MAGIC = {"jpg": JPEG_MAGIC, "png": PNG_MAGIC}
 
@@ -72,11 +74,11 @@ def _check_member(shard: Path, member: tarfile.TarInfo, name: str, offset: int, 
 
 
 def _check_label(shard: Path, record: IdxRecord, cls: bytes, *, num_classes: int) -> int:
-    text = cls.decode("ascii", errors="replace")
-    if not text.isdigit() or not 0 <= int(text) < num_classes:
-        raise ShardError(f"{shard}: sample {record.key!r} has label {text!r} outside [0, {num_classes}) "
-                         "(the manifest.json classes)")
-    return int(text)
+    label = parse_label(cls)
+    if label is None or not 0 <= label < num_classes:
+        raise ShardError(f"{shard}: sample {record.key!r} has label {cls.decode('ascii', errors='replace')!r} "
+                         f"outside [0, {num_classes}) (the manifest.json classes)")
+    return label
 
 
 class _DeepDecoder:
@@ -86,13 +88,14 @@ class _DeepDecoder:
     is decoded again one image at a time in fresh pipelines to name the culprit's shard and key.
     """
 
-    def __init__(self, *, batch_size: int = 64, num_threads: int | None = None) -> None:
+    def __init__(self, *, num_threads: int | None = None) -> None:
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
             raise ShardError("verify --deep decodes with DALI, the decoder training uses, but nvidia-dali is not "
                              "installed; install it or verify without --deep") from None
-        self.batch_size, self.num_threads = batch_size, num_threads or os.cpu_count() or 1
+        self.num_threads = num_threads or len(os.sched_getaffinity(0))
+        self.batch_size = 8 * self.num_threads  # enough images per run() to keep every thread busy
         self.pending: list[tuple[Path, str, bytes]] = []
         self._pipe = None
 

@@ -345,8 +345,15 @@ def _write_labels(split_dir: Path, labels: np.ndarray) -> LabelsEntry:
     return LabelsEntry(name=LABELS, dtype=str(labels.dtype), sha256=hashlib.sha256(buf.getvalue()).hexdigest())
 
 
-def _write_split(source: Source, split: str, samples: list[Sample], split_dir: Path, *,
-                 shard_size: int, seed: int, workers: int) -> Manifest:
+@dataclass(frozen=True, kw_only=True)
+class WriteOptions:
+    shard_size: int = 1000  # samples per shard
+    seed: int = 0  # of the shuffle across classes
+    workers: int = 1  # processes writing shards; the bytes do not depend on it
+
+
+def _write_split(source: Source, split: str, samples: list[Sample], split_dir: Path, options: WriteOptions) -> Manifest:
+    shard_size, seed = options.shard_size, options.seed
     jobs = _plan(source, split, samples, split_dir, shard_size=shard_size, seed=seed)
     results = _prepare_split_dir(split_dir, jobs)
     if results:
@@ -354,7 +361,7 @@ def _write_split(source: Source, split: str, samples: list[Sample], split_dir: P
     todo = [i for i in range(len(jobs)) if i not in results]
     progress = _Progress(total=sum(len(jobs[i].items) for i in todo), desc=str(split_dir))
     try:
-        new = _run_jobs([jobs[i] for i in todo], workers=workers, progress=progress)
+        new = _run_jobs([jobs[i] for i in todo], workers=options.workers, progress=progress)
     finally:
         progress.close()
     results.update({todo[j]: result for j, result in new.items()})
@@ -397,6 +404,5 @@ def write_shards(source: Source, out_dir: Path, *, shard_size: int = 1000, seed:
     _check_source(source, splits)
     out_dir = Path(out_dir)
     _check_no_stale_splits(out_dir, splits)
-    return {split: _write_split(source, split, samples, out_dir / split, shard_size=shard_size, seed=seed,
-                                workers=workers)
-            for split, samples in splits.items()}
+    options = WriteOptions(shard_size=shard_size, seed=seed, workers=workers)
+    return {split: _write_split(source, split, samples, out_dir / split, options) for split, samples in splits.items()}

@@ -26,8 +26,6 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageOps
 
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MNIST_IMAGES_MAGIC = 2051  # idx3: unsigned bytes, 3 dimensions
 MNIST_LABELS_MAGIC = 2049  # idx1: unsigned bytes, 1 dimension
 
