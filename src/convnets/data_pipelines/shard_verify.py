@@ -95,7 +95,7 @@ class _DeepDecoder:
             raise ShardError("verify --deep decodes with DALI, the decoder training uses, but nvidia-dali is not "
                              "installed; install it or verify without --deep") from None
         self.num_threads = num_threads or len(os.sched_getaffinity(0))
-        self.batch_size = 8 * self.num_threads  # enough images per run() to keep every thread busy
+        self.batch_size = max(64, 8 * self.num_threads)  # enough images per run() to keep every thread busy
         self.pending: list[tuple[Path, str, bytes]] = []
         self._pipe = None
 
