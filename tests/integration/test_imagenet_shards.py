@@ -262,12 +262,18 @@ def _tar_of_tars(train: Path, out: Path, *, evil: tarfile.TarInfo | None = None)
 def test_train_tar_of_tars_read_in_place_gives_the_same_shards(ilsvrc: dict, converted: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    for name in ("val", "ILSVRC2012_devkit_t12", "synset_words.txt"):
+    for name in ("ILSVRC2012_devkit_t12", "synset_words.txt"):
         (root / name).symlink_to(ilsvrc["root"] / name)
     _tar_of_tars(ilsvrc["root"] / "train", root / "ILSVRC2012_img_train.tar")
-    manifests = write_shards(ImagenetSource(root=root), tmp_path / "out", shard_size=4, seed=0)
-    ours = read_manifest(converted / "train")
-    assert [s.sha256 for s in manifests["train"].shards] == [s.sha256 for s in ours.shards]
+    with tarfile.open(root / "ILSVRC2012_img_val.tar", "w") as val:  # flat, as distributed
+        for image in sorted((ilsvrc["root"] / "val").iterdir()):
+            val.add(image.resolve(), arcname=image.name)
+    source = ImagenetSource(root=root)
+    manifests = write_shards(source, tmp_path / "out", shard_size=4, seed=0)
+    assert "train: tar" in source.description
+    for split in ("train", "val"):  # same samples in the same order: byte-identical shards
+        ours = read_manifest(converted / split)
+        assert [s.sha256 for s in manifests[split].shards] == [s.sha256 for s in ours.shards]
     assert {Path(s.path).name for s in manifests["train"].skipped} == {"truncated.JPEG", "empty.JPEG"}
     assert all(".tar/" in s.path for s in manifests["train"].skipped)
 
