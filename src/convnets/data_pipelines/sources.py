@@ -1,7 +1,8 @@
 """Labelled image sources that `shard_writer.write_shards` turns into webdataset shards.
 
 A source has `classes` (names in label order), `flip_ok` (False for digits: a mirrored 2 is not a 2),
-`description` (one line for the manifest) and `splits()`: split name -> list of `Sample`. Samples are
+`description` (one line for the manifest), optionally `class_names` (human-readable, for the manifest)
+and `skip_unreadable`, and `splits()`: split name -> list of `Sample`. Samples are
 lazy (`read()` loads and encodes one image) so that a million-file tree can be listed and shuffled
 without holding the images in memory (ImageNet train is about 140 GB of JPEG).
 
