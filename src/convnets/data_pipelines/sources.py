@@ -82,6 +82,9 @@ class Encoding:
     rgb_jpeg: bool = False  # True (ImageNet): every image a 3-channel JPEG; False keeps grayscale JPEGs and PNGs
 
 
+_JPEG_FORMATS = ("JPEG", "MPO")  # PIL calls a camera's multi-picture JPEG "MPO"; its first image is a plain JPEG
+
+
 def _orientation(image: Image.Image) -> int:
     return int(image.getexif().get(0x0112, 1) or 1)  # EXIF Orientation; 1 = as stored
 
@@ -91,7 +94,7 @@ def _plain(image: Image.Image, encoding: Encoding) -> bool:
     same way, no rotation to apply, no resize to do. Header fields only: no pixel is decoded."""
     if encoding.resize is not None and min(image.size) > encoding.resize:
         return False
-    if image.format == "JPEG":
+    if image.format in _JPEG_FORMATS:
         modes = ("RGB",) if encoding.rgb_jpeg else ("RGB", "L")  # CMYK/YCCK JPEGs are re-encoded
         return image.mode in modes and _orientation(image) == 1
     return image.format == "PNG" and not (encoding.rgb_jpeg or encoding.resize)
@@ -99,7 +102,7 @@ def _plain(image: Image.Image, encoding: Encoding) -> bool:
 
 def _reencode(image: Image.Image, encoding: Encoding) -> tuple[bytes, str]:
     """Decoded pixels, upright, as JPEG (quality Q) or, for other formats without rgb_jpeg/resize, as PNG."""
-    as_jpeg = encoding.rgb_jpeg or encoding.resize is not None or image.format == "JPEG"
+    as_jpeg = encoding.rgb_jpeg or encoding.resize is not None or image.format in _JPEG_FORMATS
     image = ImageOps.exif_transpose(image)
     gray = image.mode in ("1", "L", "LA", "I", "I;16") and not encoding.rgb_jpeg
     image = image.convert("L" if gray else "RGB")
@@ -130,7 +133,7 @@ def encode_image(data: bytes, *, name: str, encoding: Encoding = Encoding()) -> 
     try:
         with Image.open(io.BytesIO(data)) as image:
             plain = _plain(image, encoding)
-            if plain and image.format == "JPEG" and data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            if plain and image.format in _JPEG_FORMATS and data.rstrip(b"\0").endswith(b"\xff\xd9"):
                 return data, "jpg"
             if plain and image.format == "PNG":
                 image.verify()  # chunk structure and CRCs: no full decode
