@@ -194,6 +194,7 @@ def _build_tree(root: Path) -> dict[str, bytes]:
     return originals
 
 
+@pytest.mark.dali  # verify --deep decodes with DALI
 def test_imagefolder_train_val_copies_jpegs_verbatim_and_reencodes_bmp(tmp_path: Path) -> None:
     root = tmp_path / "tree"
     originals = _build_tree(root)
@@ -366,6 +367,7 @@ def test_verify_catches_a_label_out_of_range(tmp_path: Path) -> None:
         verify_shards(split_dir)
 
 
+@pytest.mark.dali  # verify --deep decodes with DALI
 def test_verify_deep_catches_an_undecodable_image(tmp_path: Path) -> None:
     png = encode_gray_png(np.full((8, 8), 9, np.uint8))
     samples = [Sample(key=f"s{i}", label=i % 10, read=lambda: (png, "png")) for i in range(5)]
@@ -388,6 +390,7 @@ def test_read_manifest_errors_name_the_file(digits_shards: Path, tmp_path: Path)
         read_manifest(tmp_path)
 
 
+@pytest.mark.dali  # verify --deep decodes with DALI
 def test_cli_writes_digits_and_verifies(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser(prog="convnets")
     add_shards_subcommands(parser.add_subparsers(dest="command", required=True))
