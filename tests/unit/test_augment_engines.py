@@ -156,10 +156,16 @@ def _crop_windows(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndar
     return (w * h / 128**2).numpy(), (w / h).numpy(), (dx < 0).numpy()
 
 
-def test_train_crop_scale_aspect_and_flip_distributions_match(tmp_path):
+@pytest.fixture(scope="module")
+def coordinate_shards(tmp_path_factory) -> Path:
+    """100 copies of a 128 px PNG whose red is 2x and green 2y: a crop's pixels say where it came from."""
     ramp = np.arange(0, 256, 2, dtype=np.uint8)
     coords = np.stack([np.tile(ramp, (128, 1)), np.tile(ramp[:, None], (1, 128)), np.full((128, 128), 128, np.uint8)], -1)
-    data = _shards(ArraySource(images=[coords] * 100, labels=[0] * 100), tmp_path / "coords")
+    return _shards(ArraySource(images=[coords] * 100, labels=[0] * 100), tmp_path_factory.mktemp("coords"))
+
+
+def test_train_crop_scale_aspect_and_flip_distributions_match(coordinate_shards):
+    data = coordinate_shards
     windows = {b: _crop_windows(_train_draws(_dm(data, TINY_RGB, b, preset="inception", min_area=0.08,
                                                  normalize_on_device=True), epochs=4)) for b in ENGINES}
     for name, k in (("area", 0), ("aspect", 1)):
@@ -171,6 +177,21 @@ def test_train_crop_scale_aspect_and_flip_distributions_match(tmp_path):
         assert result.pvalue > 0.001, (name, result)
     flips = [windows[b][2].mean() for b in ENGINES]
     assert all(0.4 < f < 0.6 for f in flips), flips
+
+
+def test_alexnet_crops_are_the_papers_window_on_both_engines(coordinate_shards):
+    """A image_size square of the image resized to shorter side `resize` (here 32 of 37 px), at a
+    uniform position: DALI cuts it in the decoder, torch resizes and then crops."""
+    side = 32 / 37  # of the 128 px image
+    centres = {}
+    for b in ENGINES:
+        images = _train_draws(_dm(coordinate_shards, TINY_RGB, b, preset="alexnet", normalize_on_device=True), epochs=2)
+        area, aspect, _ = _crop_windows(images[:, :, 1:-1, 1:-1])  # the outer ring meets the antialiasing border
+        assert abs(np.median(area) - side**2 * (30 / 32) ** 2) < 0.02 and abs(np.median(aspect) - 1) < 0.03, b
+        centres[b] = images[:, 0, 16, 15:17].mean(-1).numpy() / 2 / 128  # crop centre x (flip-proof), fraction
+        lo, hi = side / 2, 1 - side / 2
+        assert abs(centres[b].min() - lo) < 0.03 and abs(centres[b].max() - hi) < 0.03, (b, centres[b])
+    assert ks_2samp(centres["dali"], centres["torch"]).pvalue > 0.001
 
 
 def test_colour_jitter_statistics_match(tmp_path):

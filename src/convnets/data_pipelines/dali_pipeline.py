@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 from nvidia.dali.pipeline import Pipeline
@@ -82,11 +83,13 @@ def _lighting_mean(aug: AugmentSpec):
 
 
 def _decode(encoded, aug: AugmentSpec, *, train: bool, device_id: int | None, hw_decoder_load: float):
-    """Decode; for the inception preset in training, fused with the random crop.
+    """Decode; in training (inception, alexnet presets), fused with the random crop.
 
-    The fused decoder picks the crop window from the JPEG header and decodes only that region
-    (libjpeg-turbo / nvJPEG ROI decoding): for a 10% crop most of the entropy decoding and all of
-    the IDCT/colour conversion outside the window are skipped.
+    The fused decoder decodes only the crop's region (libjpeg-turbo / nvJPEG ROI decoding): for a
+    10% crop most of the entropy decoding and all of the IDCT/colour conversion outside the window
+    are skipped. alexnet: "shorter side to 256, random 224 crop" is the same window as a random
+    square of 224/256 of the shorter side in the original image, resized to 224 afterwards
+    (`_train_images`), so the decoder can cut it; the side comes from the JPEG header (peek_image_shape).
     """
     decoder = "cpu" if device_id is None else "mixed"
     color = types.GRAY if aug.spec.channels == 1 else types.RGB
@@ -97,6 +100,11 @@ def _decode(encoded, aug: AugmentSpec, *, train: bool, device_id: int | None, hw
         return fn.decoders.image_random_crop(
             encoded, device=decoder, output_type=color, random_area=list(aug.area),
             random_aspect_ratio=list(aug.aspect), num_attempts=10, **extra)
+    if train and aug.preset == "alexnet":
+        shape = fn.peek_image_shape(encoded)  # (H, W, C) from the header, no decoding
+        side = fn.cast(dmath.min(shape[0], shape[1]), dtype=types.FLOAT) * (aug.spec.image_size / aug.resize)
+        pos = {f"crop_pos_{a}": fn.random.uniform(range=(0.0, 1.0)) for a in "xy"}
+        return fn.decoders.image_crop(encoded, device=decoder, output_type=color, crop_w=side, crop_h=side, **pos, **extra)
     return fn.decoders.image(encoded, device=decoder, output_type=color, **extra)
 
 
@@ -107,10 +115,8 @@ def _train_images(images, aug: AugmentSpec, device: str):
         images = _jitter(fn.resize(images, device=device, size=(aug.resize, aug.resize)), aug, device)
         pos = (fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0)))
         return _normalize(images, aug, device, pos=pos, mirror=mirror)
-    if aug.preset == "alexnet":
-        images = fn.resize(images, device=device, resize_shorter=aug.resize)
-        pos = (fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0)))
-        images = fn.crop(images, device=device, crop=(size, size), crop_pos_x=pos[0], crop_pos_y=pos[1])
+    if aug.preset == "alexnet":  # the decoder cut the random square; antialiased as the eval resize
+        images = fn.resize(images, device=device, size=(size, size))
     else:  # inception: the decoder already cut the random crop
         images = fn.resize(images, device=device, size=(size, size), antialias=TRAIN_ANTIALIAS)
     mean = _lighting_mean(aug) if aug.lighting else None
