@@ -86,8 +86,8 @@ class AugmentSpec:
 
     `resize`: "pad": side of the square the image is resized to (28 for a 32 window); otherwise the
     shorter side at eval and, for "alexnet", in training too (256 for 224 crops).
-    `uint8`: ship uint8 pixels (4x fewer bytes) and normalize on the accelerator
-    (`normalize_batch`) instead of float32 normalized by the data engine.
+    `uint8`: ship uint8 pixels (4x fewer bytes) and normalize on the accelerator (the data module's
+    on_after_batch_transfer, torch_loader.normalize_batch) instead of float32 from the data engine.
     """
 
     spec: InputSpec
