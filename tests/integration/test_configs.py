@@ -43,6 +43,7 @@ def test_recipe_parses_and_builds(name, tmp_path, monkeypatch):
     for key, value in raw["model"].get("perf", {}).items():
         assert getattr(cli.model.perf, key) == value, key
     assert cli.datamodule.hparams.batch_size == raw["data"]["batch_size"]
+    assert cli.datamodule.preset == raw["data"]["preset"]  # every recipe names its augmentation
     assert cli.trainer.max_epochs == raw["trainer"]["max_epochs"]
 
 

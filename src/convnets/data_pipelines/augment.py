@@ -1,12 +1,41 @@
-"""Augmentation settings shared by the DALI graph (and, later, the pure-PyTorch loader)."""
+"""Augmentation, one definition for two engines: the DALI graph (dali_pipeline.py) and the
+pure-PyTorch loader (torch_loader.py) both read an `AugmentSpec` and nothing else.
+
+Presets (`--data.preset`):
+  alexnet    Krizhevsky et al. 2012, section 4.1: shorter side to `resize` (256 for 224), a random
+             `image_size` crop, horizontal flip, and PCA lighting ("fancy PCA"): per image, alpha ~
+             N(0, 0.1) per eigenvector of ImageNet's RGB covariance, and sum_i alpha_i lambda_i p_i
+             added to every pixel. Eigenvalues/vectors (pixels in [0, 1]) as fb.resnet.torch's
+             datasets/imagenet.lua publishes them (the paper gives none).
+  inception  Szegedy et al. 2015 / torchvision's RandomResizedCrop: a crop of `area` (8-100%) of the
+             image at aspect ratio in `aspect` (3/4-4/3), resized to image_size, horizontal flip.
+  pad        small centred images (digits): resized to `resize` px square, then an image_size
+             window cut at a random (train) or central (eval) position, black outside the image.
+Colour jitter (brightness, contrast, saturation, hue) goes on top of any preset.
+
+Eval, every preset: shorter side to image_size / crop_fraction, centre crop (or the 10 crops).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 # The 10-crop test of Krizhevsky et al. 2012: centre first (so crop 0 is the single-crop
 # view), then the four corners; crops 5..9 are the same five mirrored.
 CROP_POSITIONS: tuple[tuple[float, float], ...] = ((0.5, 0.5), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
+
+PRESETS = ("alexnet", "inception", "pad")
+Preset = Literal["alexnet", "inception", "pad"]
+
+# ImageNet's RGB covariance in [0, 1] pixel units: eigenvalues, and eigenvectors as COLUMNS
+# (PCA_EIGVEC[c][j] = component c of eigenvector j), from fb.resnet.torch datasets/imagenet.lua.
+PCA_EIGVAL: tuple[float, float, float] = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC: tuple[tuple[float, float, float], ...] = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+ALEXNET_LIGHTING = 0.1  # std of alpha, "drawn from a Gaussian with mean zero and standard deviation 0.1"
 
 
 @dataclass(frozen=True)
@@ -21,22 +50,63 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
-class AugmentSpec:
-    """Everything the pipeline graph needs to turn encoded bytes into network input.
+class Jitter:
+    """Colour jitter strengths, torchvision's ColorJitter convention: each factor is drawn per image
+    from U[1 - s, 1 + s] (brightness, contrast, saturation) and the hue shift from U[-hue, hue]
+    (fraction of a full turn, <= 0.5).
 
-    mode "pad": small images (digits) are resized to `resize` px square, then a `image_size`
-    window is cut at a random (train) or central (eval) position, padding outside the image:
-    e.g. 28 px digits in a 32 px window shift by up to +-2 px, the paper's 2 px border at eval.
-    mode "scale": natural images; train takes a random-resized crop (area fraction in `area`),
-    eval resizes the shorter side to `resize` (256 for 224 crops) and crops.
+    Semantics are those of DALI's `color_twist` (one 3x3 colour matrix + offset per image, so one
+    pass over the pixels): saturation and hue act on the chroma of YIQ, contrast scales around
+    mid-grey (128 of 255), then brightness multiplies. The torch loader builds the same matrix.
+    (torchvision's ColorJitter differs in two details: contrast pivots on the image's mean grey,
+    and it applies the four in a random order.)
+    """
+
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"jitter {name}={value} must be in [0, 1] (factors are drawn from [1 - s, 1 + s])")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"jitter hue={self.hue} must be in [0, 0.5] (a fraction of a full turn)")
+
+    @property
+    def active(self) -> bool:
+        return any((self.brightness, self.contrast, self.saturation, self.hue))
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Everything either engine needs to turn encoded bytes into network input (see the module docstring).
+
+    `resize`: "pad": side of the square the image is resized to (28 for a 32 window); otherwise the
+    shorter side at eval and, for "alexnet", in training too (256 for 224 crops).
+    `uint8`: ship uint8 pixels (4x fewer bytes) and normalize on the accelerator (the data module's
+    on_after_batch_transfer, torch_loader.normalize_batch) instead of float32 from the data engine.
     """
 
     spec: InputSpec
-    mode: Literal["pad", "scale"]
+    preset: Preset
     resize: int
     flip: bool
-    area: tuple[float, float] = (0.08, 1.0)
-    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    area: tuple[float, float] = (0.08, 1.0)  # inception: crop area fraction
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)  # inception: crop width / height
+    jitter: Jitter = field(default_factory=Jitter)
+    lighting: float = 0.0  # std of the PCA lighting alphas (0.1 for alexnet); 0 = off
+    uint8: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown augmentation preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.lighting and self.spec.channels != 3:
+            raise ValueError("PCA lighting needs RGB images (ImageNet's eigenvectors); this model takes grey")
+        if self.jitter.active and self.spec.channels != 3 and (self.jitter.saturation or self.jitter.hue):
+            raise ValueError("saturation/hue jitter needs RGB images; this model takes grey")
 
     @property
     def mean255(self) -> list[float]:
@@ -45,6 +115,27 @@ class AugmentSpec:
     @property
     def std255(self) -> list[float]:
         return [s * 255.0 for s in self.spec.std]
+
+
+def preset_spec(
+    preset: Preset, spec: InputSpec, *, flip: bool, min_area: float = 0.08, jitter: Jitter | None = None,
+    uint8: bool = False,
+) -> AugmentSpec:
+    """The AugmentSpec of a named preset for a network's input (what `--data.preset` builds)."""
+    if preset == "pad":  # the image fills crop_fraction of the window (28 of 32 for digits)
+        resize = round(spec.image_size * spec.crop_fraction)
+    else:  # shorter side such that the crop keeps crop_fraction of it (256 for 224)
+        resize = round(spec.image_size / spec.crop_fraction)
+    if not 0.0 < min_area <= 1.0:
+        raise ValueError(f"min_area={min_area} must be in (0, 1]")
+    lighting = ALEXNET_LIGHTING if preset == "alexnet" and spec.channels == 3 else 0.0
+    return AugmentSpec(spec=spec, preset=preset, resize=resize, flip=flip, area=(min_area, 1.0),
+                       jitter=jitter or Jitter(), lighting=lighting, uint8=uint8)
+
+
+def lighting_matrix() -> list[list[float]]:
+    """3x3 M with rgb_offset (0..255 units) = M @ alpha: column j is eigenvector j x eigenvalue j x 255."""
+    return [[PCA_EIGVEC[c][j] * PCA_EIGVAL[j] * 255.0 for j in range(3)] for c in range(3)]
 
 
 def eval_crop_count(requested: int | None, *, flip: bool) -> int:

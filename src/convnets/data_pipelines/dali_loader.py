@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -20,12 +19,9 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from convnets.data_pipelines.augment import AugmentSpec
 from convnets.data_pipelines.dali_pipeline import build_pipeline
 from convnets.data_pipelines.epoch_plan import RankPlan, plan_rank
+from convnets.data_pipelines.loader_config import DataError, LoaderConfig  # noqa: F401 (re-exported)
 from convnets.data_pipelines.shard_format import SampleIndex
 from convnets.data_pipelines.shard_reader import ShardFiles, describe
-
-
-class DataError(ValueError):
-    """Bad input data found while reading (one line, naming the shard and sample)."""
 
 
 class ShardSource:
@@ -56,21 +52,6 @@ class ShardSource:
                 except Exception as exc:  # any decoder complaint names the culprit
                     return f"{describe(self.index, int(i))}: cannot decode image ({exc})"
         return None
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    """How one split is read on one rank."""
-
-    train: bool
-    crops: int
-    batch_size: int
-    num_threads: int
-    device_id: int | None  # None: CPU decoding; an int: that GPU
-    seed: int
-    rank: int
-    world_size: int
-    hw_decoder_load: float = 0.65  # GPU decoding: share of images for the hardware JPEG decoder
 
 
 class DaliLoader:

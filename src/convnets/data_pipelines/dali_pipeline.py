@@ -1,4 +1,4 @@
-"""The one DALI graph for train and eval: encoded bytes in, normalized CHW float batches out.
+"""The one DALI graph for train and eval: encoded bytes in, CHW batches out (float normalized, or uint8).
 
 Device switch: `device_id=None` decodes and augments on the CPU (any machine); an integer
 device id decodes with nvJPEG (`mixed`) and augments on that GPU. The graph is otherwise the
@@ -12,49 +12,119 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 from nvidia.dali.pipeline import Pipeline
 
-from convnets.data_pipelines.augment import CROP_POSITIONS, AugmentSpec
+from convnets.data_pipelines.augment import CROP_POSITIONS, AugmentSpec, lighting_matrix
+
+# Train-time resize of the crop to the network's size: linear interpolation; antialiasing off,
+# because a random-resized crop is itself a random rescaling (the aliasing of one more
+# downscale is noise among that) and the filter costs ~10-15% of the CPU pipeline's rate
+# (ImageNet-sized JPEGs, 224 px crops, 2 threads).
+TRAIN_ANTIALIAS = False
 
 
-def _normalize(images, aug: AugmentSpec, device: str, *, pos=(0.5, 0.5), mirror=0, crop=True):
+def _normalize(images, aug: AugmentSpec, device: str, *, pos=(0.5, 0.5), mirror=0, crop=True, mean=None):
+    """Crop (optional), mirror, normalize, HWC -> CHW: float32 normalized, or uint8 when aug.uint8.
+
+    `mean` (per-sample, 0..255 units) replaces the constant mean: PCA lighting adds its RGB offset
+    here for free, as (x - (mean - offset)) / std. In uint8 mode mean is 0 and std 1 (the module
+    normalizes on the device); the offset then lands in the pixels, clamped to [0, 255].
+    """
     size = aug.spec.image_size
+    if aug.uint8:
+        dtype, std, fill = types.UINT8, [1.0] * aug.spec.channels, [0.0]
+        mean = mean if mean is not None else [0.0] * aug.spec.channels
+    else:
+        # The fill lands in the normalized output, so -mean/std is a black pixel: the background of digits.
+        dtype, std, fill = types.FLOAT, aug.std255, [-m / s for m, s in zip(aug.spec.mean, aug.spec.std)]
+        mean = mean if mean is not None else aug.mean255
     return fn.crop_mirror_normalize(
-        images,
-        device=device,
-        dtype=types.FLOAT,
-        output_layout="CHW",
-        crop=(size, size) if crop else None,
-        crop_pos_x=pos[0],
-        crop_pos_y=pos[1],
-        mirror=mirror,
-        mean=aug.mean255,
-        std=aug.std255,
-        # "pad" lets a window larger than the image shift it around (mode "pad"). The fill lands
-        # in the normalized output, so -mean/std is a black pixel: the background of digits.
-        out_of_bounds_policy="pad",
-        fill_values=[-m / s for m, s in zip(aug.spec.mean, aug.spec.std)],
+        images, device=device, dtype=dtype, output_layout="CHW",
+        crop=(size, size) if crop else None, crop_pos_x=pos[0], crop_pos_y=pos[1], mirror=mirror,
+        mean=mean, std=std,
+        # "pad" lets a window larger than the image shift it around (preset "pad").
+        out_of_bounds_policy="pad", fill_values=fill,
     )
+
+
+def _jitter(images, aug: AugmentSpec, device: str):
+    """Colour jitter (augment.Jitter): one colour matrix per image (color_twist), one pass over the pixels."""
+    j = aug.jitter
+    if not j.active:
+        return images
+    factors = {}
+    for name in ("brightness", "contrast", "saturation"):
+        strength = getattr(j, name)
+        if strength:
+            factors[name] = fn.random.uniform(range=(1.0 - strength, 1.0 + strength))
+    if j.hue:
+        factors["hue"] = fn.random.uniform(range=(-360.0 * j.hue, 360.0 * j.hue))  # degrees
+    if aug.spec.channels == 1 or not (j.saturation or j.hue):
+        # Same result as color_twist without saturation/hue (contrast about mid-grey, then
+        # brightness; measured identical), ~10x faster on the CPU: DALI's CPU color_twist (like
+        # saturation, hsv and coord_transform) runs at ~250 images/s of 224 px on 2 threads, about
+        # the JPEG decoder's own rate, so on CPU pipelines saturation jitter halves the throughput.
+        return fn.brightness_contrast(images, device=device, **factors)
+    return fn.color_twist(images, device=device, **factors)
+
+
+def _lighting_mean(aug: AugmentSpec):
+    """Per-sample CMN mean = mean - PCA lighting offset (augment.PCA_*, 0..255 units)."""
+    alpha = fn.random.normal(shape=[1, 3], stddev=aug.lighting)  # (1, 3): coord_transform wants 2-D
+    matrix = [v for row in lighting_matrix() for v in row]
+    offset = fn.reshape(fn.coord_transform(alpha, M=matrix), shape=[3])
+    base = [0.0] * 3 if aug.uint8 else aug.mean255
+    return types.Constant(np.array(base, dtype=np.float32)) - offset
+
+
+def _decode(encoded, aug: AugmentSpec, *, train: bool, device_id: int | None, hw_decoder_load: float):
+    """Decode; in training (inception, alexnet presets), fused with the random crop.
+
+    The fused decoder decodes only the crop's region (libjpeg-turbo / nvJPEG ROI decoding): for a
+    10% crop most of the entropy decoding and all of the IDCT/colour conversion outside the window
+    are skipped. alexnet: "shorter side to 256, random 224 crop" is the same window as a random
+    square of 224/256 of the shorter side in the original image, resized to 224 afterwards
+    (`_train_images`), so the decoder can cut it; the side comes from the JPEG header (peek_image_shape).
+    """
+    decoder = "cpu" if device_id is None else "mixed"
+    color = types.GRAY if aug.spec.channels == 1 else types.RGB
+    # mixed: hw_decoder_load is the share of images sent to the A100/H100 hardware JPEG
+    # decoder, the rest go to CUDA nvJPEG; 0.65 is DALI's recommendation for those parts.
+    extra = {"hw_decoder_load": hw_decoder_load} if decoder == "mixed" else {}
+    if train and aug.preset == "inception":
+        return fn.decoders.image_random_crop(
+            encoded, device=decoder, output_type=color, random_area=list(aug.area),
+            random_aspect_ratio=list(aug.aspect), num_attempts=10, **extra)
+    if train and aug.preset == "alexnet":
+        shape = fn.peek_image_shape(encoded)  # (H, W, C) from the header, no decoding
+        side = fn.cast(dmath.min(shape[0], shape[1]), dtype=types.FLOAT) * (aug.spec.image_size / aug.resize)
+        pos = {f"crop_pos_{a}": fn.random.uniform(range=(0.0, 1.0)) for a in "xy"}
+        return fn.decoders.image_crop(encoded, device=decoder, output_type=color, crop_w=side, crop_h=side, **pos, **extra)
+    return fn.decoders.image(encoded, device=decoder, output_type=color, **extra)
 
 
 def _train_images(images, aug: AugmentSpec, device: str):
     mirror = fn.random.coin_flip(probability=0.5) if aug.flip else 0
-    if aug.mode == "pad":
-        images = fn.resize(images, device=device, size=(aug.resize, aug.resize))
+    size = aug.spec.image_size
+    if aug.preset == "pad":
+        images = _jitter(fn.resize(images, device=device, size=(aug.resize, aug.resize)), aug, device)
         pos = (fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0)))
         return _normalize(images, aug, device, pos=pos, mirror=mirror)
-    size = aug.spec.image_size
-    images = fn.random_resized_crop(
-        images, device=device, size=(size, size), random_area=list(aug.area), random_aspect_ratio=list(aug.aspect)
-    )
-    return _normalize(images, aug, device, mirror=mirror, crop=False)
+    if aug.preset == "alexnet":  # the decoder cut the random square; antialiased as the eval resize
+        images = fn.resize(images, device=device, size=(size, size))
+    else:  # inception: the decoder already cut the random crop
+        images = fn.resize(images, device=device, size=(size, size), antialias=TRAIN_ANTIALIAS)
+    mean = _lighting_mean(aug) if aug.lighting else None
+    return _normalize(_jitter(images, aug, device), aug, device, mirror=mirror, crop=False, mean=mean)
 
 
 def _eval_images(images, aug: AugmentSpec, device: str, crops: int):
-    if aug.mode == "pad":
+    if aug.preset == "pad":
         images = fn.resize(images, device=device, size=(aug.resize, aug.resize))
     else:
         images = fn.resize(images, device=device, resize_shorter=aug.resize)
@@ -86,13 +156,8 @@ def build_pipeline(
             source=source, num_outputs=4, batch=True, batch_info=True,
             dtype=[types.UINT8, types.INT64, types.UINT8, types.INT64],
         )
-        decoder = "cpu" if device_id is None else "mixed"
         device = "cpu" if device_id is None else "gpu"
-        color = types.GRAY if aug.spec.channels == 1 else types.RGB
-        # mixed: hw_decoder_load is the share of images sent to the A100/H100 hardware JPEG
-        # decoder, the rest go to CUDA nvJPEG; 0.65 is DALI's recommendation for those parts.
-        extra = {"hw_decoder_load": hw_decoder_load} if decoder == "mixed" else {}
-        images = fn.decoders.image(encoded, device=decoder, output_type=color, **extra)
+        images = _decode(encoded, aug, train=train, device_id=device_id, hw_decoder_load=hw_decoder_load)
         images = _train_images(images, aug, device) if train else _eval_images(images, aug, device, crops)
         return images, labels, valid, index
 

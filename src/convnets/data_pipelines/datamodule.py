@@ -1,4 +1,4 @@
-"""LightningDataModule over webdataset shards, read through the DALI graph on each rank.
+"""LightningDataModule over webdataset shards, read on each rank by the DALI graph or the torch loader.
 
 Rank and world size come from the Trainer (never the environment). The network's input facts
 (channels, size, mean/std, crop fraction) come from the LightningModule's `input_spec`, which
@@ -6,17 +6,23 @@ the platform derives from the model registry, so a config never repeats them.
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from typing_extensions import override
 
-from convnets.data_pipelines.augment import AugmentSpec, InputSpec, eval_crop_count
-from convnets.data_pipelines.dali_loader import DaliLoader, DataError, LoaderConfig
+from convnets.data_pipelines.augment import AugmentSpec, InputSpec, Jitter, Preset, eval_crop_count, preset_spec
+from convnets.data_pipelines.loader_config import DataError, LoaderConfig
 from convnets.data_pipelines.shard_format import Manifest, SampleIndex, load_sample_index, read_labels, read_manifest
 from convnets.data_pipelines.shard_reader import check_shard_sizes
+from convnets.data_pipelines.torch_loader import normalize_batch
+
+log = logging.getLogger(__name__)
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -31,8 +37,13 @@ class ShardDataModule(pl.LightningDataModule):
         num_threads: int = 2,
         seed: int = 0,
         device: Literal["auto", "cpu", "gpu"] = "auto",
-        augment: Literal["pad", "scale"] = "scale",
+        preset: Preset = "inception",
+        jitter: float | tuple[float, float, float] = 0.0,
+        hue: float = 0.0,
         min_area: float = 0.08,
+        backend: Literal["auto", "dali", "torch"] = "auto",
+        normalize_on_device: bool = False,
+        augment: Literal["pad", "scale"] | None = None,
         test_crops: int | None = None,
         test_split: str | None = None,
         input_spec: InputSpec | None = None,
@@ -43,13 +54,27 @@ class ShardDataModule(pl.LightningDataModule):
             data_dir: folder written by `convnets shards` (one subfolder per split).
             batch_size: per-rank training batch (the global batch is this times the world size).
             eval_batch_size: per-rank batch for validation and test (default: batch_size).
-            num_threads: DALI worker threads per rank (decoding + augmentation).
+            num_threads: DALI worker threads per rank (decoding + augmentation); with the torch
+                backend, DataLoader worker processes per rank (0: decode in the training process).
             seed: shuffle and augmentation seed; epoch e of a run is the same wherever it runs.
             device: "cpu" decodes on the CPU, "gpu" with nvJPEG on the rank's GPU, "auto" picks
                 gpu when the Trainer runs on CUDA.
-            augment: "pad" (small centred images such as digits: random shifts inside a padded
-                window) or "scale" (natural images: random-resized crop, shorter-side resize at eval).
-            min_area: smallest area fraction of the random-resized crop ("scale" only).
+            preset: training augmentation (augment.py): "inception" (random-resized crop + flip),
+                "alexnet" (Krizhevsky et al. 2012: shorter side to 256, random 224 crop, flip, PCA
+                lighting) or "pad" (small centred images such as digits: random shifts inside a
+                padded window). Eval is the same for all: shorter side to size / crop_fraction, centre crop.
+            jitter: colour jitter strength s on top of the preset: brightness, contrast and saturation
+                factors drawn from U[1 - s, 1 + s] per image (0.4 is torchvision's / FFCV's usual
+                value); or three strengths (brightness, contrast, saturation). 0: off. On CPU DALI
+                pipelines saturation (or hue) switches to color_twist, about half the rate of
+                brightness + contrast alone: [0.4, 0.4, 0] there; on GPUs the colour step is cheap.
+            hue: hue jitter, a fraction of a full turn (<= 0.5); 0: off.
+            min_area: smallest area fraction of the random-resized crop ("inception" only).
+            backend: "dali" (the DALI graph, CPU or GPU), "torch" (torchvision + DataLoader workers,
+                CPU), "auto": dali where nvidia.dali imports, else torch.
+            normalize_on_device: the loader ships uint8 pixels (4x fewer bytes to copy) and the batch
+                is normalized after it reaches the device (`on_after_batch_transfer`).
+            augment: deprecated spelling of preset ("scale" = "inception", "pad" = "pad").
             test_crops: crops per test image: 1, 5 (corners + centre) or 10 (and their mirrors);
                 default 10 where the dataset allows flips, else 5.
             test_split: split used by `test` (default: "test" when present, else "val").
@@ -63,6 +88,11 @@ class ShardDataModule(pl.LightningDataModule):
         self.input_spec = input_spec
         self.manifests: dict[str, Manifest] = {}
         self._splits: dict[str, tuple[SampleIndex, np.ndarray]] = {}
+        self.preset: Preset = _resolve_preset(preset, augment)
+        self.jitter = Jitter(**dict(zip(("brightness", "contrast", "saturation"), _strengths(jitter))), hue=hue)
+        self.backend = _resolve_backend(backend)
+        if self.backend == "torch" and device == "gpu":
+            raise ValueError("data.device=gpu decodes with DALI's nvJPEG; the torch backend decodes on the CPU (use data.device=auto)")
 
     # -- facts the platform reads before building the model -------------------------------------
     def manifest(self, split: str) -> Manifest:
@@ -106,13 +136,13 @@ class ShardDataModule(pl.LightningDataModule):
         labels = read_labels(index, num_classes=manifest.num_classes)
         self._splits[split] = (index, labels)
 
-    def train_dataloader(self) -> DaliLoader:
+    def train_dataloader(self):
         return self._loader("train", train=True, crops=1)
 
-    def val_dataloader(self) -> DaliLoader:
+    def val_dataloader(self):
         return self._loader("val", train=False, crops=1)
 
-    def test_dataloader(self) -> DaliLoader:
+    def test_dataloader(self):
         flip = self.manifest(self.test_split_name).flip_ok
         crops = eval_crop_count(self.hparams.test_crops, flip=flip)
         return self._loader(self.test_split_name, train=False, crops=crops)
@@ -122,13 +152,17 @@ class ShardDataModule(pl.LightningDataModule):
         spec = self.input_spec or getattr(self.trainer.lightning_module, "input_spec", None)
         if spec is None:
             raise ValueError("ShardDataModule needs an input_spec (from the model or the constructor)")
-        hp = self.hparams
-        if hp.augment == "pad":  # the image fills crop_fraction of the window (28 of 32 for digits)
-            resize = round(spec.image_size * spec.crop_fraction)
-        else:  # eval resizes the shorter side so that the crop keeps crop_fraction of it (256 for 224)
-            resize = round(spec.image_size / spec.crop_fraction)
-        flip = self.manifest(split).flip_ok
-        return AugmentSpec(spec=spec, mode=hp.augment, resize=resize, flip=flip, area=(hp.min_area, 1.0))
+        return preset_spec(self.preset, spec, flip=self.manifest(split).flip_ok, min_area=self.hparams.min_area,
+                           jitter=self.jitter, uint8=self.hparams.normalize_on_device)
+
+    @override
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # normalize_on_device: the loaders shipped uint8; normalizing here, after the copy, costs
+        # one elementwise pass on the accelerator instead of float32 work on the loader's CPU threads.
+        if batch["images"].dtype == torch.uint8:
+            spec = self.input_spec or self.trainer.lightning_module.input_spec
+            batch["images"] = normalize_batch(batch["images"], spec)
+        return batch
 
     def _device_id(self) -> int | None:
         wanted = self.hparams.device
@@ -150,5 +184,37 @@ class ShardDataModule(pl.LightningDataModule):
             rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
             hw_decoder_load=hp.hw_decoder_load,
         )
-        return DaliLoader(index, labels, self.augment_spec(split), cfg,
-                          epoch_fn=lambda: trainer.current_epoch if trainer else 0)
+        if self.backend == "torch":
+            from convnets.data_pipelines.torch_loader import TorchLoader as Loader
+        else:
+            from convnets.data_pipelines.dali_loader import DaliLoader as Loader
+        return Loader(index, labels, self.augment_spec(split), cfg, epoch_fn=lambda: trainer.current_epoch if trainer else 0)
+
+
+def _resolve_preset(preset: Preset, augment: str | None) -> Preset:
+    if augment is None:
+        return preset
+    resolved = {"scale": "inception", "pad": "pad"}.get(augment)
+    if resolved is None:
+        raise ValueError(f"data.augment={augment!r} is not pad or scale; use data.preset (alexnet, inception or pad)")
+    log.warning("data.augment is deprecated: use data.preset=%s", resolved)
+    return resolved
+
+
+def _strengths(jitter: float | tuple[float, ...]) -> tuple[float, float, float]:
+    values = (jitter,) * 3 if isinstance(jitter, (int, float)) else tuple(jitter)
+    if len(values) != 3:
+        raise ValueError(f"data.jitter={jitter!r}: one strength, or three (brightness, contrast, saturation)")
+    return tuple(float(v) for v in values)
+
+
+def _resolve_backend(backend: str) -> str:
+    has_dali = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
+    if backend == "dali" and not has_dali:
+        raise ValueError("data.backend=dali, but nvidia.dali is not installed (pip install nvidia-dali-cuda120, "
+                         "or use data.backend=torch)")
+    if backend == "auto":
+        if not has_dali:
+            log.info("nvidia.dali is not installed: reading the shards with the torch backend (torchvision)")
+        return "dali" if has_dali else "torch"
+    return backend
