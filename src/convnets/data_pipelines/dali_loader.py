@@ -22,9 +22,10 @@ from convnets.data_pipelines.dali_pipeline import build_pipeline
 from convnets.data_pipelines.epoch_plan import RankPlan, plan_rank
 from convnets.data_pipelines.shard_reader import ShardFiles, describe
 from convnets.data_pipelines.shards import SampleIndex
+from convnets.data_pipelines.errors import ConvnetsInputError
 
 
-class DataError(ValueError):
+class DataError(ConvnetsInputError):
     """Bad input data found while reading (one line, naming the shard and sample)."""
 
 

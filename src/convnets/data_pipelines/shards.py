@@ -29,6 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+from convnets.data_pipelines.errors import ConvnetsInputError
 from convnets.data_pipelines.sources import Sample, Source
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ MANIFEST = "manifest.json"
 _SPLIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # no dots: webdataset cuts key/ext at the first dot
 
 
-class ShardError(ValueError):
+class ShardError(ConvnetsInputError):
     """A shard folder that is incomplete, corrupt or disagrees with its manifest; the message names the file."""
 
 
