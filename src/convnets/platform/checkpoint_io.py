@@ -43,6 +43,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain: torch's zip writer turns it into RuntimeError("unexpected pos")."""
+    while exc is not None:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to `path` through `path.tmp` + fsync + rename: readers see the old file or the new one."""
     path = Path(path)
@@ -56,15 +65,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
-        # torch's zip writer wraps the OSError in a RuntimeError ("... file write failed")
-        no_space = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or "write failed" in str(exc)
-        if no_space or isinstance(exc, OSError):
-            reason = "no space left on the device" if no_space else str(exc).splitlines()[0]
-            raise CheckpointWriteError(errno.ENOSPC if no_space else getattr(exc, "errno", None),
-                                       f"cannot write checkpoint {path}: {reason}; the previous checkpoint "
-                                       f"(if any) is intact. Free space in {path.parent} and resume with "
-                                       f"--ckpt_path last") from exc
-        raise
+        if isinstance(exc, RuntimeError) and not _disk_full(exc):
+            raise  # not an I/O problem: torch could not serialize the object
+        reason = "no space left on the device" if _disk_full(exc) else str(exc).splitlines()[0]
+        raise CheckpointWriteError(errno.ENOSPC if _disk_full(exc) else getattr(exc, "errno", None),
+                                   f"cannot write checkpoint {path}: {reason}; the previous checkpoint (if any) "
+                                   f"is intact. Free space in {path.parent}, then resume with --ckpt_path last") from exc
     _fsync_dir(path.parent)
 
 
