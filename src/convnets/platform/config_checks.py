@@ -40,6 +40,7 @@ def check_data(data: Mapping, stage: str, *, world_size: int) -> int | None:
         if split == "test":
             split = _get(data, "test_split") or ("test" if (data_dir / "test" / "manifest.json").exists() else "val")
         manifest = read_manifest(data_dir / split)  # ShardError (an input error) naming the file
+        check_shard_names(manifest, data_dir / split)
         num_classes = num_classes or manifest.num_classes
         if split == "train":
             batch = int(_get(data, "batch_size", 1))
@@ -47,6 +48,20 @@ def check_data(data: Mapping, stage: str, *, world_size: int) -> int | None:
                 raise ConfigError(f"data.batch_size={batch} x {world_size} ranks = {batch * world_size} exceeds the "
                                   f"{manifest.num_samples} training samples in {data_dir / split}; lower data.batch_size")
     return num_classes
+
+
+def check_shard_names(manifest: Any, split_dir: Path) -> None:
+    """Shard and index names are plain file names inside the split folder.
+
+    The reader opens `split_dir / name` and preads bytes at the .idx offsets; it never extracts a tar
+    member or uses a member's name as a path, so names inside the tars cannot reach the file
+    system. The manifest's names can: "../x" or "/etc/x" would make training read outside the data.
+    """
+    for entry in manifest.shards:
+        for name in (entry.name, entry.index):
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise ConfigError(f"{split_dir / 'manifest.json'}: shard file {name!r} is not a plain file name "
+                                  f"inside {split_dir} (path traversal refused)")
 
 
 def check_crop(data: Mapping, image_size: int) -> None:
@@ -79,10 +94,12 @@ def check_model(model: Mapping, num_classes: int | None) -> int:
     try:
         with torch.device("meta"):  # shapes only: no memory, no arithmetic
             net = create_model(arch, num_classes=int(_get(model, "num_classes", num_classes or 10)), **options)
-            net(torch.empty(1, channels, size, size))
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
-    except RuntimeError as exc:
+    try:
+        with torch.device("meta"):
+            net.eval()(torch.empty(2, channels, size, size))  # eval: BatchNorm takes any batch
+    except (RuntimeError, ValueError) as exc:
         raise ConfigError(f"model.image_size={size} does not fit {arch} ({str(exc).splitlines()[0]}); "
                           f"its declared size is {info.input_size[1]}") from None
     return size
