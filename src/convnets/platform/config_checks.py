@@ -116,10 +116,13 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
         raise ConfigError(f"--ckpt_path {path}: not a PyTorch checkpoint (truncated, or another kind of file)")
 
 
-def check_config(cfg: Mapping, stage: str, *, world_size: int) -> None:
-    """All the checks for `convnets STAGE`; ConvnetsInputError (exit 2) naming the option on the first miss."""
+def check_config(cfg: Mapping, stage: str | None, *, world_size: int) -> None:
+    """All the checks for `convnets STAGE`; ConvnetsInputError (exit 2) naming the option on the first miss.
+
+    stage None (LightningCLI(run=False): objects built, nothing run) checks the model and crop only.
+    """
     try:
-        num_classes = check_data(cfg["data"], stage, world_size=world_size) if stage != "predict" else None
+        num_classes = check_data(cfg["data"], stage, world_size=world_size) if stage not in (None, "predict") else None
         size = check_model(cfg["model"], num_classes)
         check_crop(cfg["data"], size)
         check_ckpt_path(cfg.get("ckpt_path"))

@@ -86,7 +86,7 @@ class ConvnetsCLI(LightningCLI):
         from convnets.platform.config_checks import check_config, world_size_of
 
         cfg = self._cfg(self.config)
-        check_config(cfg, self.subcommand or "fit", world_size=world_size_of(cfg["trainer"]))
+        check_config(cfg, self.subcommand, world_size=world_size_of(cfg["trainer"]))
 
     @override
     def instantiate_classes(self) -> None:
