@@ -18,10 +18,11 @@ import sys
 import traceback
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-# Commands whose code raises plain ValueError only for their own arguments and the files they read
-# (exit 2); their failures during a run are RuntimeErrors. Any other command (Lightning's above,
-# new ones) exits 2 only for ConvnetsInputError: a ValueError deep in a model is a failure (exit 1).
-PLAIN_VALUE_ERROR_IS_INPUT = ("models", "demo", "shards", "bench", "sweep")
+# Training runs exit 2 only for convnets' own input errors (ConvnetsInputError and the other
+# ValueError subclasses defined in convnets): a plain ValueError there comes from deep inside a model
+# or torch, a failure to debug (exit 1). The other commands raise plain ValueError only for their own
+# arguments and the files they read; their failures during a run are RuntimeErrors.
+STRICT_INPUT_ERRORS = LIGHTNING_COMMANDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("CONVNETS_DEBUG"):
             raise
-        code = exit_code(exc, value_error_is_input=bool(argv) and argv[0] in PLAIN_VALUE_ERROR_IS_INPUT)
+        code = exit_code(exc, value_error_is_input=not argv or argv[0] not in STRICT_INPUT_ERRORS)
         if code == 2:  # bad input or configuration: one line naming it, no traceback
             print(f"convnets: error: {one_line(exc)}", file=sys.stderr)
         else:  # a failure during the run: the traceback, then one summary line

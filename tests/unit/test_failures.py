@@ -27,6 +27,13 @@ def test_input_error_classes_share_one_base():
         assert exit_code(cls("x")) == 2
 
 
+def test_any_value_error_subclass_defined_in_convnets_is_input():
+    Local = type("UnsafeMemberError", (ValueError,), {"__module__": "convnets.data_pipelines.tar_members"})
+    assert exit_code(Local("member '../x'")) == 2
+    Foreign = type("SomeLibError", (ValueError,), {"__module__": "torchmetrics.utilities"})
+    assert exit_code(Foreign("x")) == 1
+
+
 def test_a_value_error_inside_a_model_is_a_run_failure():
     # torch raises ValueError for this shape mismatch: a bug to debug, not input to fix
     exc = raised(lambda: F.cross_entropy(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long)))

@@ -1,7 +1,8 @@
 """How a failed command explains itself: which exit code, and the one summary line.
 
 Exit 2 means "fix your input": an exception derived from ConvnetsInputError (bad config value,
-data folder, shard, sample, checkpoint) or a command-line parse error. Everything else is a
+data folder, shard, sample, checkpoint) or from ValueError in a convnets module, or a command-line
+parse error; commands other than fit/validate/test/predict also treat a plain ValueError as input. Everything else is a
 failure during the run: exit 1, the traceback, then one line that says what to do where we know
 (out of memory: lower the batch; a DDP peer gone: which rank, and how to resume).
 """
@@ -49,7 +50,10 @@ def is_input_error(exc: BaseException) -> bool:
     """Bad input/configuration (exit 2)? An out-of-memory is never the data's fault, whoever reports it."""
     if isinstance(exc, argparse.ArgumentError):  # jsonargparse's parse errors (exit_on_error=False)
         return True
-    return isinstance(exc, ConvnetsInputError) and not is_out_of_memory(exc)
+    # convnets' own ValueError subclasses (ShardError, DataError, CheckpointError, ...) all mean bad
+    # input, wherever they are defined; builtins.ValueError (torch's, numpy's) does not.
+    ours = isinstance(exc, ValueError) and type(exc).__module__.split(".")[0] == "convnets"
+    return (isinstance(exc, ConvnetsInputError) or ours) and not is_out_of_memory(exc)
 
 
 def exit_code(exc: BaseException, *, value_error_is_input: bool = False) -> int:
