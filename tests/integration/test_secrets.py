@@ -41,3 +41,25 @@ def test_a_real_run_writes_no_secret_anywhere(digits_shards, tmp_path):
         assert not any(needle in out for out in outputs), f"{name} printed by the command"
     # the run record keeps what reproduces the run (argv, cwd, config), never the environment
     assert b"WANDB_API_KEY" not in (runs / "r" / "run_info.json").read_bytes()
+
+
+@pytest.mark.slurm
+def test_a_dry_run_submission_prints_and_writes_no_secret(digits_shards, tmp_path, monkeypatch, capfd):
+    from convnets.cli import _parser, main
+
+    commands = next(a for a in _parser()._actions if a.dest == "command").choices
+    if "submit" not in commands:
+        pytest.skip("`convnets submit` is not in this tree yet (the Slurm branch adds it)")
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    code = main(["submit", "--config", "lenet5_digits", "--data.data_dir", str(digits_shards), "--runs_dir",
+                 str(tmp_path / "runs"), "--run_name", "r", "--slurm.cluster", "local", "--dry-run"])
+    out = capfd.readouterr()
+    assert code == 0, out.err[-3000:]
+    assert "#SBATCH" in out.out  # the generated script is what we grep
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    for name, value in SECRETS.items():
+        assert value not in out.out + out.err, f"{name} in the printed sbatch script"
+        assert not [p for p in written if value.encode() in p.read_bytes()], f"{name} written by the submission"
