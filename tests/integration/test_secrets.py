@@ -21,10 +21,9 @@ def test_a_real_run_writes_no_secret_anywhere(digits_shards, tmp_path):
     runs = tmp_path / "runs"
     common = ["--config", "lenet5_digits", "--data.data_dir", str(digits_shards), "--runs_dir", str(runs),
               "--run_name", "r", "--trainer.enable_progress_bar", "false", "--trainer.limit_train_batches", "3",
-              "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2"]
+              "--trainer.limit_val_batches", "2"]
     outputs = []
-    for args in (["fit", *common, "--trainer.max_epochs", "1"],
-                 ["test", *common, "--ckpt_path", str(runs / "r" / "checkpoints" / "last.ckpt")]):
+    for args in (["fit", *common, "--trainer.max_epochs", "1"],):  # fit writes every kind of file a run has
         result = subprocess.run([sys.executable, "-m", "convnets.cli", *args], cwd=tmp_path, env=env,
                                 capture_output=True, timeout=600)
         assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
