@@ -70,6 +70,8 @@ def test_a_gone_peer_names_the_rank_where_the_backend_does():
     nccl = RuntimeError("NCCL communicator was aborted on rank 3 after it timed out")
     assert dead_rank(nccl) == 3 and failure_summary(nccl).startswith("DDP rank 3 stopped")
     assert dead_rank(RuntimeError("Connection closed by peer")) is None
+    gloo.__notes__ = ["DDP rank 1 (pid 4242) killed by SIGKILL"]  # what the rank watchdog adds
+    assert failure_summary(gloo).startswith("DDP rank 1 (pid 4242) killed by SIGKILL; resume with --ckpt_path last")
     assert failure_summary(ValueError("plain")) == "ValueError: plain"
 
 

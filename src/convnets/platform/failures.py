@@ -85,6 +85,9 @@ def failure_summary(exc: BaseException) -> str:
     if is_out_of_memory(exc):
         return f"{OOM_HINT}: {line}"
     if any(type(e).__name__ in PEER_GONE_TYPES or any(m in str(e) for m in PEER_GONE) for e in _chain(exc)):
+        noted = [n for e in _chain(exc) for n in getattr(e, "__notes__", []) if n.startswith("DDP rank ")]
+        if noted:  # the rank watchdog saw which local rank died, and how
+            return f"{noted[0]}; resume with --ckpt_path last: {line}"
         rank = dead_rank(exc)
         who = f"DDP rank {rank}" if rank is not None else "another DDP rank"
         return (f"{who} stopped or stopped answering (its own error, or the watchdog line naming it, is above); "

@@ -28,6 +28,7 @@ from typing_extensions import override
 log = logging.getLogger(__name__)
 GRACE_S = 5.0  # time for the rank's own error (a gloo "connection closed") to print before we exit
 PARENT_POLL_S = 1.0
+NOTE_WAIT_S = 2.0  # after a failure in a DDP run: how long to wait for word of a dead child rank
 
 
 def describe_exit(returncode: int) -> str:
@@ -54,6 +55,7 @@ class RankWatchdog(pl.Callback):
     def __init__(self, *, grace_s: float = GRACE_S) -> None:
         self.grace_s = grace_s
         self.done = threading.Event()  # set at teardown: a rank finishing normally is no failure
+        self.deaths: list[str] = []  # "DDP rank 1 (pid 123) killed by SIGKILL", as the threads learn them
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -73,12 +75,23 @@ class RankWatchdog(pl.Callback):
         returncode = proc.wait()
         if self.done.is_set() or returncode == 0:
             return
-        _stop(f"DDP rank {rank} (pid {proc.pid}) {describe_exit(returncode)}", children, self.grace_s)
+        self.deaths.append(f"DDP rank {rank} (pid {proc.pid}) {describe_exit(returncode)}")
+        _stop(self.deaths[-1], children, self.grace_s)
 
     def _watch_parent(self, parent: int, rank: int) -> None:
         while not self.done.wait(PARENT_POLL_S):
             if os.getppid() != parent:  # re-parented: rank 0 is gone
                 _stop(f"DDP rank 0 (pid {parent}) died; rank {rank} cannot continue", [], self.grace_s)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # gloo's "connection reset" and the child's exit arrive together: give the waiting threads a
+        # moment, then note the dead rank on the exception, so the summary line names it.
+        deadline = time.monotonic() + NOTE_WAIT_S
+        while trainer.world_size > 1 and not self.deaths and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.deaths:
+            exception.__notes__ = [*getattr(exception, "__notes__", []), *self.deaths]
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
