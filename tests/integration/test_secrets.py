@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-from tests.integration.cli_helpers import REPO
-
 pytestmark = [pytest.mark.integration, pytest.mark.dali, pytest.mark.slow]
 FAKE_KEY = "local-f4k3c0nvn375k3y" + "0" * 20  # W&B keys are 40 characters; this one is recognizably fake
 SECRETS = {"WANDB_API_KEY": FAKE_KEY, "AWS_SECRET_ACCESS_KEY": "AKIAFAKECONVNETSSECRET99",

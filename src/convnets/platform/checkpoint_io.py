@@ -12,7 +12,6 @@ checkpoint cannot run code; the platform stores only tensors, numbers, strings, 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import zipfile
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing_extensions import override
 
 from convnets.data_pipelines.errors import CheckpointError
 
-log = logging.getLogger(__name__)
 TMP_SUFFIX = ".tmp"
 
 

@@ -13,7 +13,6 @@ the failure.
 """
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -25,9 +24,9 @@ from datetime import timedelta
 import pytorch_lightning as pl
 from typing_extensions import override
 
-log = logging.getLogger(__name__)
 GRACE_S = 5.0  # time for the rank's own error (a gloo "connection closed") to print before we exit
 PARENT_POLL_S = 1.0
+HANDLING_S = 60.0  # a rank already handling its own error gets this long to exit by itself
 NOTE_WAIT_S = 2.0  # after a failure in a DDP run: how long to wait for word of a dead child rank
 
 
@@ -40,15 +39,6 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-def _stop(message: str, children: list[subprocess.Popen], grace_s: float) -> None:
-    print(f"convnets: failed: {message}; stopping this rank. Resume with --ckpt_path last", file=sys.stderr, flush=True)
-    time.sleep(grace_s)
-    for proc in children:
-        if proc.poll() is None:
-            proc.kill()  # SIGTERM does not stop a rank blocked inside a collective
-    os._exit(1)  # the main thread may be blocked in a collective: no clean way out of it
-
-
 class RankWatchdog(pl.Callback):
     """Watches the other local DDP ranks from setup() on; does nothing in a single process."""
 
@@ -56,6 +46,7 @@ class RankWatchdog(pl.Callback):
         self.grace_s = grace_s
         self.done = threading.Event()  # set at teardown: a rank finishing normally is no failure
         self.deaths: list[str] = []  # "DDP rank 1 (pid 123) killed by SIGKILL", as the threads learn them
+        self.handling = threading.Event()  # this rank's main thread is already failing: let it exit itself
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -76,12 +67,22 @@ class RankWatchdog(pl.Callback):
         if self.done.is_set() or returncode == 0:
             return
         self.deaths.append(f"DDP rank {rank} (pid {proc.pid}) {describe_exit(returncode)}")
-        _stop(self.deaths[-1], children, self.grace_s)
+        self._stop(self.deaths[-1], children)
 
     def _watch_parent(self, parent: int, rank: int) -> None:
         while not self.done.wait(PARENT_POLL_S):
             if os.getppid() != parent:  # re-parented: rank 0 is gone
-                _stop(f"DDP rank 0 (pid {parent}) died; rank {rank} cannot continue", [], self.grace_s)
+                self._stop(f"DDP rank 0 (pid {parent}) died; rank {rank} cannot continue", [])
+
+    def _stop(self, message: str, children: list[subprocess.Popen]) -> None:
+        print(f"convnets: failed: {message}; stopping this rank. Resume with --ckpt_path last", file=sys.stderr, flush=True)
+        time.sleep(self.grace_s)
+        if self.handling.is_set():  # its own error is on the way out (exit code, one-line summary): a
+            time.sleep(HANDLING_S)  # longer wait, only against a teardown stuck in a collective
+        for proc in children:
+            if proc.poll() is None:
+                proc.kill()  # SIGTERM does not stop a rank blocked inside a collective
+        os._exit(1)  # the main thread may be blocked in a collective: no clean way out of it
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -90,6 +91,7 @@ class RankWatchdog(pl.Callback):
         deadline = time.monotonic() + NOTE_WAIT_S
         while trainer.world_size > 1 and not self.deaths and time.monotonic() < deadline:
             time.sleep(0.05)
+        self.handling.set()
         if self.deaths:
             exception.__notes__ = [*getattr(exception, "__notes__", []), *self.deaths]
 
