@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from convnets.data_pipelines.errors import CheckpointError
-from convnets.platform.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save, load_checkpoint
+from convnets.platform.checkpoint_io import (
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    atomic_torch_save,
+    load_checkpoint,
+    with_atomic_io,
+)
 
 # A child that saves ~16 MB checkpoints in a loop through the real plugin, numbering each one.
 SAVER = """
@@ -133,3 +139,12 @@ def test_loading_never_unpickles_code(tmp_path):
         load_checkpoint(evil)
     with pytest.raises(CheckpointError, match="weights_only=True"):  # the plugin Lightning loads through
         AtomicCheckpointIO().load_checkpoint(evil)
+
+
+def test_the_platform_adds_atomic_io_unless_the_user_chose_one():
+    from lightning_fabric.plugins import TorchCheckpointIO
+
+    assert [type(p) for p in with_atomic_io(None)] == [AtomicCheckpointIO]
+    assert [type(p) for p in with_atomic_io(["bf16-mixed"])][1:] == [AtomicCheckpointIO]
+    own = TorchCheckpointIO()
+    assert with_atomic_io([own]) == [own]

@@ -87,6 +87,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location)
 
 
+def with_atomic_io(plugins: object) -> list:
+    """The Trainer's plugins plus AtomicCheckpointIO, unless the user chose a checkpoint I/O plugin."""
+    from lightning_fabric.plugins import CheckpointIO
+
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
+    return plugins if any(isinstance(p, CheckpointIO) for p in plugins) else [*plugins, AtomicCheckpointIO()]
+
+
 def load_checkpoint(path: str | Path, *, map_location: Any = "cpu", arch: str | None = None) -> dict[str, Any]:
     """A Lightning checkpoint as a dict, loaded with weights_only=True; CheckpointError (one line) otherwise.
 

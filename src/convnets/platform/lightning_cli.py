@@ -27,7 +27,7 @@ from typing_extensions import override
 from convnets.data_pipelines.datamodule import ShardDataModule
 from convnets.data_pipelines.errors import ConfigError, ConvnetsInputError
 from convnets.platform.callbacks import platform_callbacks
-from convnets.platform.checkpoint_io import AtomicCheckpointIO
+from convnets.platform.checkpoint_io import with_atomic_io
 from convnets.platform.module import ClassifierModule
 from convnets.platform.rank_watchdog import RankWatchdog, ddp_strategy
 from convnets.platform.tracking import wandb_offline
@@ -135,7 +135,7 @@ class ConvnetsCLI(LightningCLI):
         callbacks = user + platform_callbacks(run_dir, self._cfg(self.config).as_dict(), progress_bar=bar)
         kwargs["callbacks"] = callbacks + [RankWatchdog()]
         kwargs["strategy"] = ddp_strategy(trainer_cfg.get("strategy", "auto"), timeout_s=self._cfg(self.config)["ddp_timeout_s"])
-        kwargs["plugins"] = trainer_cfg.get("plugins") or [AtomicCheckpointIO()]  # atomic saves, weights-only loads
+        kwargs["plugins"] = with_atomic_io(trainer_cfg.get("plugins"))  # atomic saves, weights-only loads
         kwargs["default_root_dir"] = str(run_dir)
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = WandbLogger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),
