@@ -8,9 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update && apt-get install -y --no-install-recommends git make && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/convnets
 # Dependencies first: this layer is reused while only the code changes.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY src/convnets/__init__.py src/convnets/__init__.py
-RUN pip install -e '.[dev]'
+RUN pip install -c constraints.txt -e '.[dev]'  # the tested releases
 COPY . .
 RUN pip install --no-deps -e '.[dev]'
 ENTRYPOINT ["convnets"]

@@ -18,6 +18,11 @@ import sys
 import traceback
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# Training runs exit 2 only for convnets' own input errors (ConvnetsInputError and the other
+# ValueError subclasses defined in convnets): a plain ValueError there comes from deep inside a model
+# or torch, a failure to debug (exit 1). The other commands raise plain ValueError only for their own
+# arguments and the files they read; their failures during a run are RuntimeErrors.
+STRICT_INPUT_ERRORS = LIGHTNING_COMMANDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,33 +78,24 @@ def _dispatch(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from convnets.platform.failures import exit_code, failure_summary, one_line
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _dispatch(argv)
-    except (ValueError, FileNotFoundError) as exc:  # bad input or configuration: one line, exit 2
-        if os.environ.get("CONVNETS_DEBUG"):
-            raise
-        print(f"convnets: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # a failure during the run: the traceback, then one summary line
-        traceback.print_exc()
-        print(f"convnets: failed: {_failure_summary(exc)}", file=sys.stderr)
-        return 1
-
-
-def _failure_summary(exc: BaseException) -> str:
-    line = f"{type(exc).__name__}: {_one_line(exc)}"
-    if "Connection closed by peer" in line or "Connection reset by peer" in line:
-        return "another DDP rank stopped (its own error is printed above): " + line
-    return line
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    except Exception as exc:
+        if os.environ.get("CONVNETS_DEBUG"):
+            raise
+        code = exit_code(exc, value_error_is_input=not argv or argv[0] not in STRICT_INPUT_ERRORS)
+        if code == 2:  # bad input or configuration: one line naming it, no traceback
+            print(f"convnets: error: {one_line(exc)}", file=sys.stderr)
+        else:  # a failure during the run: the traceback, then one summary line
+            traceback.print_exc()
+            print(f"convnets: failed: {failure_summary(exc)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from convnets.data_pipelines.errors import ConvnetsInputError
 
 
-class DataError(ValueError):
+class DataError(ConvnetsInputError):
     """Bad input data found while reading (one line, naming the shard and sample)."""
 
 

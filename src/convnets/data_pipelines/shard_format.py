@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from convnets.data_pipelines.errors import ConvnetsInputError
 
 FORMAT = "convnets-shards"
 FORMAT_VERSION = 2  # 2: labels.npy, class_names, skipped; 1 (still read): labels only in the .cls members
@@ -39,7 +40,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPLIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # no dots: webdataset cuts key/ext at the first dot
 
 
-class ShardError(ValueError):
+class ShardError(ConvnetsInputError):
     """A shard folder that is incomplete, corrupt or disagrees with its manifest; the message names the file."""
 
 

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
+from convnets.data_pipelines.errors import ConvnetsInputError
 
 MNIST_IMAGES_MAGIC = 2051  # idx3: unsigned bytes, 3 dimensions
 MNIST_LABELS_MAGIC = 2049  # idx1: unsigned bytes, 1 dimension
@@ -69,7 +70,7 @@ def encode_gray_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class UnreadableImage(ValueError):
+class UnreadableImage(ConvnetsInputError):
     """A source file no decoder reads (empty, truncated, corrupt, not an image); the message names it and why."""
 
 

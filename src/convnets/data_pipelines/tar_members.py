@@ -12,9 +12,10 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from convnets.data_pipelines.errors import ConvnetsInputError
 
 
-class UnsafeMemberError(ValueError):
+class UnsafeMemberError(ConvnetsInputError):
     """A tar member that could write outside the target if extracted (or is no regular file)."""
 
 

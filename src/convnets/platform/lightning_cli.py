@@ -18,14 +18,18 @@ import sys
 import time
 from pathlib import Path
 
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 from typing_extensions import override
 
 from convnets.data_pipelines.datamodule import ShardDataModule
+from convnets.data_pipelines.errors import ConfigError, ConvnetsInputError
 from convnets.platform.callbacks import platform_callbacks
+from convnets.platform.checkpoint_io import with_atomic_io
 from convnets.platform.module import ClassifierModule
+from convnets.platform.rank_watchdog import RankWatchdog, ddp_strategy
 from convnets.platform.tracking import wandb_offline
 
 RUN_NAME_ENV = "CONVNETS_RUN_NAME"  # DDP ranks re-run the command line: they must agree on the folder
@@ -46,7 +50,7 @@ def resolve_config_args(argv: list[str]) -> list[str]:
             continue
         packaged = PACKAGED_CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
         if not packaged.exists():
-            raise FileNotFoundError(f"--config {name}: no such file, nor a packaged recipe ({', '.join(packaged_configs())})")
+            raise ConfigError(f"--config {name}: no such file, nor a packaged recipe ({', '.join(packaged_configs())})")
         if arg == "--config":
             out[i + 1] = str(packaged)
         else:
@@ -68,6 +72,44 @@ class ConvnetsCLI(LightningCLI):
         parser.add_argument("--run_name", type=str | None, default=None, help="run folder name (default: ARCH-TIME)")
         parser.add_argument("--runs_dir", type=str, default="runs", help="parent of the run folders")
         parser.add_argument("--wandb_project", type=str, default="convnets", help="W&B project")
+        parser.add_argument("--ddp_timeout_s", type=float, default=900.0,
+                            help="DDP: seconds a collective waits for a silent rank before failing (strategy ddp)")
+
+    @override
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("exit_on_error", False)  # parse errors raise: cli.main prints one line, exit 2
+        return super().init_parser(**kwargs)
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        # Before the Trainer exists: no run folder, W&B run or process group for a config that cannot work.
+        from convnets.platform.config_checks import check_config, world_size_of
+
+        cfg = self._cfg(self.config)
+        check_config(cfg, self.subcommand, world_size=world_size_of(cfg["trainer"]))
+
+    @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ConvnetsInputError:
+            raise
+        except (ValueError, TypeError, MisconfigurationException) as exc:  # a constructor refused a config value
+            root = exc
+            while root.__cause__ is not None:  # jsonargparse wraps the constructor's own message
+                root = root.__cause__
+            raise ConfigError(str(root).strip().splitlines()[0] or type(root).__name__) from exc
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyper-parameters here, before any hook of ours: check it first.
+        from convnets.platform.config_checks import check_ckpt_path
+
+        check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None)
+        try:
+            super()._parse_ckpt_path()
+        except Exception as exc:
+            raise ConfigError(f"--ckpt_path: unreadable checkpoint ({str(exc).strip().splitlines()[0]})") from exc
 
     @override
     def parse_arguments(self, parser, args) -> None:
@@ -91,7 +133,9 @@ class ConvnetsCLI(LightningCLI):
         user = list(trainer_cfg.get("callbacks") or [])
         bar = trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in user)
         callbacks = user + platform_callbacks(run_dir, self._cfg(self.config).as_dict(), progress_bar=bar)
-        kwargs["callbacks"] = callbacks
+        kwargs["callbacks"] = callbacks + [RankWatchdog()]
+        kwargs["strategy"] = ddp_strategy(trainer_cfg.get("strategy", "auto"), timeout_s=self._cfg(self.config)["ddp_timeout_s"])
+        kwargs["plugins"] = with_atomic_io(trainer_cfg.get("plugins"))  # atomic saves, weights-only loads
         kwargs["default_root_dir"] = str(run_dir)
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = WandbLogger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),

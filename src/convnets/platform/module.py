@@ -249,4 +249,13 @@ class ClassifierModule(pl.LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Before Lightning loads the weights: another model's checkpoint is a one-line input error,
+        # not a page of missing/unexpected state_dict keys.
+        from convnets.data_pipelines.errors import CheckpointError
+
+        theirs = checkpoint.get("hyper_parameters") or {}
+        for key in ("arch", "num_classes"):
+            if theirs.get(key) is not None and self.hparams.get(key) is not None and theirs[key] != self.hparams[key]:
+                raise CheckpointError(f"the checkpoint is of {key} {theirs[key]!r}, this run has {self.hparams[key]!r}; "
+                                      f"pass --model.{key} {theirs[key]} or another --ckpt_path")
         self.plateau = PlateauState(**checkpoint.get("plateau", {}))
