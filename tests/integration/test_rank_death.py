@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from convnets.data_pipelines.shards import read_manifest
+from convnets.data_pipelines.shard_format import read_manifest
 from tests.integration.cli_helpers import REPO, last_line
 
 pytestmark = [pytest.mark.integration, pytest.mark.dali, pytest.mark.slow]

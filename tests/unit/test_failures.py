@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from convnets.data_pipelines.dali_loader import DataError
 from convnets.data_pipelines.errors import CheckpointError, ConfigError, ConvnetsInputError
-from convnets.data_pipelines.shards import ShardError
+from convnets.data_pipelines.shard_format import ShardError
 from convnets.platform.failures import dead_rank, exit_code, failure_summary, one_line
 
 

@@ -26,7 +26,7 @@ def _get(cfg: Mapping, key: str, default: Any = None) -> Any:
 
 def check_data(data: Mapping, stage: str, *, world_size: int) -> int | None:
     """data_dir exists with readable manifests for the stage's splits; batch sizes fit. Returns the classes."""
-    from convnets.data_pipelines.shards import read_manifest
+    from convnets.data_pipelines.shard_format import read_manifest
 
     data_dir = Path(str(_get(data, "data_dir", "")))
     if not data_dir.is_dir():
