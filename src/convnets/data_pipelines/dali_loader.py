@@ -262,14 +262,13 @@ class DaliLoader:
         return plan
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch = self.epoch_fn()
-        if self._epoch is not None and self._epoch.next_step == 0 and self._epoch.number == epoch and self._restore is None:
-            plan = self._plan(epoch)  # iter() called twice before any batch (Lightning does): keep the prefetch
-        else:
-            plan = self._begin(epoch)
-        return self._batches(plan, self._epoch)
+        return self._batches()
 
-    def _batches(self, plan: RankPlan, state: _Epoch) -> Iterator[dict[str, torch.Tensor]]:
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        # Begins at the first next(), not at iter(): Lightning calls iter() during setup, before a
+        # checkpoint's loader state is loaded, and a second iter() without a batch costs nothing.
+        plan = self._begin(self.epoch_fn())
+        state = self._epoch
         iterator, source = self._iterator, self._source
         while state.next_step < plan.steps and self._epoch is state:
             step = state.next_step

@@ -63,6 +63,8 @@ class ShardDataModule(pl.LightningDataModule):
         self.input_spec = input_spec
         self.manifests: dict[str, Manifest] = {}
         self._splits: dict[str, tuple[SampleIndex, np.ndarray]] = {}
+        self._train_loader: DaliLoader | None = None
+        self._train_state: dict | None = None
 
     # -- facts the platform reads before building the model -------------------------------------
     def manifest(self, split: str) -> Manifest:
@@ -107,7 +109,20 @@ class ShardDataModule(pl.LightningDataModule):
         self._splits[split] = (index, labels)
 
     def train_dataloader(self) -> DaliLoader:
-        return self._loader("train", train=True, crops=1)
+        loader = self._loader("train", train=True, crops=1)
+        if self._train_state is not None:  # resuming: the position saved in the checkpoint
+            loader.load_state_dict(self._train_state)
+        self._train_loader = loader
+        return loader
+
+    # Mid-epoch resume: Lightning restores the datamodule's state before it asks for the train
+    # loader. (Its fit loop also saves stateful loaders, but skips loading them when the loader
+    # was requested early, e.g. by `estimated_stepping_batches` for a schedule: Lightning 2.6.)
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_state = state_dict.get("train_loader")
 
     def val_dataloader(self) -> DaliLoader:
         return self._loader("val", train=False, crops=1)
@@ -151,4 +166,26 @@ class ShardDataModule(pl.LightningDataModule):
             hw_decoder_load=hp.hw_decoder_load,
         )
         return DaliLoader(index, labels, self.augment_spec(split), cfg,
-                          epoch_fn=lambda: trainer.current_epoch if trainer else 0)
+                          epoch_fn=lambda: trainer.current_epoch if trainer else 0,
+                          **(_resume_hooks(trainer) if train and trainer else {}))
+
+
+def _resume_hooks(trainer: pl.Trainer) -> dict:
+    """What the train loader's state_dict needs from the Trainer (see dali_loader.py, "Resuming").
+
+    consumed: batches of this epoch the fit loop has taken (it fetches one more ahead of those);
+    gather: every rank's DALI state, since only rank 0 writes the checkpoint. Lightning calls
+    state_dict on every rank inside `save_checkpoint`, which already ends in a barrier.
+    """
+
+    def consumed() -> int:
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    def gather(value) -> list:
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return [value]
+        out = [None] * trainer.world_size
+        torch.distributed.all_gather_object(out, value)
+        return out
+
+    return {"consumed_fn": consumed, "gather_fn": gather}
