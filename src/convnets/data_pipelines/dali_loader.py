@@ -72,14 +72,16 @@ class ShardSource:
         self.index, self.labels, self.read = index, labels, read
         self.files = ShardFiles(index, max_open=read.max_open_files)
         self.plan: RankPlan | None = None
+        self.offset = 0
         self._stopped = True
         self._ahead: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(max(1, read.threads), thread_name_prefix="shard-read")
         self.recent: deque[np.ndarray] = deque(maxlen=8)  # batches DALI may still be decoding
 
-    def start(self, plan: RankPlan) -> None:
+    def start(self, plan: RankPlan, *, offset: int = 0) -> None:
+        """Serve `plan`; DALI's batch index i means batch offset + i (offset: a resume without DALI state)."""
         self._drop_ahead()
-        self.plan, self._stopped = plan, False
+        self.plan, self.offset, self._stopped = plan, offset, False
 
     def stop(self) -> None:
         self._stopped = True
@@ -94,7 +96,7 @@ class ShardSource:
         return self.files.images(plan.batch(step)[0])
 
     def __call__(self, info) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-        plan, step = self.plan, info.iteration
+        plan, step = self.plan, self.offset + info.iteration
         if self._stopped or plan is None or step >= plan.steps:
             raise StopIteration
         for ahead in range(step, min(step + 1 + self.read.depth, plan.steps)):
@@ -239,12 +241,13 @@ class DaliLoader:
 
     def _begin(self, epoch: int) -> RankPlan:
         """Point the pipeline at `epoch`, building or restoring it as needed; returns the plan."""
-        plan, first, start, restore, reset = self._plan(epoch), 0, None, self._restore, True
+        plan, first, offset, start, restore, reset = self._plan(epoch), 0, 0, None, self._restore, True
         self._restore = None
         if restore is not None:
             self._build(restore["dali"][self.cfg.rank] if restore.get("dali") else None)
             if restore["epoch"] == epoch and restore["next_step"] < plan.steps:
                 first, reset = restore["next_step"], False  # the restored source continues at this batch
+                offset = 0 if restore.get("dali") else first  # a fresh pipeline counts from 0
             elif restore.get("dali"):  # saved at an epoch's end: close that epoch in the restored pipeline
                 self._epoch = _Epoch(number=restore["epoch"], next_step=restore["next_step"], checkpoints={})
                 start = self._finish_epoch()
@@ -255,7 +258,7 @@ class DaliLoader:
             reset = False
         else:
             start = self._finish_epoch()
-        self._source.start(plan)
+        self._source.start(plan, offset=offset)
         if reset:
             self._iterator.reset()
         self._epoch = _Epoch(number=epoch, next_step=first, checkpoints={}, start=start)
