@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 
 
 class IndexRecorder(pl.Callback):
-    """Appends each trained step's (global step, epoch, real sample indices) to a JSON-lines file."""
+    """Appends each trained step's (global step, epoch, real sample indices) to a JSON-lines file (per rank)."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -18,7 +18,9 @@ class IndexRecorder(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         record = {"step": trainer.global_step, "epoch": trainer.current_epoch,
                   "index": batch["index"][batch["valid"]].tolist()}
-        with self.path.open("a") as f:
+        rank = trainer.global_rank
+        path = self.path if rank == 0 else self.path.with_suffix(f".rank{rank}.jsonl")
+        with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
 
