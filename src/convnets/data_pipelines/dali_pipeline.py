@@ -90,6 +90,7 @@ def build_pipeline(
     def graph():
         encoded, labels, valid, index = fn.external_source(
             source=source, num_outputs=4, batch=True, batch_info=True,
+            no_copy=True,  # the source keeps its read buffers until DALI is done with them
             dtype=[types.UINT8, types.INT64, types.UINT8, types.INT64],
         )
         decoder = "cpu" if device_id is None else "mixed"

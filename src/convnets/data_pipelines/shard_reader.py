@@ -71,6 +71,8 @@ class ShardFiles:
             self._evict()
 
     def _evict(self) -> None:  # caller holds the lock
+        if len(self._fds) <= self.max_open:
+            return
         for shard in list(self._fds):
             if len(self._fds) <= self.max_open:
                 return
@@ -91,10 +93,33 @@ class ShardFiles:
     def image(self, i: int) -> bytes:
         return self._read(i, self.index.img_size, self.index.img_offset)
 
-    def images(self, indices: np.ndarray) -> list[np.ndarray]:
-        """Encoded images of `indices` as uint8 arrays (what DALI's external_source takes)."""
+    def images(self, indices: np.ndarray, buffer: bytearray | None = None) -> list[np.ndarray]:
+        """Encoded images of `indices` as uint8 arrays (what DALI's external_source takes).
+
+        With `buffer` (at least the batch's byte count) the bytes land in it, the arrays view it: a
+        fresh ~110 kB bytes object per ImageNet sample costs page faults that made reading ~3x
+        slower (measured: 4k vs 11-16k samples/s on one thread). The caller owns the buffer's
+        lifetime: the views are valid until it is reused.
+        """
         size, offset = self.index.img_size, self.index.img_offset
-        return [np.frombuffer(self._read(int(i), size, offset), dtype=np.uint8) for i in indices]
+        if buffer is None:
+            return [np.frombuffer(self._read(int(i), size, offset), dtype=np.uint8) for i in indices]
+        if len(buffer) < int(size[indices].sum()):
+            raise ValueError(f"buffer of {len(buffer)} bytes, the batch needs {int(size[indices].sum())}")
+        view, pos, out = memoryview(buffer), 0, []
+        for i in indices:
+            i, want = int(i), int(size[i])
+            shard = int(self.index.shard_id[i])
+            fd = self._acquire(shard)
+            try:
+                got = os.preadv(fd, [view[pos : pos + want]], int(offset[i]))
+            finally:
+                self._release(shard)
+            if got != want:
+                raise ShardError(f"{describe(self.index, i)}: shard ends early (truncated)")
+            out.append(np.frombuffer(buffer, dtype=np.uint8, count=want, offset=pos))
+            pos += want
+        return out
 
     def label_text(self, i: int) -> bytes:
         return self._read(i, self.index.cls_size, self.index.cls_offset)
