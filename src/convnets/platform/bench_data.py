@@ -102,12 +102,12 @@ def _plain_pipeline(cfg: DataBench, *, decode: bool) -> Iterator[int]:
 
     @pipeline_def(batch_size=cfg.batch, num_threads=cfg.threads, device_id=None, seed=0)
     def graph():
-        encoded, _, valid, _ = fn.external_source(source=source, num_outputs=4, batch=True, batch_info=True,
+        encoded, labels, valid, index = fn.external_source(source=source, num_outputs=4, batch=True, batch_info=True,
                                                   no_copy=True, dtype=[types.UINT8, types.INT64, types.UINT8, types.INT64])
         # feed returns only each sample's byte count: the bytes stop inside DALI, as in training
         # (where the decoder takes them); returning them would time one more 14 MB copy per batch.
         out = fn.decoders.image(encoded, device="cpu", output_type=types.RGB) if decode else fn.shapes(encoded)
-        return out, valid
+        return out, valid, labels, index
 
     plan, epoch = _long_plan(n, cfg.batch, 0)
     source.start(plan)
@@ -116,7 +116,7 @@ def _plain_pipeline(cfg: DataBench, *, decode: bool) -> Iterator[int]:
     try:
         while True:
             try:
-                _, valid = pipe.run()
+                _, valid, _, _ = pipe.run()
             except StopIteration:
                 plan, reps = _long_plan(n, cfg.batch, epoch)
                 epoch += reps
