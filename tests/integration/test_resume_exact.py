@@ -65,9 +65,12 @@ def test_fit_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(digits_sha
     # the uninterrupted run used there; together, each epoch's samples exactly once.
     cut_log = [json.loads(line)["step"] for line in (tmp_path / "cut.jsonl").read_text().splitlines()]
     assert cut_log == list(range(7)) + list(range(4, 24))
-    whole_steps, cut_steps = _steps(tmp_path / "whole.jsonl"), _steps(tmp_path / "cut.jsonl")
-    assert whole_steps == cut_steps
-    if devices == 1:
-        for epoch in range(2):
-            seen = sum((cut_steps[s] for s in range(12 * epoch, 12 * epoch + 12)), [])
-            assert sorted(seen) == list(range(len(seen))) and len(seen) > 1400
+    per_rank = []
+    for rank in range(devices):
+        suffix = ".jsonl" if rank == 0 else f".rank{rank}.jsonl"
+        whole_steps, cut_steps = _steps(tmp_path / f"whole{suffix}"), _steps(tmp_path / f"cut{suffix}")
+        assert whole_steps == cut_steps, f"rank {rank}"
+        per_rank.append(cut_steps)
+    for epoch in range(2):  # every training sample exactly once per epoch, across the ranks
+        seen = [i for steps in per_rank for s in range(12 * epoch, 12 * epoch + 12) for i in steps[s]]
+        assert sorted(seen) == list(range(len(seen))) and len(seen) > 1400
