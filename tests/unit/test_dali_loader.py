@@ -105,25 +105,30 @@ def _same(a, b) -> bool:
     return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("where", ["mid-epoch", "epoch end"])
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch end", "next epoch start"])
 def test_resume_continues_the_batches_and_the_random_crops_exactly(digits_shards, where):
     reference = _run(train_loader(digits_shards), [0, 1])
     steps = len(reference) // 2
     run = train_loader(digits_shards)
     it = iter(run)
     if where == "mid-epoch":
-        trained = 3
+        epoch, trained, done = 0, 3, 3
         for _ in range(trained + 1):  # Lightning fetches one batch ahead of the one it trains
             next(it)
-    else:
-        trained = len(list(it))
+    elif where == "epoch end":
+        epoch, trained, done = 0, len(list(it)), steps
+    else:  # epoch 1 begun (one batch fetched ahead), none trained
+        list(it)
+        set_epoch(run, 1)
+        next(iter(run))
+        epoch, trained, done = 1, 0, steps
     run.consumed_fn = lambda: trained
     state = run.state_dict()
-    assert (state["epoch"], state["next_step"]) == (0, trained)
+    assert (state["epoch"], state["next_step"]) == (epoch, trained)
     resumed = train_loader(digits_shards)
     resumed.load_state_dict(state)
-    rest = _run(resumed, [0, 1] if trained < steps else [1])
-    assert _same(rest, reference[trained:])
+    rest = _run(resumed, [0, 1] if done < steps else [1])
+    assert _same(rest, reference[done:])
 
 
 def test_without_the_dali_state_the_crops_differ(digits_shards):

@@ -168,9 +168,9 @@ class _Epoch:
     number: int
     next_step: int
     checkpoints: dict[int, bytes]  # step s -> pipeline state just before batch s (the last few)
-    # Where the pipeline stood when this epoch began: the end of the previous one (epoch, step,
-    # DALI state); None for the pipeline's first epoch (its state is the seed's).
-    start: tuple[int, int, bytes] | None = None
+    # The DALI state when this epoch began (after the previous epoch's last batch, dropped
+    # prefetches included); None for the pipeline's first epoch (its state is the seed's).
+    start: bytes | None = None
 
 
 class DaliLoader:
@@ -231,13 +231,11 @@ class DaliLoader:
             pipe, OUTPUTS, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False, prepare_first_batch=False,
         )
 
-    def _finish_epoch(self) -> tuple[int, int, bytes] | None:
+    def _finish_epoch(self) -> bytes | None:
         """Close the pipeline's current epoch: stop the source, drop what DALI prefetched.
 
         The caller resets the iterator once the source has the next plan (reset prefetches at once).
-
-        Returns (epoch, batches handed out, DALI state after the last batch it ran), the state the
-        next epoch starts from.
+        Returns the DALI state after the last batch DALI ran: the next epoch's starting state.
         """
         state = self._epoch
         if state is None or self._iterator is None:
@@ -252,20 +250,22 @@ class DaliLoader:
             pass
         if dropped:
             log.debug("left epoch %d early: dropped %d prefetched batches", state.number, dropped)
-        end = (state.number, state.next_step + dropped, self._iterator.checkpoints()[0]) if self.cfg.train else None
         self._epoch = None
-        return end
+        return self._iterator.checkpoints()[0] if self.cfg.train else None
 
     def _begin(self, epoch: int) -> RankPlan:
         """Point the pipeline at `epoch`, building or restoring it as needed; returns the plan."""
         plan, first, offset, start, restore, reset = self._plan(epoch), 0, 0, None, self._restore, True
         self._restore = None
+        kept: dict[int, bytes] = {}
         if restore is not None:
-            self._build(restore["dali"][self.cfg.rank] if restore.get("dali") else None)
-            if restore["epoch"] == epoch and restore["next_step"] < plan.steps:
+            restored = restore["dali"][self.cfg.rank] if restore.get("dali") else None
+            self._build(restored)
+            if restore["epoch"] == epoch and 0 < restore["next_step"] < plan.steps:
                 first, reset = restore["next_step"], False  # the restored source continues at this batch
-                offset = 0 if restore.get("dali") else first  # a fresh pipeline counts from 0
-            elif restore.get("dali"):  # saved at an epoch's end: close that epoch in the restored pipeline
+                offset = 0 if restored else first  # a fresh pipeline counts from 0
+                kept = {first: restored} if restored else {}  # a checkpoint before any new batch
+            elif restore.get("dali"):  # saved between epochs: close the epoch the restored pipeline is in
                 self._epoch = _Epoch(number=restore["epoch"], next_step=restore["next_step"], checkpoints={})
                 start = self._finish_epoch()
             else:
@@ -278,7 +278,7 @@ class DaliLoader:
         self._source.start(plan, offset=offset)
         if reset:
             self._iterator.reset()
-        self._epoch = _Epoch(number=epoch, next_step=first, checkpoints={}, start=start)
+        self._epoch = _Epoch(number=epoch, next_step=first, checkpoints=kept, start=start)
         return plan
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -322,17 +322,15 @@ class DaliLoader:
         if not self.cfg.train or state is None:
             return {}
         taken = self.consumed_fn() if self.consumed_fn else state.next_step
-        if taken == 0 and state.start is not None:  # nothing trained yet: where the previous epoch ended
-            number, taken, checkpoint = state.start
-        elif taken == 0:  # the pipeline's first epoch, nothing trained: the seed is the state
-            number, checkpoint = state.number, None
+        if taken == 0:  # nothing trained yet: the state this epoch began with (None: the seed's)
+            checkpoint = state.start
         else:
-            number, checkpoint = state.number, state.checkpoints.get(taken)
+            checkpoint = state.checkpoints.get(taken)
             if checkpoint is None:
                 raise RuntimeError(f"no DALI checkpoint before batch {taken} of epoch {state.number} "
                                    f"(kept: {sorted(state.checkpoints)})")
         every = self.gather_fn(checkpoint) if self.gather_fn else [checkpoint]
-        return {"version": STATE_VERSION, "epoch": number, "next_step": taken, "rank_count": len(every),
+        return {"version": STATE_VERSION, "epoch": state.number, "next_step": taken, "rank_count": len(every),
                 "dali": every if checkpoint is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
