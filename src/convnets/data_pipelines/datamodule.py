@@ -93,6 +93,8 @@ class ShardDataModule(pl.LightningDataModule):
         self.backend = _resolve_backend(backend)
         if self.backend == "torch" and device == "gpu":
             raise ValueError("data.device=gpu decodes with DALI's nvJPEG; the torch backend decodes on the CPU (use data.device=auto)")
+        self._train_loader: DaliLoader | None = None
+        self._train_state: dict | None = None
 
     # -- facts the platform reads before building the model -------------------------------------
     def manifest(self, split: str) -> Manifest:
@@ -131,13 +133,29 @@ class ShardDataModule(pl.LightningDataModule):
             raise DataError(f"{self.data_dir / split}: {manifest.num_classes} classes, but train has {self.num_classes}")
         check_shard_sizes(self.data_dir / split, manifest)
         index = load_sample_index(self.data_dir / split)
-        # Every rank reads and checks every label up front (a few bytes each): a bad label
-        # stops all ranks at once, before any collective, instead of one rank mid-epoch.
+        # Every rank reads and checks every label up front (one labels.npy read, written with the
+        # shards): a bad label stops all ranks at once, before any collective, not one rank mid-epoch.
         labels = read_labels(index, num_classes=manifest.num_classes)
         self._splits[split] = (index, labels)
 
     def train_dataloader(self):
-        return self._loader("train", train=True, crops=1)
+        loader = self._loader("train", train=True, crops=1)
+        if self._train_state is not None:  # resuming: the position saved in the checkpoint
+            if not hasattr(loader, "load_state_dict"):
+                raise ValueError(f"data.backend={self.backend}: this loader cannot resume mid-epoch (use the dali backend)")
+            loader.load_state_dict(self._train_state)
+        self._train_loader = loader
+        return loader
+
+    # Mid-epoch resume: Lightning restores the datamodule's state before it asks for the train
+    # loader. (Its fit loop also saves stateful loaders, but skips loading them when the loader
+    # was requested early, e.g. by `estimated_stepping_batches` for a schedule: Lightning 2.6.)
+    def state_dict(self) -> dict:
+        loader = self._train_loader
+        return {"train_loader": loader.state_dict()} if hasattr(loader, "state_dict") else {}  # torch backend: epochs only
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_state = state_dict.get("train_loader")
 
     def val_dataloader(self):
         return self._loader("val", train=False, crops=1)
@@ -188,7 +206,10 @@ class ShardDataModule(pl.LightningDataModule):
             from convnets.data_pipelines.torch_loader import TorchLoader as Loader
         else:
             from convnets.data_pipelines.dali_loader import DaliLoader as Loader
-        return Loader(index, labels, self.augment_spec(split), cfg, epoch_fn=lambda: trainer.current_epoch if trainer else 0)
+        # Mid-epoch resume (DALI): the loader's state needs the fit loop's batch count and every rank's state.
+        hooks = _resume_hooks(trainer) if train and trainer and self.backend == "dali" else {}
+        return Loader(index, labels, self.augment_spec(split), cfg,
+                      epoch_fn=lambda: trainer.current_epoch if trainer else 0, **hooks)
 
 
 def _resolve_preset(preset: Preset, augment: str | None) -> Preset:
@@ -218,3 +239,25 @@ def _resolve_backend(backend: str) -> str:
             log.info("nvidia.dali is not installed: reading the shards with the torch backend (torchvision)")
         return "dali" if has_dali else "torch"
     return backend
+
+
+def _resume_hooks(trainer: pl.Trainer) -> dict:
+    """What the train loader's state_dict needs from the Trainer (see dali_loader.py, "Resuming").
+
+    consumed: batches of this epoch the fit loop has taken (it fetches one more ahead of those);
+    gather: every rank's DALI state, since only rank 0 writes the checkpoint. Lightning calls
+    state_dict on every rank inside `save_checkpoint`, which already ends in a barrier.
+    """
+
+    def consumed() -> int:
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    def gather(value) -> list:
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return [value]
+        out = [None] * trainer.world_size
+        torch.distributed.all_gather_object(out, value)
+        return out
+
+    return {"consumed_fn": consumed, "gather_fn": gather}
+

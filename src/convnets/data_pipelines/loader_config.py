@@ -2,11 +2,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from convnets.data_pipelines.errors import ConvnetsInputError
 
 
 class DataError(ConvnetsInputError):
     """Bad input data found while reading (one line, naming the shard and sample)."""
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """How the shard bytes are read: `threads` readers keep `depth` batches ready ahead of DALI.
+
+    DALI asks for batch k+1 while it decodes k (prefetch_queue_depth 2), so with depth 2 the
+    bytes of the next batches are already in memory when it asks; threads read whole batches.
+    """
+
+    threads: int = 2
+    depth: int = 2
+    max_open_files: int = 64  # per rank; 8 ranks x 64 stays well under the usual 1,024 limit
 
 
 @dataclass(frozen=True)
@@ -22,3 +36,4 @@ class LoaderConfig:
     rank: int
     world_size: int
     hw_decoder_load: float = 0.65  # GPU decoding: share of images for the hardware JPEG decoder
+    read: ReadAhead = ReadAhead()

@@ -75,6 +75,9 @@ def add_bench_subcommands(sub) -> None:
     from convnets.platform.bench_imagenette import add_imagenette_arguments
 
     add_imagenette_arguments(sub.add_parser("imagenette", help="time to accuracy on Imagenette on this machine's CPUs"))
+    from convnets.platform.bench_data import add_data_arguments
+
+    add_data_arguments(sub.add_parser("data", help="data path alone: bytes fed, decode-only, the train loader"))
     ev = sub.add_parser("eval", help="multi-crop test images/s through the platform's test step")
     _add_common(ev)
     ev.add_argument("--crops", type=int, default=10, choices=[1, 5, 10], help="crops per image (default 10)")
@@ -89,6 +92,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
         from convnets.platform.bench_imagenette import bench_imagenette, format_imagenette_table
 
         return _report(bench_imagenette(args), format_imagenette_table, args.json)
+    if args.bench_command == "data":
+        from convnets.platform.bench_data import bench_data, config_from_args, format_data_table
+
+        return _report(bench_data(config_from_args(args)), format_data_table, args.json)
     if args.bench_command == "e2e":
         from convnets.platform.bench_e2e import bench_e2e
 

@@ -1,0 +1,229 @@
+"""`convnets bench data`: images/s of the data path alone, no model.
+
+    convnets bench data --shards runs/shards/imagenette --backend feed   --threads 2 --json feed.json
+    convnets bench data --shards runs/shards/imagenette --backend decode --threads 2 --json decode.json
+    convnets bench data --shards runs/shards/imagenette --backend dali   --threads 2 --json dali.json
+    convnets bench data --shards runs/shards/imagenette --backend torch  --threads 2 --preset alexnet --jitter 0.4
+
+Backends (one small function each in BACKENDS; a new one is one more entry):
+- feed: the shard reader (threaded read-ahead, epoch plan) handing encoded bytes to a DALI
+  pipeline that does nothing with them: what the reading side can sustain.
+- decode: the same source plus DALI's full-image CPU decoder on `--threads` threads, nothing else:
+  the ceiling any augmentation on those threads can reach.
+- dali: the train loader as the data module builds it (pipeline, augmentation, normalization).
+- torch: the pure-PyTorch loader (torchvision.transforms.v2) with the same preset, `--threads`
+  DataLoader worker processes: the fallback engine, and DALI's speed baseline.
+
+Rates come from the median batch time (robust to the bursts of a shared machine) and, beside
+it, the whole window; the first `--warmup` batches (pipeline start, page cache) are not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from convnets.platform.bench import Timing, hardware, markdown_table, versions
+
+
+@dataclass(frozen=True)
+class DataBench:
+    """One `bench data` measurement."""
+
+    shards: Path  # a split folder (with manifest.json)
+    backend: str
+    batch: int
+    threads: int
+    seconds: float
+    warmup: int = 3
+    preset: str = "inception"
+    image_size: int = 224
+    jitter: float = 0.0  # brightness, contrast and saturation strength (hue stays off)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", type=Path, required=True, help="a split folder, or a folder of splits (train is used)")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="dali")
+    p.add_argument("--preset", choices=("alexnet", "inception", "pad"), default="inception",
+                   help="augmentation (dali and torch backends)")
+    p.add_argument("--jitter", type=float, default=0.0, help="colour jitter strength (dali and torch backends)")
+    p.add_argument("--threads", type=int, default=2, help="DALI threads and reader threads; torch: worker processes")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--seconds", type=float, default=10.0, help="timed window, after the warm-up batches")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    p.add_argument("--image-size", type=int, default=224, help="network input side (dali backend)")
+    p.add_argument("--json", type=Path, default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> DataBench:
+    cfg = DataBench(shards=split_dir(args.shards), backend=args.backend, batch=args.batch, threads=args.threads,
+                    seconds=args.seconds, warmup=args.warmup, preset=args.preset, image_size=args.image_size,
+                    jitter=args.jitter)
+    if min(cfg.batch, cfg.threads) < 1 or cfg.seconds <= 0 or cfg.warmup < 0:
+        raise ValueError("--batch and --threads must be >= 1, --seconds > 0 and --warmup >= 0")
+    return cfg
+
+
+def split_dir(path: Path) -> Path:
+    """`path` itself when it holds a split's manifest, else its train split."""
+    path = Path(path)
+    for candidate in (path, path / "train"):
+        if (candidate / "manifest.json").exists():
+            return candidate
+    raise ValueError(f"--shards {path}: no manifest.json there nor in {path / 'train'} (write shards with `convnets shards`)")
+
+
+# -- backends: each yields the number of images in every batch it delivers, forever --------------
+def _source(cfg: DataBench):
+    """The loader's own reader over the split's train plan, cycling epochs; and the labels."""
+    from convnets.data_pipelines.dali_loader import ReadAhead, ShardSource
+    from convnets.data_pipelines.shard_format import load_sample_index
+
+    index = load_sample_index(cfg.shards)
+    labels = np.zeros(len(index), dtype=np.int64)  # labels are not what is measured here
+    return ShardSource(index, labels, ReadAhead(threads=cfg.threads))
+
+
+def _long_plan(n: int, batch: int, first_epoch: int):
+    """Several shuffled epochs in one plan (at least 200 batches): on a small sample (500 images)
+    epoch boundaries would otherwise dominate what is timed. Returns (plan, epochs in it)."""
+    from convnets.data_pipelines.epoch_plan import RankPlan, epoch_permutation
+
+    reps = max(1, -(-200 * batch // n))
+    order = np.concatenate([epoch_permutation(n, seed=0, epoch=first_epoch + e) for e in range(reps)])
+    return RankPlan(indices=order.astype(np.int64), valid=np.ones(len(order), dtype=bool), batch_size=batch), reps
+
+
+def _plain_pipeline(cfg: DataBench, *, decode: bool) -> Iterator[int]:
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    source = _source(cfg)
+    n = len(source.labels)
+
+    @pipeline_def(batch_size=cfg.batch, num_threads=cfg.threads, device_id=None, seed=0)
+    def graph():
+        encoded, labels, valid, index = fn.external_source(source=source, num_outputs=4, batch=True, batch_info=True,
+                                                  no_copy=True, dtype=[types.UINT8, types.INT64, types.UINT8, types.INT64])
+        # feed returns only each sample's byte count: the bytes stop inside DALI, as in training
+        # (where the decoder takes them); returning them would time one more 14 MB copy per batch.
+        out = fn.decoders.image(encoded, device="cpu", output_type=types.RGB) if decode else fn.shapes(encoded)
+        return out, valid, labels, index
+
+    plan, epoch = _long_plan(n, cfg.batch, 0)
+    source.start(plan)
+    pipe = graph()
+    pipe.build()
+    try:
+        while True:
+            try:
+                _, valid, _, _ = pipe.run()
+            except StopIteration:
+                plan, reps = _long_plan(n, cfg.batch, epoch)
+                epoch += reps
+                source.start(plan)
+                pipe.reset()
+                continue
+            yield len(valid)
+    finally:
+        source.close()
+
+
+def feed(cfg: DataBench) -> Iterator[int]:
+    return _plain_pipeline(cfg, decode=False)
+
+
+def decode(cfg: DataBench) -> Iterator[int]:
+    return _plain_pipeline(cfg, decode=True)
+
+
+def _augmenting_loader(cfg: DataBench, *, backend: str) -> Iterator[int]:
+    from convnets.data_pipelines.datamodule import ShardDataModule
+
+    dm = ShardDataModule(data_dir=str(cfg.shards.parent), batch_size=cfg.batch, num_threads=cfg.threads,
+                         input_spec=_rgb(cfg.image_size), preset=cfg.preset, jitter=cfg.jitter, device="cpu",
+                         backend=backend)
+    loader = dm._loader(cfg.shards.name, train=True, crops=1)
+    epoch = 0
+    while True:
+        loader.epoch_fn = lambda e=epoch: e
+        for batch in loader:
+            yield int(batch["n_valid"])
+        epoch += 1
+
+
+def dali(cfg: DataBench) -> Iterator[int]:
+    return _augmenting_loader(cfg, backend="dali")
+
+
+def torch_backend(cfg: DataBench) -> Iterator[int]:
+    return _augmenting_loader(cfg, backend="torch")
+
+
+def _rgb(size: int):
+    from convnets.data_pipelines.augment import InputSpec
+
+    return InputSpec(channels=3, image_size=size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                     crop_fraction=0.875)
+
+
+BACKENDS: dict[str, Callable[[DataBench], Iterator[int]]] = {"feed": feed, "decode": decode, "dali": dali,
+                                                             "torch": torch_backend}
+
+
+# -- measuring -----------------------------------------------------------------------------------
+def bench_data(cfg: DataBench) -> dict:
+    batches = BACKENDS[cfg.backend](cfg)
+    for _ in range(cfg.warmup):
+        next(batches)
+    cpu0 = _cpu_seconds()
+    marks, counts = [time.perf_counter()], []
+    while marks[-1] - marks[0] < cfg.seconds or len(counts) < 2:
+        counts.append(next(batches))
+        marks.append(time.perf_counter())
+    cpu = _cpu_seconds() - cpu0
+    batches.close()
+    window = marks[-1] - marks[0]
+    median_rate = Timing(marks=marks, batch=cfg.batch).step_rate  # an epoch's short last batch: an outlier
+    return {
+        "bench": "data", **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "images": int(sum(counts)), "batches": len(counts), "window_s": window,
+        "images_per_s": sum(counts) / window, "images_per_s_median_batch": median_rate,
+        # This process's CPU time (all threads): images per CPU-second hardly depends on what else
+        # runs on a shared machine, unlike images/s; 2 x this is the rate 2 free cores could reach.
+        "cpu_seconds": cpu, "images_per_cpu_second": sum(counts) / max(cpu, 1e-9),
+        "hardware": hardware_cpu(), "versions": {**versions(), "nvidia_dali": _dali_version()},
+    }
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def hardware_cpu() -> str:
+    import torch
+
+    return hardware(torch.device("cpu"))
+
+
+def _dali_version() -> str:
+    import nvidia.dali
+
+    return nvidia.dali.__version__
+
+
+def format_data_table(results: list[dict]) -> str:
+    return markdown_table(
+        ["backend", "preset", "threads", "batch", "images", "images/s (median batch)", "images/s (window)",
+         "images/CPU-s"],
+        [[r["backend"], (r["preset"] + (f" + jitter {r['jitter']}" if r.get("jitter") else ""))
+          if r["backend"] in ("dali", "torch") else "-", str(r["threads"]), str(r["batch"]),
+          str(r["images"]), f"{r['images_per_s_median_batch']:.0f}",
+          f"{r['images_per_s']:.0f}", f"{r['images_per_cpu_second']:.0f}"] for r in results])
