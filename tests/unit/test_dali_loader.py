@@ -13,7 +13,7 @@ from convnets.data_pipelines.augment import InputSpec
 from convnets.data_pipelines.datamodule import ShardDataModule
 from convnets.data_pipelines.epoch_plan import plan_rank
 from convnets.data_pipelines.shard_reader import ShardFiles
-from convnets.data_pipelines.shards import load_sample_index
+from convnets.data_pipelines.shard_format import load_sample_index
 
 pytestmark = pytest.mark.dali
 
