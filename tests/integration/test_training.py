@@ -48,3 +48,19 @@ def test_resume_from_last_checkpoint_continues_the_run(digits_shards, tmp_path):
     assert ckpt["global_step"] == 2 * after_one["global_step"]  # one more epoch's steps, not two
     history = json.loads((tmp_path / "r" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1]  # the resumed run trained epoch 1 only
+
+
+def test_last_checkpoint_is_the_last_epoch_even_on_a_plateau(digits_shards, tmp_path):
+    """lr 1e-12: validation never improves after epoch 0, yet last.ckpt must hold the final epoch
+    (Lightning's save_last beside a monitor would leave it at epoch 0, and a resume would redo epochs)."""
+    config = REPO / "configs" / "lenet5_digits.yaml"
+    result = convnets("fit", "--config", config, "--data.data_dir", digits_shards, "--runs_dir", tmp_path,
+                      "--run_name", "p", "--trainer.logger", "false", "--trainer.devices", "1",
+                      "--trainer.max_epochs", "3", "--model.optim.lr", "1e-12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = tmp_path / "p" / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    (best_path,) = checkpoints.glob("best-*.ckpt")
+    best = torch.load(best_path, weights_only=False)
+    assert best["epoch"] == 0 and last["epoch"] == 2
+    assert last["global_step"] == 3 * best["global_step"]

@@ -274,7 +274,12 @@ def platform_callbacks(run_dir: Path, config: dict, *, progress_bar: bool = True
     throughput = ThroughputMonitor()
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val_top1",
-                        mode="max", save_last=True, save_top_k=1, auto_insert_metric_name=False),
+                        mode="max", save_top_k=1, auto_insert_metric_name=False),
+        # last.ckpt after EVERY validation, its own callback: Lightning 2.6's `save_last=True` beside a
+        # monitor rewrites last.ckpt only when the best one improves, so a run on a plateau (the
+        # paper's schedule waits for one) would resume epochs behind.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         throughput,
         RunRecorder(run_dir, config),
         RunReport(run_dir, throughput),
