@@ -57,7 +57,6 @@ def slurm_conf(state: Path, *, memory_mb: int) -> str:
         "ReturnToService=2",
         "JobRequeue=1",
         "SchedulerType=sched/builtin",
-        "SchedulerParameters=defer_batch",  # no quick-start race with the requeue tests
         "MinJobAge=600",  # finished jobs stay visible to squeue/scontrol for the assertions
         "KillWait=10",
         "InactiveLimit=0",

@@ -26,7 +26,7 @@ from typing_extensions import override
 from convnets.data_pipelines.datamodule import ShardDataModule
 from convnets.platform.callbacks import platform_callbacks
 from convnets.platform.module import ClassifierModule
-from convnets.platform.tracking import wandb_offline
+from convnets.platform.tracking import run_wandb_id, wandb_offline
 
 RUN_NAME_ENV = "CONVNETS_RUN_NAME"  # DDP ranks re-run the command line: they must agree on the folder
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -94,9 +94,15 @@ class ConvnetsCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         kwargs["default_root_dir"] = str(run_dir)
         if trainer_cfg.get("logger") in (None, True):
+            # One W&B run per run folder: resumed fits, requeued jobs and tests append to it.
             kwargs["logger"] = WandbLogger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),
-                                           offline=wandb_offline(), log_model=False)
+                                           offline=wandb_offline(), log_model=False,
+                                           id=run_wandb_id(run_dir), resume="allow")
         return super().instantiate_trainer(**kwargs)
+
+
+CLI_DEFAULTS = {"seed_everything_default": 0, "trainer_defaults": {"max_epochs": 10, "log_every_n_steps": 50},
+                "auto_configure_optimizers": False}
 
 
 def run_lightning(argv: list[str]) -> None:
@@ -105,9 +111,35 @@ def run_lightning(argv: list[str]) -> None:
         ShardDataModule,
         # None: LightningCLI reads sys.argv itself (and does not warn that both were given).
         args=None if argv == sys.argv[1:] else argv,
-        seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"max_epochs": 10, "log_every_n_steps": 50},
         parser_kwargs={"description": __doc__},
-        auto_configure_optimizers=False,
+        **CLI_DEFAULTS,
     )
+
+
+class _ParseOnly(ConvnetsCLI):
+    """Parses and validates; builds nothing and writes nothing."""
+
+    @override
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def resolve_fit_config(args: list[str]) -> dict:
+    """The resolved config `convnets fit ARGS` would train with (ValueError with the parser's message).
+
+    What `convnets submit` checks before anything is queued: types, unknown keys, config files.
+    """
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            cli = _ParseOnly(ClassifierModule, ShardDataModule, args=resolve_config_args(args), run=False,
+                             **CLI_DEFAULTS)
+    except SystemExit:
+        text = err.getvalue()
+        message = " ".join(text[text.rfind("error:") + len("error:"):].split()) if "error:" in text else "invalid"
+        raise ValueError(f"fit config: {message}") from None
+    return cli.config.as_dict()
