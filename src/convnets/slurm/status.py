@@ -79,6 +79,9 @@ def wait_for(jobs: list, *, poll_s: float = 5.0) -> list[str]:
 
     while not all(job.done() for job in jobs):
         time.sleep(poll_s)
+    deadline = time.monotonic() + 60  # the result is written before Slurm marks the job ended
+    while time.monotonic() < deadline and any(job_state(job.job_id) in ("RUNNING", "COMPLETING") for job in jobs):
+        time.sleep(1)
     failed = []
     for job in jobs:
         error = job.exception()
