@@ -117,27 +117,38 @@ def run_lightning(argv: list[str]) -> None:
     )
 
 
-class _ParseOnly(ConvnetsCLI):
-    """Parses and validates; builds nothing and writes nothing."""
+class _ParseAndCheck(ConvnetsCLI):
+    """Parses and checks the config; builds nothing and writes nothing."""
 
     @override
     def instantiate_classes(self) -> None:
         pass
 
 
-def resolve_fit_config(args: list[str]) -> dict:
+class _ParseOnly(_ParseAndCheck):
+    """Parses only (a plan made before the data exists)."""
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        pass
+
+
+def resolve_fit_config(args: list[str], *, checks: bool = True) -> dict:
     """The resolved config `convnets fit ARGS` would train with (ValueError with the parser's message).
 
     What `convnets submit` checks before anything is queued: types, unknown keys, config files.
     """
+    import argparse
     import contextlib
     import io
 
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            cli = _ParseOnly(ClassifierModule, ShardDataModule, args=resolve_config_args(args), run=False,
+            cli = (_ParseAndCheck if checks else _ParseOnly)(ClassifierModule, ShardDataModule, args=resolve_config_args(args), run=False,
                              **CLI_DEFAULTS)
+    except argparse.ArgumentError as exc:  # a parser that raises instead of exiting
+        raise ValueError(f"fit config: {' '.join(str(exc).split())}") from None
     except SystemExit:
         text = err.getvalue()
         message = " ".join(text[text.rfind("error:") + len("error:"):].split()) if "error:" in text else "invalid"
