@@ -118,7 +118,11 @@ def run_lightning(argv: list[str]) -> None:
 
 
 class _ParseAndCheck(ConvnetsCLI):
-    """Parses and checks the config; builds nothing and writes nothing."""
+    """Parses and checks the config; builds nothing, writes nothing, seeds nothing."""
+
+    @override
+    def _set_seed(self) -> None:
+        pass  # seeding here would log "Seed set" and touch the caller's random state
 
     @override
     def instantiate_classes(self) -> None:
