@@ -139,9 +139,14 @@ class RequeueOnSignal(pl.Callback):
         flag = torch.tensor(1.0 if self._signum is not None else 0.0, device=pl_module.device)
         if float(trainer.strategy.reduce(flag, reduce_op="sum")) == 0:  # a host sync every check_every steps
             return
-        run_dir = Path(trainer.default_root_dir)
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # every rank: it holds a barrier
-        log.warning("signal received: saved %s at step %d", run_dir / "checkpoints" / "last.ckpt", trainer.global_step)
+        path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        for callback in trainer.checkpoint_callbacks:
+            # Recorded in the checkpoint: the resumed ModelCheckpoint then overwrites this last.ckpt at the
+            # next epoch end, rather than writing last-v1.ckpt beside it (which `--ckpt_path last` may miss).
+            if getattr(callback, "save_last", False) and Path(callback.dirpath or "") == path.parent:
+                callback.last_model_path = str(path)
+        trainer.save_checkpoint(path)  # every rank: it holds a barrier
+        log.warning("signal received: saved %s at step %d", path, trainer.global_step)
         if trainer.global_rank == 0 and callable(self._handler):
             self._handler(self._signum or submitit_signal(), None)  # checkpoint() + scontrol requeue + exit
         time.sleep(600)  # other ranks: Slurm ends this task when it requeues the job
