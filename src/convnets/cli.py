@@ -39,8 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     add_demo_arguments(sub.add_parser("demo", help="train LeNet-5 on real digits end to end",
                                       formatter_class=argparse.RawDescriptionHelpFormatter))
     add_shards_subcommands(sub)
-    add_sweep_subcommands(sub.add_parser("sweep", help="train a family of variants and tabulate them").add_subparsers(
-        dest="sweep_command", metavar="SWEEP", required=True))
+    sweeps = sub.add_parser("sweep", help="train a family of variants and tabulate them").add_subparsers(
+        dest="sweep_command", metavar="SWEEP", required=True)
+    add_sweep_subcommands(sweeps)
+    from convnets.slurm.request import add_slurm_arguments
+
+    add_slurm_arguments(sweeps.choices["ablation"])  # --slurm.*: the variants as a Slurm job array
     _add_slurm_commands(sub)
     add_bench_subcommands(sub.add_parser("bench", help="benchmarks: JSON + a table").add_subparsers(
         dest="bench_command", metavar="BENCH", required=True))
@@ -80,6 +84,10 @@ def _dispatch(argv: list[str]) -> int:
         from convnets.slurm.template import run_template
 
         return run_status(args) if args.command == "status" else run_template(args)
+    if any(value is not None for key, value in vars(args).items() if key.startswith("slurm_")):
+        from convnets.slurm.arrays import run_ablation_on_slurm
+
+        return run_ablation_on_slurm(args)
     from convnets.platform.sweep import run_sweep_command
 
     return run_sweep_command(args)

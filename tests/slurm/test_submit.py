@@ -40,3 +40,41 @@ def test_two_task_ddp_fit_through_submit(slurm_cluster, digits_shards, tmp_path)
     assert len(metrics["history"]) == 2 and metrics["val_top1"] > 0.5, metrics  # chance: 0.1
     assert f"job:        {job_id} COMPLETED" in result.stdout  # the status printed by --wait
     assert len(wandb_run_ids(run_dir)) == 1
+
+
+def test_sweep_file_runs_as_an_array_with_a_summary(slurm_cluster, digits_shards, tmp_path):
+    sweep = tmp_path / "lrs.yaml"
+    sweep.write_text("- {name: lr-a, model.optim.lr: 0.01}\n- {name: lr-b, model.optim.lr: 0.05}\n"
+                     "- {name: lr-c, model.optim.lr: 0.1}\n")
+    flags = [f for f in fit_flags(digits_shards, tmp_path / "runs", "unused", epochs=1) if f not in ("--run_name", "unused")]
+    result = run_convnets(slurm_cluster, "submit", *flags, "--trainer.limit_train_batches", "5", "--sweep", sweep,
+                          "--slurm.cluster", "local", "--slurm.tasks_per_node", "1", "--wait", timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "runs" / "sweep.json").read_text())
+    assert [r["run"] for r in rows] == ["lr-a", "lr-b", "lr-c"]
+    array_id = rows[0]["job_id"].split("_")[0]
+    assert [r["job_id"] for r in rows] == [f"{array_id}_{i}" for i in range(3)]  # one array, three tasks
+    for row, lr in zip(rows, (0.01, 0.05, 0.1)):
+        run_dir = tmp_path / "runs" / row["run"]
+        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert ckpt["hyper_parameters"]["optim"]["lr"] == lr and ckpt["global_step"] == 5  # its own overrides
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert row["state"] == "COMPLETED" and row["val_top1"] == pytest.approx(metrics["val_top1"])
+    assert (tmp_path / "runs" / "sweep.md").read_text().strip() in result.stdout
+
+
+@pytest.mark.parametrize("case", ["gpus", "devices", "config"])
+def test_bad_requests_are_one_line_and_queue_nothing(slurm_cluster, digits_shards, tmp_path, case):
+    flags = fit_flags(digits_shards, tmp_path, "bad", epochs=1)
+    extra, needle = {
+        "gpus": (["--trainer.accelerator", "gpu", "--slurm.gpus_per_node", "4", "--slurm.tasks_per_node", "4"],
+                 "sbatch refused"),  # the test node has no GPU: sbatch itself refuses
+        "devices": (["--trainer.devices", "3"], "trainer.devices 3 contradicts"),
+        "config": (["--data.batch_size", "many"], "data.batch_size"),
+    }[case]
+    result = run_convnets(slurm_cluster, "submit", *flags, *extra, "--slurm.cluster", "local", timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convnets: error:") and needle in lines[0], result.stderr
+    assert squeue_empty(slurm_cluster)
+    assert not (tmp_path / "bad").exists()  # nothing written either

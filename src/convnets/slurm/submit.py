@@ -13,8 +13,11 @@ fixed here, so a requeued job finds runs/<name>/checkpoints/last.ckpt and the ru
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -85,13 +88,17 @@ def submit_jobs(runs: list[PlannedRun], request: SlurmRequest, *, folder: Path, 
     executor = make_executor(folder, request, job_name=job_name)
     jobs_in = [TrainingJob(fit_args=tuple(job_fit_args(r.fit_args, request.preempt_check_steps)), run_dir=str(r.run_dir),
                            max_requeues=request.max_requeues, test_args=tuple(r.test_args)) for r in runs]
+    created = [p for p in (folder, *(r.run_dir for r in runs)) if not p.exists()]
     try:
-        if len(jobs_in) == 1:
-            jobs = [executor.submit(jobs_in[0])]
-        else:
-            executor.update_parameters(array_parallelism=len(jobs_in))
-            jobs = _array(executor, jobs_in)
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's refusal: ours is one line
+            if len(jobs_in) == 1:
+                jobs = [executor.submit(jobs_in[0])]
+            else:
+                executor.update_parameters(array_parallelism=len(jobs_in))
+                jobs = _array(executor, jobs_in)
     except (submitit.core.utils.FailedJobError, OSError) as exc:
+        for path in created:  # nothing queued, nothing left behind
+            shutil.rmtree(path, ignore_errors=True)
         raise ValueError(f"sbatch refused the job: {_sbatch_reason(exc)}") from None
     for run, job in zip(runs, jobs):
         update_record(run.run_dir, job_id=job.job_id, log_folder=str(folder), fit_args=run.fit_args,
