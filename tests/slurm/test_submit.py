@@ -64,7 +64,7 @@ def test_sweep_file_runs_as_an_array_with_a_summary(slurm_cluster, digits_shards
 
 
 @pytest.mark.parametrize("case", ["gpus", "devices", "config"])
-def test_bad_requests_are_one_line_and_queue_nothing(slurm_cluster, digits_shards, tmp_path, case):
+def test_bad_requests_are_one_line_and_queue_nothing(slurm_cluster, digits_shards, tmp_path, case, monkeypatch, capfd):
     flags = fit_flags(digits_shards, tmp_path, "bad", epochs=1)
     extra, needle = {
         "gpus": (["--trainer.accelerator", "gpu", "--slurm.gpus_per_node", "4", "--slurm.tasks_per_node", "4"],
@@ -72,9 +72,13 @@ def test_bad_requests_are_one_line_and_queue_nothing(slurm_cluster, digits_shard
         "devices": (["--trainer.devices", "3"], "trainer.devices 3 contradicts"),
         "config": (["--data.batch_size", "many"], "data.batch_size"),
     }[case]
-    result = run_convnets(slurm_cluster, "submit", *flags, *extra, "--slurm.cluster", "local", timeout=120, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("convnets: error:") and needle in lines[0], result.stderr
+    from convnets.cli import main  # in process: the refusal comes before any training import matters
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["submit", *flags, *extra, "--slurm.cluster", "local"])
+    stderr = capfd.readouterr().err
+    assert code == 2, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convnets: error:") and needle in lines[0], stderr
     assert squeue_empty(slurm_cluster)
     assert not (tmp_path / "bad").exists()  # nothing written either
