@@ -34,8 +34,8 @@ def train_count(data: Path) -> int:
 
 
 def wandb_run_ids(run_dir: Path) -> set[str]:
-    """The run ids of every W&B offline run folder (offline-run-<time>-<id>) under the run folder."""
-    return {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
+    """The run ids W&B wrote: each process's offline folder holds run-<id>.wandb (its transaction log)."""
+    return {p.stem.removeprefix("run-") for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")}
 
 
 def squeue_empty(cluster: dict) -> bool:

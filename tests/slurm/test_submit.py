@@ -20,7 +20,7 @@ def _job_id(stdout: str) -> str:
     return match.group(1)
 
 
-def test_two_task_ddp_fit_through_submit(slurm_cluster, digits_shards, tmp_path):
+def test_two_task_ddp_fit_through_submit(slurm_cluster, digits_shards, tmp_path, capsys):
     name = "odd name's $(touch pwned)"  # reaches sbatch and srun: must arrive quoted
     result = run_convnets(slurm_cluster, "submit", *fit_flags(digits_shards, tmp_path, name),
                           "--slurm.cluster", "local", "--wait", timeout=400, cwd=tmp_path)
@@ -39,7 +39,14 @@ def test_two_task_ddp_fit_through_submit(slurm_cluster, digits_shards, tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["history"]) == 2 and metrics["val_top1"] > 0.5, metrics  # chance: 0.1
     assert f"job:        {job_id} COMPLETED" in result.stdout  # the status printed by --wait
-    assert len(wandb_run_ids(run_dir)) == 1
+    assert wandb_run_ids(run_dir) == {(run_dir / "wandb_id").read_text().strip()}
+
+    from convnets.cli import main
+
+    assert main(["status", str(run_dir), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["job_id"], status["state"], status["requeues"]) == (job_id, "COMPLETED", 0)
+    assert status["metrics"]["val_top1"] == pytest.approx(metrics["val_top1"]) and len(status["logs"]) == 4
 
 
 def test_sweep_file_runs_as_an_array_with_a_summary(slurm_cluster, digits_shards, tmp_path):
