@@ -117,10 +117,12 @@ def run_ablation_on_slurm(args: argparse.Namespace) -> int:
     for item in todo:
         fit, test = (cmd[1:] for cmd in item.commands)
         fit = [a for i, a in enumerate(fit) if a != "--ckpt_path" and (i == 0 or fit[i - 1] != "--ckpt_path")]
-        run = resolve_run(fit, request)
+        run = resolve_run(fit, request, need_data=not args.dry_run)  # a plan may precede the data
         runs.append(PlannedRun(name=run.name, run_dir=run.run_dir, fit_args=run.fit_args, test_args=test))
     if args.dry_run:
         print(array_script(settings.out / "slurm", request, job_name=f"ablation-{settings.out.name}", count=len(runs)))
+        for r in runs:
+            print(f"# {r.name}: {shlex.join(['convnets', 'fit', *r.fit_args])}; then {shlex.join(['convnets', 'test', *r.test_args])}")
         return 0
     sweep.check_data(config)
     for item in todo:

@@ -50,7 +50,8 @@ def submit_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_run(fit_args: list[str], request: SlurmRequest, *, default_name: str | None = None) -> PlannedRun:
+def resolve_run(fit_args: list[str], request: SlurmRequest, *, default_name: str | None = None,
+                need_data: bool = True) -> PlannedRun:
     """Parse and check the fit flags, fix the run name and folder (absolute), add the derived geometry."""
     from convnets.platform.lightning_cli import resolve_fit_config
 
@@ -61,7 +62,7 @@ def resolve_run(fit_args: list[str], request: SlurmRequest, *, default_name: str
     args = [*fit_args, *request.trainer_flags(), "--runs_dir", str(runs_dir), "--run_name", name]
     final = resolve_fit_config(args)
     data_dir = (final.get("data") or {}).get("data_dir")
-    if data_dir and not (Path(data_dir) / "train" / "manifest.json").is_file():
+    if need_data and data_dir and not (Path(data_dir) / "train" / "manifest.json").is_file():
         raise ValueError(f"data.data_dir: {Path(data_dir).resolve()}/train/manifest.json is missing; write the shards "
                          "first (`convnets shards ...`) on storage the compute nodes see")
     return PlannedRun(name=name, run_dir=runs_dir / name, fit_args=args, test_args=[])
