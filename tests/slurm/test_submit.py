@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.slurm.conftest import job_state, wait_for_jobs
-from tests.slurm.helpers import fit_flags, run_convnets, squeue_empty, train_count, wandb_run_ids
+from tests.slurm.helpers import CONFIG, fit_flags, run_convnets, squeue_empty, train_count, wandb_run_ids
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.slow, pytest.mark.dali]
 BATCH = 16  # lenet5_digits.yaml's per-rank batch
@@ -89,3 +89,20 @@ def test_bad_requests_are_one_line_and_queue_nothing(slurm_cluster, digits_shard
     assert len(lines) == 1 and lines[0].startswith("convnets: error:") and needle in lines[0], stderr
     assert squeue_empty(slurm_cluster)
     assert not (tmp_path / "bad").exists()  # nothing written either
+
+
+def test_ablation_sweep_runs_its_variants_as_slurm_jobs(slurm_cluster, digits_shards, tmp_path):
+    out = tmp_path / "ablation"
+    result = run_convnets(slurm_cluster, "sweep", "ablation", "--config", CONFIG, "--variants", "full", "--epochs", "1",
+                          "--out", out, "--slurm.cluster", "local", "--slurm.tasks_per_node", "1", "--",
+                          "--data.data_dir", digits_shards, "--trainer.limit_train_batches", "5",
+                          "--trainer.enable_progress_bar", "false", timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "full" / "slurm.json").read_text())
+    assert [e["event"] for e in record["events"]] == ["start", "finished"]  # it ran as a Slurm job
+    wait_for_jobs(slurm_cluster["env"], [record["job_id"]], timeout=60)
+    assert job_state(slurm_cluster["env"], record["job_id"]) == "COMPLETED"
+    (row,) = json.loads((out / "ablation.json").read_text())
+    metrics = json.loads((out / "full" / "metrics.json").read_text())
+    assert row["variant"] == "full" and row["test_top1"] == metrics["test_top1"] and row["epochs"] == 1
+    assert "| full |" in result.stdout  # the table, printed when the array finished

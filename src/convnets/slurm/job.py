@@ -79,6 +79,7 @@ class TrainingJob:
         # `last`: Lightning loads runs/<name>/checkpoints/last.ckpt when it exists, else starts fresh.
         run_lightning(["fit", *self.fit_args, "--ckpt_path", "last"])
         if self.test_args and rank == 0:
+            _finish_wandb()  # the test appends to the same W&B run id: this process must let go of it first
             _run_outside_slurm(["test", *self.test_args])
         if rank == 0:
             _job_event(Path(self.run_dir), "finished")
@@ -98,6 +99,13 @@ class TrainingJob:
         _job_event(run_dir, "requeue")
         update_record(run_dir, requeues=self.requeues + 1)
         return submitit.helpers.DelayedSubmission(replace(self, requeues=self.requeues + 1))
+
+
+def _finish_wandb() -> None:
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
 
 
 def _run_outside_slurm(args: list[str]) -> None:
