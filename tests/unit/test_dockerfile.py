@@ -41,8 +41,23 @@ def test_the_image_installs_the_wheel_of_this_version_without_dev_extras():
     assert [run for run in installs if run in re.sub(r"\\\n\s*", " ", runtime)] == package
 
 
+def _pins() -> dict[str, str]:
+    """name -> version of the tested releases: constraints.txt where the project keeps one, else pyproject's pins."""
+    constraints = REPO / "constraints.txt"
+    lines = constraints.read_text().splitlines() if constraints.is_file() else PYPROJECT["project"]["dependencies"]
+    pins = (re.match(r"\s*([\w.-]+)(?:\[[^\]]*\])?==([^\s;#]+)", line) for line in lines)
+    return {m.group(1).lower(): m.group(2) for m in pins if m}
+
+
+def test_the_image_installs_the_tested_releases():
+    (package,) = [run for run in _instructions("RUN") if "convnets-" in run and "pip install" in run]
+    if (REPO / "constraints.txt").is_file():
+        assert "-c /tmp/constraints.txt" in package or "--constraint" in package, package
+        assert any("constraints.txt" in copy for copy in _instructions("COPY")[-2:] + _instructions("COPY")), "not copied"
+
+
 def test_cuda_13_base_matches_the_dali_and_torch_pins():
-    pins = dict(re.match(r"([\w.-]+)(?:\[[^\]]*\])?==(\S+)", dep).groups() for dep in PYPROJECT["project"]["dependencies"] if "==" in dep)
+    pins = _pins()
     assert "nvidia-dali-cuda130" in pins and "torch" in pins
     runtime_base = _instructions("FROM")[-1]
     assert re.match(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-", runtime_base), runtime_base
