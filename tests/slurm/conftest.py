@@ -110,6 +110,10 @@ def slurm_cluster(tmp_path_factory) -> dict:
         yield {"env": env, "conf": conf, "state": state, "cpus": CPUS, "partition": "debug"}
     finally:
         subprocess.run(["scancel", "--full", "--user", str(os.getuid())], env=env, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 30  # let slurmd end the job steps: stopped first, it would orphan them
+        while time.monotonic() < deadline and subprocess.run(
+                ["squeue", "--noheader"], env=env, capture_output=True, text=True, timeout=30).stdout.strip():
+            time.sleep(0.5)
         for proc in procs:
             proc.terminate()
         for proc in procs:
