@@ -8,7 +8,7 @@
     convnets bench model --arch alexnet --batch 64 --json OUT   # Lightning loop vs bare PyTorch
     convnets submit --config configs/X.yaml --slurm.nodes 2 --slurm.gpus_per_node 8 [--dry-run]  # Slurm
     convnets status runs/NAME               # Slurm job state, requeues, latest metrics, logs
-    convnets slurm template --config configs/X.yaml --slurm.gpus_per_node 8   # a plain sbatch script
+    convnets slurm template --slurm.gpus_per_node 8 -- --config configs/X.yaml   # a plain sbatch script
 
 Exit codes: 0 success, 2 bad input or configuration (one line on stderr), 1 failure during a run.
 """
