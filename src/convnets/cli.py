@@ -6,6 +6,9 @@
     convnets fit|validate|test|predict --config configs/X.yaml [--key value ...]   # LightningCLI
     convnets sweep ablation --config configs/X.yaml        # the seed's ablation study
     convnets bench model --arch alexnet --batch 64 --json OUT   # Lightning loop vs bare PyTorch
+    convnets submit --config configs/X.yaml --slurm.nodes 2 --slurm.gpus_per_node 8 [--dry-run]  # Slurm
+    convnets status runs/NAME               # Slurm job state, requeues, latest metrics, logs
+    convnets slurm template --slurm.gpus_per_node 8 -- --config configs/X.yaml   # a plain sbatch script
 
 Exit codes: 0 success, 2 bad input or configuration (one line on stderr), 1 failure during a run.
 """
@@ -41,14 +44,23 @@ def _parser() -> argparse.ArgumentParser:
     add_demo_arguments(sub.add_parser("demo", help="train LeNet-5 on real digits end to end",
                                       formatter_class=argparse.RawDescriptionHelpFormatter))
     add_shards_subcommands(sub)
-    add_sweep_subcommands(sub.add_parser("sweep", help="train a family of variants and tabulate them").add_subparsers(
-        dest="sweep_command", metavar="SWEEP", required=True))
+    sweeps = sub.add_parser("sweep", help="train a family of variants and tabulate them").add_subparsers(
+        dest="sweep_command", metavar="SWEEP", required=True)
+    add_sweep_subcommands(sweeps)
+    from convnets.slurm.request import add_slurm_arguments
+
+    add_slurm_arguments(sweeps.choices["ablation"])  # --slurm.*: the variants as a Slurm job array
+    _add_slurm_commands(sub)
     add_bench_subcommands(sub.add_parser("bench", help="benchmarks: JSON + a table").add_subparsers(
         dest="bench_command", metavar="BENCH", required=True))
     return parser
 
 
 def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "submit":  # its unknown flags are `convnets fit` flags
+        from convnets.slurm.submit import run_submit
+
+        return run_submit(argv[1:])
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from convnets.platform.lightning_cli import run_lightning
 
@@ -72,9 +84,30 @@ def _dispatch(argv: list[str]) -> int:
         from convnets.platform.bench import run_bench_command
 
         return run_bench_command(args)
+    if args.command in ("status", "slurm"):
+        from convnets.slurm.status import run_status
+        from convnets.slurm.template import run_template
+
+        return run_status(args) if args.command == "status" else run_template(args)
+    if any(value is not None for key, value in vars(args).items() if key.startswith("slurm_")):
+        from convnets.slurm.arrays import run_ablation_on_slurm
+
+        return run_ablation_on_slurm(args)
     from convnets.platform.sweep import run_sweep_command
 
     return run_sweep_command(args)
+
+
+def _add_slurm_commands(sub) -> None:
+    from convnets.slurm.status import add_status_arguments
+    from convnets.slurm.template import add_template_arguments
+
+    sub.add_parser("submit", help="submit a fit (or a sweep as a job array) to Slurm (see `convnets submit --help`)",
+                   add_help=False)
+    add_status_arguments(sub.add_parser("status", help="a run's Slurm job state, requeues, metrics and logs"))
+    slurm = sub.add_parser("slurm", help="Slurm helpers").add_subparsers(dest="slurm_command", metavar="SLURM", required=True)
+    add_template_arguments(slurm.add_parser("template", help="print a plain sbatch script (srun + convnets fit)",
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,14 +9,10 @@ import json
 import os
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+from convnets.platform.ablation_variants import PlannedVariant
 from convnets.platform.tracking import wandb_offline, write_json
 
-if TYPE_CHECKING:
-    from convnets.platform.sweep import PlannedVariant
-
-STATES = {"done": "finished (skip)", "test": "test only", "fit": "fit + test"}
+STATES = {"done": "finished (skip)", "test": "test only", "resume": "resume fit + test", "fit": "fit + test"}
 COLUMNS = ["variant", "change", "params", "test_top1", "test_top5", "delta_top1_err_pts", "delta_top5_err_pts",
            "reported"]
 

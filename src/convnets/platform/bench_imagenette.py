@@ -29,7 +29,7 @@ def bench_imagenette(args: argparse.Namespace) -> dict:
     from convnets.data_pipelines.sources import ImageFolderSource
     from convnets.platform import plots
     from convnets.platform.bench import hardware, versions
-    from convnets.platform.demo import run_convnets
+    from convnets.platform.children import run_convnets
 
     import torch
 

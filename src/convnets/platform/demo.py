@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from convnets.data_pipelines.shard_writer import write_shards
 from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, MnistSource
+from convnets.platform.children import run_convnets
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # package data: works from a wheel too
 DEFAULT_EPOCHS = {"digits": 40, "mnist": 12, "imagefolder": 10}
@@ -46,14 +45,6 @@ def _source(data: str):
             raise ValueError(f"--data {data}: {path} does not exist")
         return kind, MnistSource(root=Path(path)) if kind == "mnist" else ImageFolderSource(root=Path(path))
     raise ValueError(f"--data {data!r}: use digits, mnist:PATH or imagefolder:PATH")
-
-
-def run_convnets(args: list[str]) -> None:
-    """`convnets ARGS` as a child process (DDP re-executes its own command line); raises on failure."""
-    cmd = [sys.executable, "-m", "convnets.cli", *args]
-    result = subprocess.run(cmd)
-    if result.returncode != 0:
-        raise RuntimeError(f"`convnets {args[0]}` failed with exit code {result.returncode}")
 
 
 def _lightning_args(kind: str, out: Path, arch: str) -> list[str]:

@@ -30,7 +30,7 @@ from convnets.platform.callbacks import platform_callbacks
 from convnets.platform.checkpoint_io import with_atomic_io
 from convnets.platform.module import ClassifierModule
 from convnets.platform.rank_watchdog import RankWatchdog, ddp_strategy
-from convnets.platform.tracking import wandb_offline
+from convnets.platform.tracking import run_wandb_id, wandb_offline
 
 RUN_NAME_ENV = "CONVNETS_RUN_NAME"  # DDP ranks re-run the command line: they must agree on the folder
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -138,9 +138,15 @@ class ConvnetsCLI(LightningCLI):
         kwargs["plugins"] = with_atomic_io(trainer_cfg.get("plugins"))  # atomic saves, weights-only loads
         kwargs["default_root_dir"] = str(run_dir)
         if trainer_cfg.get("logger") in (None, True):
+            # One W&B run per run folder: resumed fits, requeued jobs and tests append to it.
             kwargs["logger"] = WandbLogger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),
-                                           offline=wandb_offline(), log_model=False)
+                                           offline=wandb_offline(), log_model=False,
+                                           id=run_wandb_id(run_dir), resume="allow")
         return super().instantiate_trainer(**kwargs)
+
+
+CLI_DEFAULTS = {"seed_everything_default": 0, "trainer_defaults": {"max_epochs": 10, "log_every_n_steps": 50},
+                "auto_configure_optimizers": False}
 
 
 def run_lightning(argv: list[str]) -> None:
@@ -149,9 +155,50 @@ def run_lightning(argv: list[str]) -> None:
         ShardDataModule,
         # None: LightningCLI reads sys.argv itself (and does not warn that both were given).
         args=None if argv == sys.argv[1:] else argv,
-        seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"max_epochs": 10, "log_every_n_steps": 50},
         parser_kwargs={"description": __doc__},
-        auto_configure_optimizers=False,
+        **CLI_DEFAULTS,
     )
+
+
+class _ParseAndCheck(ConvnetsCLI):
+    """Parses and checks the config; builds nothing, writes nothing, seeds nothing."""
+
+    @override
+    def _set_seed(self) -> None:
+        pass  # seeding here would log "Seed set" and touch the caller's random state
+
+    @override
+    def instantiate_classes(self) -> None:
+        pass
+
+
+class _ParseOnly(_ParseAndCheck):
+    """Parses only (a plan made before the data exists)."""
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        pass
+
+
+def resolve_fit_config(args: list[str], *, checks: bool = True) -> dict:
+    """The resolved config `convnets fit ARGS` would train with (ValueError with the parser's message).
+
+    What `convnets submit` checks before anything is queued: types, unknown keys, config files.
+    """
+    import argparse
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            cli = (_ParseAndCheck if checks else _ParseOnly)(ClassifierModule, ShardDataModule, args=resolve_config_args(args), run=False,
+                             **CLI_DEFAULTS)
+    except argparse.ArgumentError as exc:  # a parser that raises instead of exiting
+        raise ValueError(f"fit config: {' '.join(str(exc).split())}") from None
+    except SystemExit:
+        text = err.getvalue()
+        message = " ".join(text[text.rfind("error:") + len("error:"):].split()) if "error:" in text else "invalid"
+        raise ValueError(f"fit config: {message}") from None
+    return cli.config.as_dict()

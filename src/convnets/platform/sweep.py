@@ -27,54 +27,21 @@ import json
 import logging
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from convnets.platform import ablation_table
+from convnets.platform.ablation_variants import VARIANTS, PlannedVariant, Variant, select_variants
+from convnets.platform.children import ChildFailed, run_convnets
+from convnets.platform.failures import one_line
+from convnets.platform.tracking import write_json
 
 log = logging.getLogger(__name__)
 
 MODEL_OPTIONS = ("ablate", "norm", "pool", "dropout", "init")  # ClassifierModule's model-option flags
 OWNED_FLAGS = ("--config", "--runs_dir", "--run_name", "--ckpt_path")  # the sweep sets these itself
 COMMANDS_FILE = "sweep_commands.json"  # in each variant's folder: the command lines that made it
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row of the ablation table: model options on top of the config, and what the papers say."""
-
-    name: str
-    options: dict[str, object]  # ClassifierModule flags (--model.KEY VALUE) = create_model options
-    change: str  # what changed, in words
-    reported: str = "-"  # the seed's / paper's change in error for the same ablation
-
-    @property
-    def flags(self) -> list[str]:
-        return [arg for key, value in self.options.items() for arg in (f"--model.{key}", _flag_value(value))]
-
-
-def _flag_value(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-# Zeiler & Fergus 2013 (their AlexNet reimplementation, 18.1% top-5 error) as quoted by the seed
-# slides, which do not say whether "drop in performance" is top-1 or top-5 error. Krizhevsky et al. 2012: LRN
-# (section 3.3) and overlapping pooling (3.4) reduce top-1/top-5 error by 1.4/1.2 and 0.4/0.3 points.
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("full", {}, "nothing (the config's model)"),
-    Variant("no_fc7", {"ablate": "fc7"}, "FC7 removed", "1.1% drop in performance (seed slides)"),
-    Variant("no_fc6_fc7", {"ablate": "fc6_fc7"}, "FC6 and FC7 removed", "5.7% drop in performance (seed slides)"),
-    Variant("no_conv3_conv4_fc6_fc7", {"ablate": "conv3_conv4_fc6_fc7"}, "conv3, conv4, FC6 and FC7 removed",
-            "33.5% drop in performance (seed slides)"),
-    Variant("lrn_off", {"norm": "none"}, "no local response normalization", "+1.4 top-1 / +1.2 top-5 (AlexNet 3.3)"),
-    Variant("lcn", {"norm": "lcn"}, "local contrast norm. instead of LRN"),
-    Variant("nonoverlap_pool", {"pool": "nonoverlap"}, "2x2/2 max pooling instead of 3x3/2",
-            "+0.4 top-1 / +0.3 top-5 (AlexNet 3.4)"),
-    Variant("dropout_off", {"dropout": 0.0}, "no dropout on FC6/FC7",
-            "overfits substantially (AlexNet 4.2; no number)"),
-)}
 
 
 @dataclass(frozen=True)
@@ -87,14 +54,6 @@ class SweepSettings:
     devices: int | None = None
     accelerator: str | None = None
     extra: tuple[str, ...] = field(default=())  # LightningCLI flags given after `--`
-
-
-@dataclass(frozen=True)
-class PlannedVariant:
-    variant: Variant
-    params: int
-    commands: list[list[str]]
-    state: str  # "done" (skip), "test" (fit finished earlier) or "fit"
 
 
 def add_sweep_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -110,19 +69,6 @@ def add_sweep_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("extra", nargs="*", metavar="-- FLAGS", help="LightningCLI flags for every fit and test")
 
 
-def select_variants(names: str | None) -> list[Variant]:
-    """The named variants in the order given (default: all, `full` first); ValueError on a miss."""
-    if names is None:
-        return list(VARIANTS.values())
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in VARIANTS]
-    if unknown or not chosen:
-        raise ValueError(f"unknown variant {', '.join(unknown) or repr(names)}; valid variants: {', '.join(VARIANTS)}")
-    if len(set(chosen)) != len(chosen):
-        raise ValueError(f"--variants {names}: a variant is named twice")
-    return [VARIANTS[n] for n in chosen]
-
-
 def variant_commands(settings: SweepSettings, variant: Variant) -> list[list[str]]:
     """The `convnets ...` argument lists (fit, then test) that train and test one variant.
 
@@ -132,7 +78,7 @@ def variant_commands(settings: SweepSettings, variant: Variant) -> list[list[str
     s, run_dir = settings, settings.out / variant.name
     common = ["--config", str(s.config), *s.extra, *variant.flags, "--runs_dir", str(s.out), "--run_name", variant.name]
     accelerator = ["--trainer.accelerator", s.accelerator] if s.accelerator else []
-    fit = ["fit", *common, *accelerator]
+    fit = ["fit", *common, *accelerator, "--ckpt_path", "last"]  # an interrupted fit resumes (else: fresh)
     if s.epochs is not None:
         fit += ["--trainer.max_epochs", str(s.epochs)]
     if s.devices is not None:
@@ -143,52 +89,31 @@ def variant_commands(settings: SweepSettings, variant: Variant) -> list[list[str
 
 
 # -- the plan: everything checked before anything trains ---------------------------------------------
-def load_config(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"--config {path}: no such file")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"--config {path}: not valid YAML ({_first_line(exc)})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model", {}), dict):
-        raise ValueError(f"--config {path}: expected a mapping with a `model:` section")
-    return config
+def resolve_config(settings: SweepSettings) -> dict:
+    """The config every child resolves (the file, then the extra flags), parsed by LightningCLI's own
+    parser: `class_path`/`init_args`, JSON values and repeated --config files read as the children will."""
+    from convnets.platform.lightning_cli import resolve_fit_config
+
+    if not settings.config.is_file():
+        raise ValueError(f"--config {settings.config}: no such file")
+    return resolve_fit_config(["--config", str(settings.config), *settings.extra], checks=False)
 
 
-def _extra_values(extra: tuple[str, ...]) -> dict[str, object]:
-    """`--key value` / `--key=value` pairs of the extra flags, values parsed as YAML (as LightningCLI does)."""
-    values, args = {}, list(extra)
-    for i, arg in enumerate(args):
-        if not arg.startswith("--"):
-            continue
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                continue
-            value = args[i + 1]
-        try:
-            values[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            values[key] = value
-    return values
-
-
-def _train_manifest(config: dict, extra: dict[str, object]) -> Path | None:
+def _train_manifest(config: dict) -> Path | None:
     """data_dir/train/manifest.json as the children will resolve it (relative to the working directory)."""
-    data_dir = extra.get("data.data_dir", (config.get("data") or {}).get("data_dir"))
+    data_dir = (config.get("data") or {}).get("data_dir")
     return Path(str(data_dir)) / "train" / "manifest.json" if data_dir else None
 
 
-def _model_facts(config: dict, extra: dict[str, object]) -> tuple[str, int, int | None, dict[str, object]]:
+def _model_facts(config: dict) -> tuple[str, int, int | None, dict[str, object]]:
     """(arch, num_classes, image_size, base options) as the children's ClassifierModule will see them."""
     from convnets.data_pipelines.shard_format import read_manifest
 
     model = dict(config.get("model") or {})
-    model.update({k[len("model."):]: v for k, v in extra.items() if k.startswith("model.")})
-    arch = model.get("arch", "lenet5")  # ClassifierModule's default
+    arch = model.get("arch") or "lenet5"  # ClassifierModule's default
     num_classes = model.get("num_classes")
     if num_classes is None:
-        manifest = _train_manifest(config, extra)
+        manifest = _train_manifest(config)
         num_classes = read_manifest(manifest.parent).num_classes if manifest and manifest.is_file() else 1000
     options = {k: model[k] for k in MODEL_OPTIONS if model.get(k) is not None}
     return str(arch), int(num_classes), model.get("image_size"), options
@@ -215,17 +140,18 @@ def count_params(variant: Variant, arch: str, num_classes: int, image_size: int 
             model(torch.zeros(1, channels, size, size))
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"variant {variant.name}: {arch} with {options or 'its defaults'} "
-                         f"at {size} px fails: {_first_line(exc)}") from None
+                         f"at {size} px fails: {one_line(exc)}") from None
     return sum(p.numel() for p in model.parameters())
 
 
 def _state(run_dir: Path) -> str:
     metrics = _read_metrics(run_dir)
+    last = (run_dir / "checkpoints" / "last.ckpt").is_file()
     if "test_top1" in metrics:
         return "done"
-    if "fit_seconds" in metrics and (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if "fit_seconds" in metrics and last:
         return "test"
-    return "fit"
+    return "resume" if last else "fit"
 
 
 def _read_metrics(run_dir: Path) -> dict:
@@ -239,7 +165,7 @@ def _read_metrics(run_dir: Path) -> dict:
 
 
 def plan_sweep(settings: SweepSettings, variants: list[Variant], config: dict) -> list[PlannedVariant]:
-    arch, num_classes, image_size, base = _model_facts(config, _extra_values(settings.extra))
+    arch, num_classes, image_size, base = _model_facts(config)
     planned = []
     for variant in variants:
         params = count_params(variant, arch, num_classes, image_size, base)
@@ -253,25 +179,14 @@ def plan_sweep(settings: SweepSettings, variants: list[Variant], config: dict) -
     return planned
 
 
-def check_data(config: dict, extra: tuple[str, ...]) -> None:
+def check_data(config: dict) -> None:
     """Every child needs the training shards: a missing folder stops the sweep before the first fit."""
-    manifest = _train_manifest(config, _extra_values(extra))
+    manifest = _train_manifest(config)
     if manifest is not None and not manifest.is_file():
         raise ValueError(f"data.data_dir: {manifest} is missing; write the shards first (`convnets shards ...`)")
 
 
 # -- running ----------------------------------------------------------------------------------------
-class SweepError(RuntimeError):
-    """A child process failed; the message names the variant and its run folder."""
-
-
-def _convnets(args: list[str], variant: Variant, run_dir: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "convnets.cli", *args])
-    if result.returncode != 0:
-        raise SweepError(f"variant {variant.name}: `convnets {args[0]}` failed with exit code "
-                         f"{result.returncode}; see {run_dir}")
-
-
 def run_variant(settings: SweepSettings, item: PlannedVariant) -> None:
     name, run_dir = item.variant.name, settings.out / item.variant.name
     fit, test = item.commands
@@ -279,17 +194,19 @@ def run_variant(settings: SweepSettings, item: PlannedVariant) -> None:
         log.info("%s: finished earlier (%s holds test_top1), skipping", name, run_dir / "metrics.json")
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / COMMANDS_FILE).write_text(json.dumps(item.commands, indent=1) + "\n")
-    if item.state == "fit":
-        # Left by an interrupted fit: stale metrics would merge into the new ones, stale "best" files linger.
-        (run_dir / "metrics.json").unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    write_json(run_dir / COMMANDS_FILE, item.commands)
+    if item.state in ("fit", "resume"):
+        if item.state == "resume":  # `--ckpt_path last`: same epoch, step, optimizer and W&B run
+            log.info("%s: resuming the interrupted fit from %s", name, run_dir / "checkpoints" / "last.ckpt")
+        else:  # no last.ckpt: stale metrics would merge into the new ones, stale "best" files linger
+            (run_dir / "metrics.json").unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         log.info("%s: fit: %s", name, shlex.join(["convnets", *fit]))
-        _convnets(fit, item.variant, run_dir)
+        run_convnets(fit, failure=f"variant {name} (see {run_dir})")
     else:
         log.info("%s: fit finished earlier, testing its last checkpoint", name)
     log.info("%s: test: %s", name, shlex.join(["convnets", *test]))
-    _convnets(test, item.variant, run_dir)
+    run_convnets(test, failure=f"variant {name} (see {run_dir})")
 
 
 def _settings(args: argparse.Namespace) -> SweepSettings:
@@ -307,32 +224,36 @@ def _settings(args: argparse.Namespace) -> SweepSettings:
                          accelerator=args.accelerator, extra=extra)
 
 
-def run_sweep_command(args: argparse.Namespace) -> int:
-    from convnets.platform import ablation_table
-
+def prepare_sweep(args: argparse.Namespace) -> tuple[SweepSettings, dict, list[PlannedVariant]]:
+    """Settings, resolved config and the checked plan: everything before the first child starts."""
     if args.sweep_command != "ablation":
         raise ValueError(f"unknown sweep {args.sweep_command!r}; valid sweeps: ablation")
     settings = _settings(args)
     variants = select_variants(args.variants)
-    config = load_config(settings.config)
-    planned = plan_sweep(settings, variants, config)
+    config = resolve_config(settings)
+    return settings, config, plan_sweep(settings, variants, config)
+
+
+def finish_sweep(settings: SweepSettings, config: dict, planned: list[PlannedVariant]) -> str:
+    """The table (markdown, JSON, PNG, W&B) once every variant has its test metrics."""
+    rows = ablation_table.collect_rows(planned, settings.out)
+    markdown = ablation_table.write_outputs(rows, settings.out, title=f"{settings.config.name}: ablation")
+    ablation_table.log_wandb(rows, settings.out, project=str(config.get("wandb_project") or "convnets"))
+    return markdown
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    settings, config, planned = prepare_sweep(args)
     if args.dry_run:  # the plan is useful before the data exists (counts then assume 1000 classes)
         print(ablation_table.plan_text(planned))
         return 0
-    check_data(config, settings.extra)
+    check_data(config)
     for k, item in enumerate(planned, start=1):
         log.info("[%d/%d] %s (%s parameters)", k, len(planned), item.variant.name, f"{item.params:,}")
         try:
             run_variant(settings, item)
-        except SweepError as exc:
+        except ChildFailed as exc:
             print(f"convnets: error: {exc}", file=sys.stderr)
             return 1
-    rows = ablation_table.collect_rows(planned, settings.out)
-    markdown = ablation_table.write_outputs(rows, settings.out, title=f"{settings.config.name}: ablation")
-    ablation_table.log_wandb(rows, settings.out, project=str(config.get("wandb_project", "convnets")))
-    print(markdown)
+    print(finish_sweep(settings, config, planned))
     return 0
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip() or type(exc).__name__).splitlines()[0]

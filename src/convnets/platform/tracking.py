@@ -61,3 +61,31 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
+
+
+WANDB_ID_FILE = "wandb_id"  # in the run folder: every fit, requeue, resume, test and evaluation appends to this run
+
+
+def run_wandb_id(run_dir: Path) -> str:
+    """The W&B run id of a run folder, created once (the first process to get there wins).
+
+    DDP ranks and requeued Slurm jobs may race here: the id is written to a temp file and
+    hard-linked into place, which fails when another process linked first; then its id is read.
+    """
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits  # W&B's run id characters
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{WANDB_ID_FILE}.{os.getpid()}.tmp")
+    tmp.write_text("".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()

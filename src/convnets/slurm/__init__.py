@@ -1,1 +1,2 @@
-"""Slurm submission through submitit: the only code that imports submitit or reads SLURM_* variables."""
+"""Slurm: submitit launcher, job arrays, sbatch templates, job status. The only code that imports
+submitit or reads SLURM_* variables; it builds `convnets fit` command lines and needs no trainer internals."""

@@ -1,0 +1,147 @@
+"""`convnets submit`: one training run (or a sweep as a job array) on Slurm through submitit.
+
+    convnets submit --config configs/alexnet2012_imagenet.yaml --slurm.nodes 2 --slurm.gpus_per_node 8 \\
+        --slurm.partition gpu --slurm.time 2-00:00:00 --run_name alexnet-2n   # 16 ranks, 1 per GPU
+    convnets submit --config C --slurm.cluster mycluster --dry-run        # print the sbatch script only
+    convnets submit --config C --sweep sweep.yaml --slurm.cluster mycluster --wait   # a job array + table
+
+Everything is checked before anything is queued: the fit config is parsed as `convnets fit` would
+(unknown keys, types), the Trainer's devices/num_nodes/accelerator are derived from the request
+(an override that contradicts it is an error), and sbatch's own refusal is one line. The run name is
+fixed here, so a requeued job finds runs/<name>/checkpoints/last.ckpt and the run's W&B id.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from convnets.slurm.job import LOG_DIR, TrainingJob, job_fit_args, update_record
+from convnets.slurm.request import SlurmRequest, add_slurm_arguments, check_trainer, request_from_args
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One job: its run folder and the exact `convnets fit` flags it runs."""
+
+    name: str
+    run_dir: Path
+    fit_args: list[str]
+    test_args: list[str]
+
+
+def submit_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convnets submit", description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Any other flag is a `convnets fit` flag (--config, --model.*, ...).")
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and the fit command; submit nothing")
+    parser.add_argument("--sweep", type=Path, default=None, help="YAML list of override sets: one array job each")
+    parser.add_argument("--wait", action="store_true", help="wait for the job(s) to end; print the summary table")
+    add_slurm_arguments(parser)
+    return parser
+
+
+def resolve_run(fit_args: list[str], request: SlurmRequest, *, default_name: str | None = None,
+                need_data: bool = True) -> PlannedRun:
+    """Parse and check the fit flags, fix the run name and folder (absolute), add the derived geometry."""
+    from convnets.platform.lightning_cli import resolve_fit_config
+
+    user = resolve_fit_config(fit_args)  # ValueError: one line from the parser
+    check_trainer(user, request)
+    name = user.get("run_name") or default_name or f"{user['model']['arch']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs_dir = Path(user.get("runs_dir") or "runs").resolve()
+    args = [*fit_args, *request.trainer_flags(), "--runs_dir", str(runs_dir), "--run_name", name]
+    final = resolve_fit_config(args)
+    data_dir = (final.get("data") or {}).get("data_dir")
+    if need_data and data_dir and not (Path(data_dir) / "train" / "manifest.json").is_file():
+        raise ValueError(f"data.data_dir: {Path(data_dir).resolve()}/train/manifest.json is missing; write the shards "
+                         "first (`convnets shards ...`) on storage the compute nodes see")
+    return PlannedRun(name=name, run_dir=runs_dir / name, fit_args=args, test_args=[])
+
+
+def make_executor(folder: Path, request: SlurmRequest, *, job_name: str):
+    import submitit
+
+    # submitit's own timeout budget is set above ours: TrainingJob.checkpoint() enforces max_requeues.
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=request.max_requeues + 1)
+    executor.update_parameters(job_name=job_name, **request.sbatch_parameters())
+    return executor
+
+
+def sbatch_script(executor) -> str:
+    """The script sbatch would get (submitit writes the same text at submission)."""
+    return executor._make_submission_file_text(executor._submitit_command_str, uid="dry-run")
+
+
+def submit_jobs(runs: list[PlannedRun], request: SlurmRequest, *, folder: Path, job_name: str) -> list:
+    """One job, or one array for several runs; sbatch's refusal becomes a one-line ValueError."""
+    import submitit
+
+    executor = make_executor(folder, request, job_name=job_name)
+    jobs_in = [TrainingJob(fit_args=tuple(job_fit_args(r.fit_args, request.preempt_check_steps)), run_dir=str(r.run_dir),
+                           max_requeues=request.max_requeues, test_args=tuple(r.test_args)) for r in runs]
+    created = [p for p in (folder, *(r.run_dir for r in runs)) if not p.exists()]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's refusal: ours is one line
+            if len(jobs_in) == 1:
+                jobs = [executor.submit(jobs_in[0])]
+            else:
+                executor.update_parameters(array_parallelism=len(jobs_in))
+                jobs = _array(executor, jobs_in)
+    except (submitit.core.utils.FailedJobError, OSError) as exc:
+        for path in created:  # nothing queued, nothing left behind
+            shutil.rmtree(path, ignore_errors=True)
+        raise ValueError(f"sbatch refused the job: {_sbatch_reason(exc)}") from None
+    for run, job in zip(runs, jobs):
+        update_record(run.run_dir, job_id=job.job_id, log_folder=str(folder), fit_args=run.fit_args,
+                      max_requeues=request.max_requeues, requeues=0, submitted_unix_time=time.time())
+    return jobs
+
+
+def _array(executor, jobs_in: list[TrainingJob]) -> list:
+    with executor.batch():
+        jobs = [executor.submit(job) for job in jobs_in]
+    return jobs
+
+
+def _sbatch_reason(exc: BaseException) -> str:
+    """sbatch's own `error:` line out of submitit's multi-line message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln.lower()]
+    return (errors[-1] if errors else lines[-1] if lines else type(exc).__name__).split("error:", 1)[-1].strip()
+
+
+def run_submit(argv: list[str]) -> int:
+    args, fit_args = submit_parser().parse_known_args(argv)
+    request = request_from_args(args)
+    if args.sweep is not None:
+        from convnets.slurm.arrays import run_sweep_file
+
+        return run_sweep_file(args, fit_args, request)
+    run = resolve_run(fit_args, request)
+    folder = run.run_dir / LOG_DIR
+    executor = make_executor(folder, request, job_name=run.name)
+    command = shlex.join(["convnets", "fit", *job_fit_args(run.fit_args, request.preempt_check_steps), "--ckpt_path", "last"])
+    if args.dry_run:
+        print(sbatch_script(executor))
+        print(f"# each of the {request.world_size} tasks runs (in process, through submitit):\n# {command}")
+        return 0
+    (job,) = submit_jobs([run], request, folder=folder, job_name=run.name)
+    print(f"submitted job {job.job_id}: run {run.run_dir}; logs {folder}/{job.job_id}_<rank>_log.out|err; "
+          f"`convnets status {run.run_dir}`")
+    if args.wait:
+        from convnets.slurm.status import status_text, wait_for
+
+        failed = wait_for([job])
+        print(status_text(run.run_dir))
+        return 1 if failed else 0
+    return 0
