@@ -6,6 +6,8 @@
     convnets fit|validate|test|predict --config configs/X.yaml [--key value ...]   # LightningCLI
     convnets sweep ablation --config configs/X.yaml        # the seed's ablation study
     convnets bench model --arch alexnet --batch 64 --json OUT   # Lightning loop vs bare PyTorch
+    convnets evaluate --ckpt runs/NAME/checkpoints/last.ckpt --data SHARDS [--crops 10] [--mc-dropout N]
+    convnets analyze invariance|layers --ckpt CKPT --data SHARDS          # Zeiler & Fergus's analyses
 
 Exit codes: 0 success, 2 bad input or configuration (one line on stderr), 1 failure during a run.
 """
@@ -40,7 +42,17 @@ def _parser() -> argparse.ArgumentParser:
         dest="sweep_command", metavar="SWEEP", required=True))
     add_bench_subcommands(sub.add_parser("bench", help="benchmarks: JSON + a table").add_subparsers(
         dest="bench_command", metavar="BENCH", required=True))
+    _add_evaluation_subcommands(sub)
     return parser
+
+
+def _add_evaluation_subcommands(sub) -> None:
+    from convnets.platform.analyze import add_analyze_subcommands
+    from convnets.platform.evaluate import add_evaluate_arguments
+
+    add_evaluate_arguments(sub.add_parser("evaluate", help="multi-crop top-1/top-5 of a checkpoint, MC dropout, plots"))
+    add_analyze_subcommands(sub.add_parser("analyze", help="invariance and per-layer linear probes of a checkpoint")
+                            .add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True))
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -63,6 +75,11 @@ def _dispatch(argv: list[str]) -> int:
         from convnets.data_pipelines.shards_cli import run_shards_command
 
         return run_shards_command(args)
+    if args.command in ("evaluate", "analyze"):
+        from convnets.platform.analyze import run_analyze_command
+        from convnets.platform.evaluate import run_evaluate_command
+
+        return run_evaluate_command(args) if args.command == "evaluate" else run_analyze_command(args)
     if args.command == "bench":
         from convnets.platform.bench import run_bench_command
 
