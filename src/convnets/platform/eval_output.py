@@ -31,6 +31,16 @@ def confused_pairs(confusion: np.ndarray, classes: list[str], k: int = CONFUSED_
             for r, c in zip(rows, cols) if off[r, c] > 0]
 
 
+def write_predictions(rows: np.ndarray, path: Path) -> None:
+    """Each image's top-k classes and probabilities (index = position in the split), atomically."""
+    k = (rows.shape[1] - 2) // 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, index=rows[:, 0].astype(np.int64), label=rows[:, 1].astype(np.int64),
+             classes=rows[:, 2: 2 + k].astype(np.int64), probs=rows[:, 2 + k:].astype(np.float32))
+    tmp.replace(path)
+
+
 def markdown_report(result: dict) -> str:
     from convnets.platform.evaluate import summary_table
 
@@ -68,6 +78,8 @@ def write_outputs(result: dict, collector, dm, out: Path, *, cfg, logger) -> dic
     if collector.topk is not None and len(collector.topk):
         pngs["predictions"] = eval_plots.prediction_grid(
             collector.topk[: cfg.grid_images], dm.data_dir / split, classes, out / "plots" / "predictions.png")
+    if collector.topk is not None:
+        write_predictions(collector.topk, out / "predictions.npz")
     result["plots"] = {k: str(v) for k, v in pngs.items()}
     write_json(out / "eval.json", result)
     if cfg.json is not None:
