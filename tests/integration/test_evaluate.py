@@ -145,7 +145,7 @@ def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, tmp_pat
     assert sorted(pred2["index"].tolist()) == list(range(33))  # each image exactly once
     o1, o2 = np.argsort(pred1["index"]), np.argsort(pred2["index"])
     np.testing.assert_allclose(pred2["probs"][o2], pred1["probs"][o1], atol=1e-5)
-    assert "images/s" in run.stderr  # the progress bar
+    assert "images/s" in run.stdout  # the progress bar
     assert (tmp_path / "ddp" / "plots" / "predictions.png").exists()
 
 

@@ -36,11 +36,11 @@ class EvalCollector(pl.Callback):
         wall = time.perf_counter() - self.start
         # compute() all-reduces each metric's state (the same order on every rank)
         confusion = m.test_confusion.compute().cpu().numpy()
-        res = {name: float(getattr(m, f"test_{name}").compute()) for name in ("top1", "top5", "top1_1crop", "top5_1crop")}
+        res = {name: fraction(getattr(m, f"test_{name}")) for name in ("top1", "top5", "top1_1crop", "top5_1crop")}
         res["calibration"] = m.test_calibration.compute()
         if m.eval_options.mc_dropout:
-            res["mc_dropout"] = {"top1": float(m.test_mc_top1.compute()), "top5": float(m.test_mc_top5.compute()),
-                                 **m.test_mc_calibration.compute()}
+            res["mc_dropout"] = {**m.test_mc_calibration.compute(), "top1": fraction(m.test_mc_top1),
+                                 "top5": fraction(m.test_mc_top5)}
         wall = float(trainer.strategy.reduce(torch.tensor(wall, dtype=torch.float64, device=m.device), reduce_op="max"))
         topk = gather_rows(trainer, m.test_topk, width=2 + 2 * min(5, confusion.shape[0])) if m.eval_options.keep_topk else None
         for metric in (m.test_top1, m.test_top5, m.test_top1_1crop, m.test_top5_1crop, m.test_confusion,
@@ -51,6 +51,12 @@ class EvalCollector(pl.Callback):
             self.result = {**res, "n": n, "seconds": wall, "images_per_s": n / max(wall, 1e-9),
                            "world_size": trainer.world_size}
             self.confusion, self.topk = confusion, topk
+
+
+def fraction(metric) -> float:
+    """A TopKAccuracy's correct / total over all ranks, as an exact fraction in double precision."""
+    with metric.sync_context():  # sums the states across ranks for the duration (a no-op in one process)
+        return int(metric.correct) / max(int(metric.total), 1)
 
 
 def gather_rows(trainer: pl.Trainer, rows: list[torch.Tensor], *, width: int) -> np.ndarray | None:
