@@ -129,9 +129,9 @@ def output_dir(cfg: EvalConfig, ckpt: Checkpoint) -> Path:
     return ckpt.run_dir / "eval" if ckpt.run_dir else Path(f"eval-{ckpt.path.stem}")
 
 
-def wandb_logger(cfg: EvalConfig, ckpt: Checkpoint, out: Path):
+def wandb_logger(enabled: bool, ckpt: Checkpoint, out: Path, job_type: str = "eval"):
     """The training run's W&B run (resumed by its stored id) when known, else a new run beside the outputs."""
-    if not cfg.wandb:
+    if not enabled:
         return None
     from pytorch_lightning.loggers import WandbLogger
 
@@ -139,12 +139,12 @@ def wandb_logger(cfg: EvalConfig, ckpt: Checkpoint, out: Path):
 
     run_dir = ckpt.run_dir
     kw: dict = {"project": _project(run_dir), "save_dir": str(run_dir or out), "offline": wandb_offline(),
-                "log_model": False, "job_type": "eval"}
+                "log_model": False, "job_type": job_type}
     id_file = run_dir / WANDB_ID_FILE if run_dir else None
     if id_file is not None and id_file.is_file():
         kw.update(id=id_file.read_text().strip(), resume="allow")
     else:
-        kw["name"] = f"eval-{run_dir.name if run_dir else ckpt.path.stem}"
+        kw["name"] = f"{job_type}-{run_dir.name if run_dir else ckpt.path.stem}"
     return WandbLogger(**kw)
 
 
@@ -165,7 +165,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     module.eval_options = EvalOptions(average=cfg.average, mc_dropout=cfg.mc_dropout, keep_topk=True)
     dm = build_datamodule(cfg, ckpt, module)
     out = output_dir(cfg, ckpt)
-    logger = wandb_logger(cfg, ckpt, out)
+    logger = wandb_logger(cfg.wandb, ckpt, out)
     collector = EvalCollector()
     trainer = pl.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp" if cfg.devices > 1 else "auto",
