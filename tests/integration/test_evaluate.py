@@ -189,3 +189,43 @@ def test_bad_checkpoints_and_shards_are_one_line_errors(trained, tmp_path, capsy
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and err[-1].startswith("convnets: error: ") and needle in err[-1], (needle, err[-3:])
         assert not (tmp_path / "o" / "eval.json").exists()  # nothing written
+
+
+def test_invariance_curves_start_at_the_plain_prediction(trained, tmp_path):
+    """At magnitude 0 the distance is 0 and P(true class) is the centre-crop evaluation's own."""
+    from convnets.platform.analyze import AnalyzeConfig
+    from convnets.platform.invariance import run_invariance
+
+    ckpt, shards = trained
+    result = run_invariance(AnalyzeConfig(ckpt=ckpt, data=shards, samples=12, batch=12, num_threads=1,
+                                          out=tmp_path / "inv", wandb=False))
+    _, pred = _evaluate(ckpt, shards, tmp_path / "one", crops=1)
+    first = np.argsort(pred["index"])[:12]  # the analysis samples the split's first 12 images
+    p_true = np.where(pred["classes"][first] == pred["label"][first][:, None], pred["probs"][first], 0).sum(1)
+    assert result["layers"] == ["conv1", "fc7"] and result["n"] == 12
+    for name, curve in result["curves"].items():
+        zero = curve["magnitudes"].index(1.0 if name == "scale" else 0.0)
+        assert all(curve["distance"][layer][zero] < 1e-5 for layer in result["layers"]), name
+        assert curve["p_true"][zero] == pytest.approx(float(p_true.mean()), abs=1e-5), name
+        assert max(curve["distance"]["conv1"]) > 0.1  # the transforms do change the features
+    assert (tmp_path / "inv" / "plots" / "invariance.png").exists()
+    assert json.loads((tmp_path / "inv" / "invariance.json").read_text())["curves"].keys() == result["curves"].keys()
+
+
+def test_layer_probes_cover_every_layer(trained, tmp_path):
+    from convnets.platform.analyze import AnalyzeConfig
+    from convnets.platform.probes import run_layer_probes
+
+    ckpt, shards = trained
+    result = run_layer_probes(AnalyzeConfig(ckpt=ckpt, data=shards, samples=33, train_samples=36, batch=36,
+                                            num_threads=1, out=tmp_path / "layers", wandb=False))
+    names = [r["layer"] for r in result["layers"]]
+    assert names == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    assert result["layers"][0]["features"] == 48 * 4 and result["layers"][-1]["features"] == 3
+    # 36 training images in >= 512 standardized dimensions are linearly separable: a probe that fits
+    # them all shows the optimiser works; test accuracy is what the table is about.
+    assert all(r["train_top1"] == 1.0 for r in result["layers"][:-1])
+    assert all(0.0 <= r["top1"] <= 1.0 for r in result["layers"])
+    _, pred = _evaluate(ckpt, shards, tmp_path / "one", crops=1)
+    assert result["model_top1"] == pytest.approx(float((pred["classes"][:, 0] == pred["label"]).mean()), abs=1e-9)
+    assert (tmp_path / "layers" / "plots" / "layer_probes.png").exists()
