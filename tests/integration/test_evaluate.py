@@ -56,6 +56,20 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return base / "runs" / "r" / "checkpoints" / "last.ckpt", base / "shards"
 
 
+@pytest.fixture(scope="module")
+def evaluated(trained, tmp_path_factory):
+    """evaluated(crops=..., average=...) -> (result, predictions) of the trained checkpoint, each computed once."""
+    cache: dict = {}
+
+    def run(**kw) -> tuple[dict, dict]:
+        key = tuple(sorted(kw.items()))
+        if key not in cache:
+            cache[key] = _evaluate(*trained, tmp_path_factory.mktemp("eval"), **kw)
+        return cache[key]
+
+    return run
+
+
 def _evaluate(ckpt: Path, shards: Path, out: Path, **kw) -> tuple[dict, dict]:
     from convnets.platform.evaluate import EvalConfig, evaluate
 
@@ -92,7 +106,7 @@ def _probs(logits: torch.Tensor, crops: list[int], average: str) -> np.ndarray:
     return p.numpy()
 
 
-def test_multi_crop_equals_crops_cut_by_hand(trained, tmp_path):
+def test_multi_crop_equals_crops_cut_by_hand(trained, evaluated):
     from convnets.platform.checkpoints import build_module, read_checkpoint
 
     ckpt, shards = trained
@@ -105,7 +119,7 @@ def test_multi_crop_equals_crops_cut_by_hand(trained, tmp_path):
              (10, "logits"): list(range(10))}
     expected = {key: _probs(logits, which, key[1]) for key, which in cases.items()}
     for (n_crops, average), want in expected.items():
-        result, pred = _evaluate(ckpt, shards, tmp_path / f"{n_crops}{average}", crops=n_crops, average=average)
+        result, pred = evaluated(crops=n_crops, average=average)
         order = np.argsort(pred["index"])
         got = np.zeros_like(want)
         got[pred["index"][order][:, None], pred["classes"][order]] = pred["probs"][order]
@@ -128,10 +142,10 @@ def _shift_centre(centre: np.ndarray) -> np.ndarray:
     return np.roll(centre, 1, axis=-1)  # a crop one pixel to the left (edge column wrapped)
 
 
-def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, tmp_path):
+def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, evaluated, tmp_path):
     """33 images over 2 ranks x 4 per batch: rank 1 pads; the counts must equal one process's exactly."""
     ckpt, shards = trained
-    single, pred1 = _evaluate(ckpt, shards, tmp_path / "one", crops=10)
+    single, pred1 = evaluated(crops=10, average="softmax")
     run = convnets("evaluate", "--ckpt", ckpt, "--data", shards / "val", "--devices", "2", "--accelerator", "cpu",
                    "--batch", "4", "--num-threads", "1", "--no-wandb", "--out", tmp_path / "ddp")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -191,7 +205,7 @@ def test_bad_checkpoints_and_shards_are_one_line_errors(trained, tmp_path, capsy
         assert not (tmp_path / "o" / "eval.json").exists()  # nothing written
 
 
-def test_invariance_curves_start_at_the_plain_prediction(trained, tmp_path):
+def test_invariance_curves_start_at_the_plain_prediction(trained, evaluated, tmp_path):
     """At magnitude 0 the distance is 0 and P(true class) is the centre-crop evaluation's own."""
     from convnets.platform.analyze import AnalyzeConfig
     from convnets.platform.invariance import run_invariance
@@ -199,7 +213,7 @@ def test_invariance_curves_start_at_the_plain_prediction(trained, tmp_path):
     ckpt, shards = trained
     result = run_invariance(AnalyzeConfig(ckpt=ckpt, data=shards, samples=12, batch=12, num_threads=1,
                                           out=tmp_path / "inv", wandb=False))
-    _, pred = _evaluate(ckpt, shards, tmp_path / "one", crops=1)
+    _, pred = evaluated(crops=1, average="softmax")
     first = np.argsort(pred["index"])[:12]  # the analysis samples the split's first 12 images
     p_true = np.where(pred["classes"][first] == pred["label"][first][:, None], pred["probs"][first], 0).sum(1)
     assert result["layers"] == ["conv1", "fc7"] and result["n"] == 12
@@ -212,7 +226,7 @@ def test_invariance_curves_start_at_the_plain_prediction(trained, tmp_path):
     assert json.loads((tmp_path / "inv" / "invariance.json").read_text())["curves"].keys() == result["curves"].keys()
 
 
-def test_layer_probes_cover_every_layer(trained, tmp_path):
+def test_layer_probes_cover_every_layer(trained, evaluated, tmp_path):
     from convnets.platform.analyze import AnalyzeConfig
     from convnets.platform.probes import run_layer_probes
 
@@ -226,6 +240,6 @@ def test_layer_probes_cover_every_layer(trained, tmp_path):
     # them all shows the optimiser works; test accuracy is what the table is about.
     assert all(r["train_top1"] == 1.0 for r in result["layers"][:-1])
     assert all(0.0 <= r["top1"] <= 1.0 for r in result["layers"])
-    _, pred = _evaluate(ckpt, shards, tmp_path / "one", crops=1)
+    _, pred = evaluated(crops=1, average="softmax")
     assert result["model_top1"] == pytest.approx(float((pred["classes"][:, 0] == pred["label"]).mean()), abs=1e-9)
     assert (tmp_path / "layers" / "plots" / "layer_probes.png").exists()

@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 
 from convnets.platform.checkpoints import Checkpoint, build_module, check_classes, read_checkpoint
 from convnets.platform.eval_report import EvalCollector, ImagesPerSecondBar
-from convnets.platform.multicrop import AVERAGES
+from convnets.platform.multicrop import AVERAGES, has_dropout
 
 log = logging.getLogger(__name__)
 WANDB_ID_FILE = "wandb_id"  # written in the run folder by training (tracking.run_wandb_id)
@@ -163,6 +163,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     ckpt = read_checkpoint(cfg.ckpt)
     module = build_module(ckpt)
     module.eval_options = EvalOptions(average=cfg.average, mc_dropout=cfg.mc_dropout, keep_topk=True)
+    if cfg.mc_dropout and not has_dropout(module.net):  # before any process, pipeline or W&B run starts
+        raise ValueError(f"--mc-dropout {cfg.mc_dropout}: model {ckpt.hparams['arch']!r} has no dropout layers")
     dm = build_datamodule(cfg, ckpt, module)
     out = output_dir(cfg, ckpt)
     logger = wandb_logger(cfg.wandb, ckpt, out)
