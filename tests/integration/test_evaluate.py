@@ -243,3 +243,19 @@ def test_layer_probes_cover_every_layer(trained, evaluated, tmp_path):
     _, pred = evaluated(crops=1, average="softmax")
     assert result["model_top1"] == pytest.approx(float((pred["classes"][:, 0] == pred["label"]).mean()), abs=1e-9)
     assert (tmp_path / "layers" / "plots" / "layer_probes.png").exists()
+
+
+def test_evaluation_logs_to_the_training_runs_wandb_run(trained, tmp_path, monkeypatch):
+    """A checkpoint in its run folder: outputs go to RUN/eval and W&B resumes the run's stored id."""
+    from convnets.platform.evaluate import EvalConfig, evaluate
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    ckpt, shards = trained
+    run_dir = ckpt.parent.parent
+    (run_dir / "wandb_id").write_text("evaltest01\n")
+    try:
+        result = evaluate(EvalConfig(ckpt=ckpt, data=shards, split="val", crops=1, batch=33, num_threads=1))
+    finally:
+        (run_dir / "wandb_id").unlink()
+    assert Path(result["out"]) == run_dir / "eval" and (run_dir / "eval" / "eval.json").exists()
+    assert list((run_dir / "wandb").glob("offline-run-*-evaltest01"))
