@@ -75,7 +75,8 @@ def prediction_grid(rows: np.ndarray, split_dir: Path, classes: list[str], path:
             axes[2 * r, c].axis("off")
             if r * columns + c >= n:
                 axes[2 * r + 1, c].axis("off")
-    fig.suptitle("top-5 predictions (true class in red)", fontsize=10)
+    fig.subplots_adjust(hspace=0.45, wspace=0.75)  # room for the class-name ticks and the titles
+    fig.suptitle("top-5 predictions (true class in red)", fontsize=10, y=0.92)
     return _save(fig, path)
 
 
