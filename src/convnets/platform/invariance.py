@@ -86,8 +86,9 @@ def run_invariance(cfg: AnalyzeConfig) -> dict:
     png = plot_invariance(curves, list(layers), out / "plots" / "invariance.png")
     rows = []
     for name, cur in curves.items():
-        ends = [0, len(cur["magnitudes"]) - 1]
-        for i in ends:
+        m = cur["magnitudes"]
+        shown = [0.0, 90.0, 180.0] if name == "rotation" else [m[0], 1.0 if name == "scale" else 0.0, m[-1]]
+        for i in [m.index(v) for v in shown if v in m]:
             rows.append([name, f"{cur['magnitudes'][i]:g}", *[f"{cur['distance'][n][i]:.3f}" for n in layers],
                          f"{cur['p_true'][i]:.3f}"])
     table = markdown_table(["transform", "magnitude", *[f"distance {n}" for n in layers], "P(true)"], rows)
