@@ -9,6 +9,8 @@
     convnets submit --config configs/X.yaml --slurm.nodes 2 --slurm.gpus_per_node 8 [--dry-run]  # Slurm
     convnets status runs/NAME               # Slurm job state, requeues, latest metrics, logs
     convnets slurm template --slurm.gpus_per_node 8 -- --config configs/X.yaml   # a plain sbatch script
+    convnets evaluate --ckpt runs/NAME/checkpoints/last.ckpt --data SHARDS [--crops 10] [--mc-dropout N]
+    convnets analyze invariance|layers --ckpt CKPT --data SHARDS          # Zeiler & Fergus's analyses
 
 Exit codes: 0 success, 2 bad input or configuration (one line on stderr), 1 failure during a run.
 """
@@ -53,7 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_slurm_commands(sub)
     add_bench_subcommands(sub.add_parser("bench", help="benchmarks: JSON + a table").add_subparsers(
         dest="bench_command", metavar="BENCH", required=True))
+    _add_evaluation_subcommands(sub)
     return parser
+
+
+def _add_evaluation_subcommands(sub) -> None:
+    from convnets.platform.analyze import add_analyze_subcommands
+    from convnets.platform.evaluate import add_evaluate_arguments
+
+    add_evaluate_arguments(sub.add_parser("evaluate", help="multi-crop top-1/top-5 of a checkpoint, MC dropout, plots"))
+    add_analyze_subcommands(sub.add_parser("analyze", help="invariance and per-layer linear probes of a checkpoint")
+                            .add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True))
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -80,6 +92,11 @@ def _dispatch(argv: list[str]) -> int:
         from convnets.data_pipelines.shards_cli import run_shards_command
 
         return run_shards_command(args)
+    if args.command in ("evaluate", "analyze"):
+        from convnets.platform.analyze import run_analyze_command
+        from convnets.platform.evaluate import run_evaluate_command
+
+        return run_evaluate_command(args) if args.command == "evaluate" else run_analyze_command(args)
     if args.command == "bench":
         from convnets.platform.bench import run_bench_command
 

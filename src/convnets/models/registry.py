@@ -61,21 +61,13 @@ def register_model(
     return decorate
 
 
-def _ensure_loaded() -> None:
-    # Importing the family modules registers their builders; done lazily so importing the
-    # registry alone does no work (house rule 6).
-    from convnets.models import families  # noqa: F401
-
-
 def list_models() -> list[str]:
-    """Sorted names of every registered model."""
-    _ensure_loaded()
+    """Sorted names of every registered model (the families register when `convnets.models` is imported)."""
     return sorted(_REGISTRY)
 
 
 def get_model_info(name: str) -> ModelInfo:
     """The declared input facts of `name`; ValueError listing the valid names on a miss."""
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -22,7 +22,9 @@ from typing_extensions import override
 
 from convnets.data_pipelines.augment import InputSpec
 from convnets.models import create_model, get_model_info
+from convnets.platform.calibration import Calibration
 from convnets.platform.metrics import ConfusionMatrix, TopKAccuracy, WeightedMean
+from convnets.platform.multicrop import Average, average_crops, has_dropout, mc_dropout_probs
 from convnets.platform.recipe import OptimConfig, PlateauState, lr_factor, parameter_groups, scaled
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,15 @@ def valid_count(batch: dict) -> int:
     """Valid samples in the batch as a host integer: from the loader's plan, else one sync."""
     n = batch.get("n_valid")
     return int(batch["valid"].sum()) if n is None else int(n)  # int(tensor): loaders without a plan only
+
+
+@dataclass
+class EvalOptions:
+    """How the test step predicts (set by `convnets evaluate`; not a hyperparameter of the model)."""
+
+    average: Average = "softmax"  # multi-crop: mean of the crops' softmax, or softmax of the mean logit
+    mc_dropout: int = 0  # > 0: also the seed's option 1, this many dropout masks per image
+    keep_topk: bool = False  # keep each sample's top-5 classes and probabilities (the example grid)
 
 
 @contextlib.contextmanager
@@ -113,6 +124,9 @@ class ClassifierModule(pl.LightningModule):
         options = {"ablate": ablate, "norm": norm, "pool": pool, "dropout": dropout, "init": init}
         self.model_options = {k: v for k, v in options.items() if v is not None}
         self.plateau = PlateauState()
+        self.eval_options = EvalOptions()
+        self.classes: list[str] | None = None  # class names, recorded in checkpoints when the data knows them
+        self.test_topk: list[torch.Tensor] = []  # per test batch: (n, 2 + 2k) rows, see test_step
         self.net: torch.nn.Module | None = None
         if num_classes is not None:
             self._build(num_classes)
@@ -136,6 +150,8 @@ class ClassifierModule(pl.LightningModule):
         self.val_loss = WeightedMean()
         self.test_top1_1crop, self.test_top5_1crop = TopKAccuracy(1), TopKAccuracy(5)
         self.test_confusion = ConfusionMatrix(num_classes)
+        self.test_calibration = Calibration()
+        self.test_mc_top1, self.test_mc_top5, self.test_mc_calibration = TopKAccuracy(1), TopKAccuracy(5), Calibration()
 
     @override
     def setup(self, stage: str) -> None:
@@ -181,18 +197,42 @@ class ClassifierModule(pl.LightningModule):
         self.val_top5.update(logits, labels, valid)
 
     @override
+    def on_test_start(self) -> None:
+        opts = self.eval_options
+        if opts.mc_dropout and not has_dropout(self.net):
+            raise ValueError(f"--mc-dropout {opts.mc_dropout}: model {self.hparams.arch!r} has no dropout layers")
+        self.test_topk = []
+
+    @override
     def test_step(self, batch: dict, batch_idx: int) -> None:
         images, labels, valid = batch["images"], batch["labels"], batch["valid"]
+        n, size = valid_count(batch), labels.shape[0]
+        if n == 0:  # a rank's all-padding last batch: nothing to predict
+            return
+        if n < size:  # padding is a suffix: drop it (no wasted forward; BatchNorm never sees it)
+            images, labels, valid = images[:n], labels[:n], valid[:n]
         if images.dim() == 4:  # single crop: (B, C, H, W) -> (B, 1, C, H, W)
             images = images.unsqueeze(1)
         b, k = images.shape[:2]
-        # Multi-crop: average the softmax over the crops (Krizhevsky et al. 2012, section 4.1);
-        # crop 0 is the centre crop, which gives the single-crop figures in the same pass.
-        probs = self(images.flatten(0, 1)).float().softmax(-1).view(b, k, -1)
-        for name, p in (("", probs.mean(1)), ("_1crop", probs[:, 0])):
+        opts = self.eval_options
+        # All crops of all images in one forward. Crop 0 is the centre crop, which gives the
+        # single-crop figures in the same pass (Krizhevsky et al. 2012, section 4.1).
+        logits = self(images.flatten(0, 1)).float().view(b, k, -1)
+        probs = average_crops(logits, opts.average)
+        for name, p in (("", probs), ("_1crop", logits[:, 0].softmax(-1))):
             for top in ("top1", "top5"):
                 getattr(self, f"test_{top}{name}").update(p, labels, valid)
-        self.test_confusion.update(probs.mean(1), labels, valid)
+        self.test_confusion.update(probs, labels, valid)
+        self.test_calibration.update(probs, labels, valid)
+        if opts.mc_dropout:
+            mc = mc_dropout_probs(self, self.net, images, samples=opts.mc_dropout, average=opts.average)
+            for metric in (self.test_mc_top1, self.test_mc_top5, self.test_mc_calibration):
+                metric.update(mc, labels, valid)
+        if opts.keep_topk:
+            top = probs.topk(min(5, probs.shape[-1]), dim=-1)
+            index = batch["index"][:n] if "index" in batch else torch.full_like(labels, -1)
+            self.test_topk.append(torch.cat([index.unsqueeze(1).double(), labels.unsqueeze(1).double(),
+                                             top.indices.double(), top.values.double()], 1))
 
     # Epoch-level logging: Lightning computes each metric (one all-reduce of its state) and resets it.
     @override
@@ -246,6 +286,9 @@ class ClassifierModule(pl.LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["plateau"] = asdict(self.plateau)
+        classes = self.classes or getattr(getattr(self._trainer, "datamodule", None), "classes", None)
+        if classes:  # `convnets evaluate` checks the shards' class names against these
+            checkpoint["classes"] = list(classes)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -259,3 +302,4 @@ class ClassifierModule(pl.LightningModule):
                 raise CheckpointError(f"the checkpoint is of {key} {theirs[key]!r}, this run has {self.hparams[key]!r}; "
                                       f"pass --model.{key} {theirs[key]} or another --ckpt_path")
         self.plateau = PlateauState(**checkpoint.get("plateau", {}))
+        self.classes = checkpoint.get("classes")
