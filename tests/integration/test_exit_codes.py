@@ -33,7 +33,6 @@ BAD_CONFIGS = {
     "unknown model": (["--model.arch", "lenet6"], "valid models: alexnet"),
     "unknown preset": (["--config", "alexnet_2013"], "packaged recipe"),
     "image too small for the model": (["--model.arch", "alexnet", "--model.image_size", "32"], "model.image_size=32"),
-    "batch larger than the data": (["--data.batch_size", "100000"], "lower data.batch_size"),
     "zero batch": (["--data.batch_size", "0"], "data.batch_size=0"),
     "head disagrees with the data": (["--model.num_classes", "5"], "the data has 10 classes"),
     "out-of-range hyper-parameter": (["--model.optim.lr", "-1"], "model.optim.lr=-1.0 is out of range"),

@@ -7,12 +7,15 @@ files (manifest.json, a checkpoint's zip directory) and builds the model on the 
 """
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from convnets.data_pipelines.errors import ConfigError, ConvnetsInputError
+
+log = logging.getLogger(__name__)
 
 # Splits each stage reads; "test" falls back to val when the data has no test split.
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
@@ -31,10 +34,12 @@ def check_data(data: Mapping, stage: str, *, world_size: int) -> int | None:
     data_dir = Path(str(_get(data, "data_dir", "")))
     if not data_dir.is_dir():
         raise ConfigError(f"data.data_dir {data_dir}: no such folder (write it with `convnets shards ...`)")
-    for key in ("batch_size", "eval_batch_size", "num_threads"):
+    # num_threads: DALI needs >= 1 thread; for the torch backend it counts worker processes (0 = inline).
+    least = {"batch_size": 1, "eval_batch_size": 1, "num_threads": 0 if _get(data, "backend") == "torch" else 1}
+    for key, minimum in least.items():
         value = _get(data, key)
-        if value is not None and int(value) < 1:
-            raise ConfigError(f"data.{key}={value}: must be at least 1")
+        if value is not None and int(value) < minimum:
+            raise ConfigError(f"data.{key}={value}: must be at least {minimum}")
     num_classes = None
     for split in STAGE_SPLITS.get(stage, ()):
         if split == "test":
@@ -44,9 +49,9 @@ def check_data(data: Mapping, stage: str, *, world_size: int) -> int | None:
         num_classes = num_classes or manifest.num_classes
         if split == "train":
             batch = int(_get(data, "batch_size", 1))
-            if batch * world_size > manifest.num_samples:
-                raise ConfigError(f"data.batch_size={batch} x {world_size} ranks = {batch * world_size} exceeds the "
-                                  f"{manifest.num_samples} training samples in {data_dir / split}; lower data.batch_size")
+            if batch * world_size > manifest.num_samples:  # legal (one padded step), rarely meant: say so
+                log.warning("data.batch_size=%d x %d ranks = %d exceeds the %d training samples in %s: one padded "
+                            "step per epoch", batch, world_size, batch * world_size, manifest.num_samples, data_dir / split)
     return num_classes
 
 
