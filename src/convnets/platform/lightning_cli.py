@@ -14,6 +14,7 @@ credentials exist), metrics.json and plots.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -137,12 +138,21 @@ class ConvnetsCLI(LightningCLI):
         kwargs["strategy"] = ddp_strategy(trainer_cfg.get("strategy", "auto"), timeout_s=self._cfg(self.config)["ddp_timeout_s"])
         kwargs["plugins"] = with_atomic_io(trainer_cfg.get("plugins"))  # atomic saves, weights-only loads
         kwargs["default_root_dir"] = str(run_dir)
-        if trainer_cfg.get("logger") in (None, True):
-            # One W&B run per run folder: resumed fits, requeued jobs and tests append to it.
-            kwargs["logger"] = WandbLogger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),
-                                           offline=wandb_offline(), log_model=False,
-                                           id=run_wandb_id(run_dir), resume="allow")
-        return super().instantiate_trainer(**kwargs)
+        # The topmost folder this call may create (runs/ itself on a first run), removed on failure.
+        created = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)
+        try:
+            if trainer_cfg.get("logger") in (None, True):
+                # One W&B run per run folder: resumed fits, requeued jobs and tests append to it.
+                kwargs["logger"] = WandbLogger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),
+                                               offline=wandb_offline(), log_model=False,
+                                               id=run_wandb_id(run_dir), resume="allow")
+            return super().instantiate_trainer(**kwargs)
+        except Exception:
+            # The Trainer refused its arguments (e.g. devices=0): a bad config leaves nothing behind,
+            # not even the W&B id file written just above.
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
 
 
 CLI_DEFAULTS = {"seed_everything_default": 0, "trainer_defaults": {"max_epochs": 10, "log_every_n_steps": 50},
