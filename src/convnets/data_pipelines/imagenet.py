@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from convnets.data_pipelines.imagenet_labels import VAL_NAME, WNID, ValLabels, find_synsets, find_val_labels
-from convnets.data_pipelines.sources import Encoding, Sample, UnreadableImage, encode_image, list_images, read_image_file
+from convnets.data_pipelines.sources import (Encoding, Sample, UnreadableImage, check_reencode, encode_image, list_images, read_image_file)
 from convnets.data_pipelines.tar_members import TarMember, list_members, read_member
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -131,10 +131,7 @@ class ImagenetSource:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        if self.resize is not None and self.resize < 8:
-            raise ValueError(f"--resize {self.resize}: the shorter side must be at least 8 px")
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"--quality {self.quality}: JPEG quality must be 1..100")
+        check_reencode(resize=self.resize, quality=self.quality)
         self._train_kind, self.classes = _train_classes(self.root)
         self._synsets, self._synsets_path = find_synsets(self.root, self.synsets and Path(self.synsets))
         if self._synsets is not None:

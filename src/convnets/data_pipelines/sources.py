@@ -198,6 +198,14 @@ def _tree_samples(tree: Path, class_index: dict[str, int], *, require_images: bo
     return samples
 
 
+def check_reencode(*, resize: int | None, quality: int) -> None:
+    """The --resize/--quality pair of every source that can re-encode on write."""
+    if resize is not None and resize < 8:
+        raise ValueError(f"--resize {resize}: the shorter side must be at least 8 px")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--quality {quality}: JPEG quality must be 1..100")
+
+
 @dataclass(kw_only=True)
 class ImageFolderSource:
     """<root>/<class>/<image>, or <root>/train/<class>/... plus <root>/val/<class>/... when both exist.
@@ -216,10 +224,7 @@ class ImageFolderSource:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        if self.resize is not None and self.resize < 8:
-            raise ValueError(f"--resize {self.resize}: the shorter side must be at least 8 px")
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"--quality {self.quality}: JPEG quality must be 1..100")
+        check_reencode(resize=self.resize, quality=self.quality)
         has_train, has_val = (self.root / "train").is_dir(), (self.root / "val").is_dir()
         if has_train != has_val:
             missing = "val" if has_train else "train"
