@@ -41,7 +41,7 @@ def _png_tree(root: Path, tree: Path) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint, shards): alexnet_small (BatchNorm, dropout 0.2) trained 4 epochs on 36 real images."""
-    from convnets.data_pipelines.shards import write_shards
+    from convnets.data_pipelines.shard_writer import write_shards
     from convnets.data_pipelines.sources import ImageFolderSource
 
     base = tmp_path_factory.mktemp("evaluate")
@@ -81,8 +81,9 @@ def _hand_crops(shards: Path, mean, std) -> tuple[torch.Tensor, np.ndarray]:
     """(N, 10, 3, 64, 64) crops cut by numpy slicing, in sample order, and the labels."""
     from PIL import Image
 
-    from convnets.data_pipelines.shard_reader import ShardFiles, read_labels
-    from convnets.data_pipelines.shards import load_sample_index
+    from convnets.data_pipelines.shard_format import read_labels
+    from convnets.data_pipelines.shard_reader import ShardFiles
+    from convnets.data_pipelines.shard_format import load_sample_index
 
     index = load_sample_index(shards / "val")
     files = ShardFiles(index)

@@ -190,7 +190,8 @@ def test_alexnet_crops_are_the_papers_window_on_both_engines(coordinate_shards):
         assert abs(np.median(area) - side**2 * (30 / 32) ** 2) < 0.02 and abs(np.median(aspect) - 1) < 0.03, b
         centres[b] = images[:, 0, 16, 15:17].mean(-1).numpy() / 2 / 128  # crop centre x (flip-proof), fraction
         lo, hi = side / 2, 1 - side / 2
-        assert abs(centres[b].min() - lo) < 0.03 and abs(centres[b].max() - hi) < 0.03, (b, centres[b])
+        # The centre is read from 2 output pixels, each ~3.5 source px of a 111 px window: 0.045 of slack.
+        assert abs(centres[b].min() - lo) < 0.045 and abs(centres[b].max() - hi) < 0.045, (b, centres[b])
     assert ks_2samp(centres["dali"], centres["torch"]).pvalue > 0.001
 
 

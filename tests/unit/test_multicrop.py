@@ -79,7 +79,7 @@ def test_ten_crops_of_a_hand_built_image_equal_numpy_slices(tmp_path):
 
     from convnets.data_pipelines.augment import InputSpec
     from convnets.data_pipelines.datamodule import ShardDataModule
-    from convnets.data_pipelines.shards import write_shards
+    from convnets.data_pipelines.shard_writer import write_shards
     from convnets.data_pipelines.sources import ImageFolderSource
 
     rng = np.random.default_rng(0)

@@ -46,7 +46,7 @@ def prediction_grid(rows: np.ndarray, split_dir: Path, classes: list[str], path:
     rows: (n, 2 + 2k) = sample index, true label, k predicted classes, their probabilities.
     """
     from convnets.data_pipelines.shard_reader import ShardFiles
-    from convnets.data_pipelines.shards import load_sample_index
+    from convnets.data_pipelines.shard_format import load_sample_index
 
     k = (rows.shape[1] - 2) // 2
     files = ShardFiles(load_sample_index(split_dir))
