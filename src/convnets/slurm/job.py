@@ -29,6 +29,7 @@ from convnets.platform.tracking import write_json
 log = logging.getLogger(__name__)
 RECORD = "slurm.json"  # in the run folder: job ids, requeues, log folder (read by `convnets status`)
 LOG_DIR = "slurm"  # submitit's folder inside the run folder: %j_%t_log.out / .err per rank
+REQUEUE_GRACE_S = 180  # how long a rank waits, after the preemption save, for Slurm to end it
 PLUGIN = {"class_path": "pytorch_lightning.plugins.environments.SLURMEnvironment", "init_args": {"auto_requeue": False}}
 
 
@@ -157,7 +158,13 @@ class RequeueOnSignal(pl.Callback):
         log.warning("signal received: saved %s at step %d", path, trainer.global_step)
         if trainer.global_rank == 0 and callable(self._handler):
             self._handler(self._signum or submitit_signal(), None)  # checkpoint() + scontrol requeue + exit
-        time.sleep(600)  # other ranks: Slurm ends this task when it requeues the job
+        # Other ranks: Slurm ends this task when it requeues the job (seconds; KillWait is 30 s by default).
+        # Still alive after REQUEUE_GRACE_S means no requeue came (limit reached, rank 0 failed): leave
+        # with an error instead of waiting for the job's time limit in a collective rank 0 never joins.
+        time.sleep(REQUEUE_GRACE_S)
+        log.error("rank %d: no requeue %d s after the preemption save (see rank 0's log: requeue limit?); "
+                  "exiting; resume from %s", trainer.global_rank, REQUEUE_GRACE_S, path)
+        os._exit(1)  # not sys.exit: Lightning's exception path would try collectives with the gone rank 0
 
 
 def submitit_signal() -> int:
