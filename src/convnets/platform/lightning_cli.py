@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -160,15 +161,19 @@ CLI_DEFAULTS = {"seed_everything_default": 0, "trainer_defaults": {"max_epochs":
 
 
 def run_lightning(argv: list[str]) -> None:
-    ConvnetsCLI(
-        ClassifierModule,
-        ShardDataModule,
-        # None: LightningCLI reads sys.argv itself (and does not warn that both were given).
-        args=None if argv == sys.argv[1:] else argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": __doc__},
-        **CLI_DEFAULTS,
-    )
+    with warnings.catch_warnings():
+        # argv differs from sys.argv on purpose (`--config NAME` resolved to the packaged file, Slurm's
+        # added flags): LightningCLI's "both args and command line arguments" warning is noise here.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        ConvnetsCLI(
+            ClassifierModule,
+            ShardDataModule,
+            # None: LightningCLI reads sys.argv itself.
+            args=None if argv == sys.argv[1:] else argv,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": __doc__},
+            **CLI_DEFAULTS,
+        )
 
 
 class _ParseAndCheck(ConvnetsCLI):
