@@ -232,7 +232,7 @@ def _strengths(jitter: float | tuple[float, ...]) -> tuple[float, float, float]:
 def _resolve_backend(backend: str) -> str:
     has_dali = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
     if backend == "dali" and not has_dali:
-        raise ValueError("data.backend=dali, but nvidia.dali is not installed (pip install nvidia-dali-cuda120, "
+        raise ValueError("data.backend=dali, but nvidia.dali is not installed (pip install nvidia-dali-cuda130, "
                          "or use data.backend=torch)")
     if backend == "auto":
         if not has_dali:
