@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
+    # A W&B service address inherited from a parent that used wandb (a sweep, a Slurm job, a notebook,
+    # pytest) would make this process attach to that service, which still holds the parent's (or an
+    # earlier child's) stream for the same run id: "run ID ... is in use". Each command starts its own.
+    os.environ.pop("WANDB_SERVICE", None)
     try:
         return _dispatch(argv)
     except KeyboardInterrupt:
