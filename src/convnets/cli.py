@@ -129,13 +129,11 @@ def _add_slurm_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from convnets.platform.failures import exit_code, failure_summary, one_line
+    from convnets.platform.tracking import own_wandb_service
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    # A W&B service address inherited from a parent that used wandb (a sweep, a Slurm job, a notebook,
-    # pytest) would make this process attach to that service, which still holds the parent's (or an
-    # earlier child's) stream for the same run id: "run ID ... is in use". Each command starts its own.
-    os.environ.pop("WANDB_SERVICE", None)
+    own_wandb_service()  # each command its own W&B service (see tracking.own_wandb_service)
     try:
         return _dispatch(argv)
     except KeyboardInterrupt:

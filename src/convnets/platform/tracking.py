@@ -89,3 +89,13 @@ def run_wandb_id(run_dir: Path) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     return path.read_text().strip()
+
+
+def own_wandb_service() -> None:
+    """Forget a W&B service address inherited from a parent process (a sweep, a Slurm job, pytest).
+
+    Attached to the parent's service, this process would find that service still holding the
+    stream of the same run id (the run folder's one id) and fail with "run ID ... is in use";
+    without the address it starts its own service. Call before anything initialises wandb.
+    """
+    os.environ.pop("WANDB_SERVICE", None)

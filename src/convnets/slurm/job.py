@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
-from convnets.platform.tracking import write_json
+from convnets.platform.tracking import own_wandb_service, write_json
 
 log = logging.getLogger(__name__)
 RECORD = "slurm.json"  # in the run folder: job ids, requeues, log folder (read by `convnets status`)
@@ -74,6 +74,7 @@ class TrainingJob:
 
         from convnets.platform.lightning_cli import run_lightning
 
+        own_wandb_service()  # the job inherits the submitting shell's environment, W&B service included
         rank = submitit.JobEnvironment().global_rank
         if rank == 0:
             _job_event(Path(self.run_dir), "start" if self.requeues == 0 else f"resume after requeue {self.requeues}")
