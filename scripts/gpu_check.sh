@@ -48,7 +48,7 @@ if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
     echo "no GPU: GPU tests and GPU benchmarks skipped; exercising the CPU-only parts"
     step bench_model_cpu 300 $PY -m convnets.cli bench model --arch lenet5 --batch 32 --steps 3 --warmup 1 --rounds 1 \
         --device cpu --json "$OUT/bench_model_cpu.json"
-    step bench_eval_cpu 300 $PY -m convnets.cli bench eval --arch lenet5 --batch 16 --crops 5 --steps 2 --warmup 1 \
+    step bench_eval_cpu 300 $PY -m convnets.cli bench eval --arch lenet5 --batch 16 --crops 5 --steps 2 --warmup 1 --rounds 1 \
         --device cpu --json "$OUT/bench_eval_cpu.json"
 else
     step pytest_gpu 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/gpu

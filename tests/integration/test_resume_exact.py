@@ -43,7 +43,8 @@ def _steps(path) -> dict[int, list[int]]:
     return out
 
 
-@pytest.mark.parametrize("devices", [1, 2], ids=["one_process", "ddp_2_processes"])
+# DDP only: one process takes the same save/restore path minus the cross-rank gather (suite time).
+@pytest.mark.parametrize("devices", [2], ids=["ddp_2_processes"])
 def test_fit_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(digits_shards, tmp_path, devices):
     whole, _ = _fit(tmp_path, digits_shards, "whole", devices=devices)
     assert whole.returncode == 0, whole.stderr[-3000:]
