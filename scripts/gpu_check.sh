@@ -3,7 +3,8 @@
 #   scripts/gpu_check.sh OUT_DIR
 # 1. the GPU and versions; 2. the GPU tests (pytest -m gpu: NCCL world-size-1 DDP fit, bf16,
 # channels_last, no CUDA syncs in the step); 3. `convnets bench model` for alexnet and alexnet2012
-# at batch 256, bf16, channels_last, with and without torch.compile; 4. the 10-crop evaluation
+# at batch 256, bf16, channels_last, with and without torch.compile, and alexnet at batch 2048
+# compiled with the space-to-depth stem (the MFU target's row); 4. the 10-crop evaluation
 # benchmark; 5. DALI's `mixed` decode and the end-to-end rate from shards, when DALI is importable
 # and shards are given (CONVNETS_BENCH_SHARDS=DIR). One table at the end; JSON files in OUT_DIR.
 # Runs from a source checkout with only torch, Lightning and torchmetrics installed (no install
@@ -61,6 +62,10 @@ else
                 --json "$OUT/bench_model_${arch}${tag}.json"
         done
     done
+    # issue 8's MFU row: the largest batch, compiled, with the space-to-depth stem (one A/B round)
+    step bench_model_alexnet_b2048_compile_s2d 240 $PY -m convnets.cli bench model --arch alexnet --batch 2048 \
+        --precision bf16-mixed --channels-last --compile --space-to-depth --steps 30 --warmup 5 --rounds 1 \
+        --json "$OUT/bench_model_alexnet_b2048_compile_s2d.json"
     step bench_eval_alexnet 180 $PY -m convnets.cli bench eval --arch alexnet --batch 128 --crops 10 \
         --precision bf16-mixed --channels-last --steps 20 --json "$OUT/bench_eval_alexnet.json"
     if $PY -c "import nvidia.dali" 2>/dev/null; then

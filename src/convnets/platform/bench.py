@@ -43,6 +43,7 @@ class ModelBench:
     precision: str = "32-true"
     channels_last: bool = False
     compile: bool = False
+    space_to_depth: bool = False  # the stem convolution over pixel blocks (PerfConfig.space_to_depth)
     steps: int = 50  # timed steps per arm and round
     warmup: int = 3  # untimed steps first (cuDNN autotuning, compilation, allocator)
     rounds: int = 5
@@ -85,6 +86,8 @@ def add_bench_subcommands(sub) -> None:
     model = sub.add_parser("model", help="training images/s: the Lightning loop vs a bare PyTorch loop")
     _add_common(model)
     model.add_argument("--compile", action="store_true", help="torch.compile the network")
+    model.add_argument("--space-to-depth", action="store_true",
+                       help="the strided stem convolution as a stride-1 one over pixel blocks (same output)")
     model.add_argument("--rounds", type=int, default=5, help="A/B rounds; the ratio is their median (default 5)")
 
 
@@ -102,7 +105,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
         return _report(bench_e2e(args), format_e2e_table, args.json)
     cfg = ModelBench(arch=args.arch, batch=args.batch, precision=args.precision, channels_last=args.channels_last,
-                     compile=getattr(args, "compile", False), steps=args.steps, warmup=args.warmup,
+                     compile=getattr(args, "compile", False),
+                     space_to_depth=getattr(args, "space_to_depth", False), steps=args.steps, warmup=args.warmup,
                      rounds=getattr(args, "rounds", 1), num_classes=args.num_classes, device=args.device)
     if min(cfg.batch, cfg.steps, cfg.rounds) < 1 or cfg.warmup < 0:
         raise ValueError("--batch, --steps and --rounds must be >= 1 and --warmup >= 0")
@@ -157,7 +161,8 @@ def _module(cfg: ModelBench):
 
     torch.manual_seed(0)
     return ClassifierModule(arch=cfg.arch, num_classes=cfg.num_classes,
-                            perf=PerfConfig(channels_last=cfg.channels_last, compile=cfg.compile))
+                            perf=PerfConfig(channels_last=cfg.channels_last, compile=cfg.compile,
+                                            space_to_depth=cfg.space_to_depth))
 
 
 @dataclass(frozen=True)
@@ -307,7 +312,7 @@ def bench_model(cfg: ModelBench) -> dict:
     peak = peak_flops(cfg.torch_device, cfg.precision)
     return {
         "bench": "model", **{k: getattr(cfg, k) for k in ("arch", "batch", "precision", "channels_last", "compile",
-                                                        "steps", "warmup", "rounds", "num_classes")},
+                                                        "space_to_depth", "steps", "warmup", "rounds", "num_classes")},
         "images_per_s": lit, "bare_images_per_s": bare,
         "ratio": statistics.median(r["ratio"] for r in rounds),
         "window_ratio": statistics.median(r["window_ratio"] for r in rounds),
@@ -420,7 +425,8 @@ def yes_no(flag: bool) -> str:
 
 def format_table(results: list[dict]) -> str:
     return markdown_table(
-        ["arch", "batch", "precision", "NHWC", "compile", "Lightning img/s", "bare img/s", "ratio", "MFU"],
+        ["arch", "batch", "precision", "NHWC", "compile", "s2d stem", "Lightning img/s", "bare img/s", "ratio", "MFU"],
         [[r["arch"], str(r["batch"]), r["precision"], yes_no(r["channels_last"]), yes_no(r["compile"]),
+          yes_no(r.get("space_to_depth", False)),
           f"{r['images_per_s']:.1f}", f"{r['bare_images_per_s']:.1f}", f"{r['ratio']:.3f}",
           f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"] for r in results])

@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from convnets.data_pipelines.augment import InputSpec
 from convnets.models import create_model, get_model_info
+from convnets.models.space_to_depth import use_space_to_depth_stem
 from convnets.platform.calibration import Calibration
 from convnets.platform.metrics import ConfusionMatrix, TopKAccuracy, WeightedMean
 from convnets.platform.multicrop import Average, average_crops, has_dropout, mc_dropout_probs
@@ -42,6 +43,9 @@ class PerfConfig:
     channels_last: bool = False  # NHWC: what cuDNN's tensor-core convolutions want
     compile: bool = False  # torch.compile the network (first steps are slow while it compiles)
     tf32: bool | None = None  # TF32 matmuls/convolutions on Ampere+; None leaves torch's default
+    # The strided stem convolution as a stride-1 one over pixel blocks: same output, tensor-core friendly
+    # (AlexNet on an H100, bf16, compiled: 22% -> 32% MFU); the parameters and checkpoints are unchanged.
+    space_to_depth: bool = False
 
 
 def masked_cross_entropy(
@@ -141,6 +145,8 @@ class ClassifierModule(pl.LightningModule):
 
     def _build(self, num_classes: int) -> None:
         self.net = create_model(self.hparams.arch, num_classes=num_classes, **self.model_options)
+        if self.perf.space_to_depth:
+            use_space_to_depth_stem(self.net)
         if self.perf.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.hparams["num_classes"] = num_classes  # so load_from_checkpoint rebuilds the same net
