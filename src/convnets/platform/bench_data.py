@@ -4,6 +4,7 @@
     convnets bench data --shards runs/shards/imagenette --backend decode --threads 2 --json decode.json
     convnets bench data --shards runs/shards/imagenette --backend dali   --threads 2 --json dali.json
     convnets bench data --shards runs/shards/imagenette --backend torch  --threads 2 --preset alexnet --jitter 0.4
+    convnets bench data --shards runs/shards/imagenette --backend dali   --threads 2 --jitter 0.4 0.4 0 --uint8
 
 Backends (one small function each in BACKENDS; a new one is one more entry):
 - feed: the shard reader (threaded read-ahead, epoch plan) handing encoded bytes to a DALI
@@ -13,6 +14,8 @@ Backends (one small function each in BACKENDS; a new one is one more entry):
 - dali: the train loader as the data module builds it (pipeline, augmentation, normalization).
 - torch: the pure-PyTorch loader (torchvision.transforms.v2) with the same preset, `--threads`
   DataLoader worker processes: the fallback engine, and DALI's speed baseline.
+`--uint8` ships uint8 pixels as `data.normalize_on_device` does: the normalization then runs on
+the accelerator after the copy and is not part of what is timed here.
 
 Rates come from the median batch time (robust to the bursts of a shared machine) and, beside
 it, the whole window; the first `--warmup` batches (pipeline start, page cache) are not timed.
@@ -43,7 +46,9 @@ class DataBench:
     warmup: int = 3
     preset: str = "inception"
     image_size: int = 224
-    jitter: float = 0.0  # brightness, contrast and saturation strength (hue stays off)
+    # brightness, contrast and saturation strength, one for all three or one each (hue stays off)
+    jitter: float | tuple[float, float, float] = 0.0
+    uint8: bool = False  # ship uint8 pixels, normalized later on the device (data.normalize_on_device)
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +56,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=sorted(BACKENDS), default="dali")
     p.add_argument("--preset", choices=("alexnet", "inception", "pad"), default="inception",
                    help="augmentation (dali and torch backends)")
-    p.add_argument("--jitter", type=float, default=0.0, help="colour jitter strength (dali and torch backends)")
+    p.add_argument("--jitter", type=float, nargs="+", default=[0.0],
+                   help="colour jitter strength, or three: brightness contrast saturation (dali and torch backends)")
+    p.add_argument("--uint8", action="store_true",
+                   help="uint8 output, normalized on the device afterwards (data.normalize_on_device; dali and torch)")
     p.add_argument("--threads", type=int, default=2, help="DALI threads and reader threads; torch: worker processes")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seconds", type=float, default=10.0, help="timed window, after the warm-up batches")
@@ -63,10 +71,16 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> DataBench:
     cfg = DataBench(shards=split_dir(args.shards), backend=args.backend, batch=args.batch, threads=args.threads,
                     seconds=args.seconds, warmup=args.warmup, preset=args.preset, image_size=args.image_size,
-                    jitter=args.jitter)
+                    jitter=_jitter_arg(args.jitter), uint8=args.uint8)
     if min(cfg.batch, cfg.threads) < 1 or cfg.seconds <= 0 or cfg.warmup < 0:
         raise ValueError("--batch and --threads must be >= 1, --seconds > 0 and --warmup >= 0")
     return cfg
+
+
+def _jitter_arg(values: list[float]) -> float | tuple[float, float, float]:
+    if len(values) not in (1, 3):
+        raise ValueError(f"--jitter {' '.join(map(str, values))}: one strength, or three (brightness contrast saturation)")
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def split_dir(path: Path) -> Path:
@@ -148,8 +162,8 @@ def _augmenting_loader(cfg: DataBench, *, backend: str) -> Iterator[int]:
 
     dm = ShardDataModule(data_dir=str(cfg.shards.parent), batch_size=cfg.batch, num_threads=cfg.threads,
                          input_spec=_rgb(cfg.image_size), preset=cfg.preset, jitter=cfg.jitter, device="cpu",
-                         backend=backend)
-    loader = dm._loader(cfg.shards.name, train=True, crops=1)
+                         backend=backend, normalize_on_device=cfg.uint8)
+    loader = dm.loader(cfg.shards.name, train=True)
     epoch = 0
     while True:
         loader.epoch_fn = lambda e=epoch: e
@@ -223,7 +237,12 @@ def format_data_table(results: list[dict]) -> str:
     return markdown_table(
         ["backend", "preset", "threads", "batch", "images", "images/s (median batch)", "images/s (window)",
          "images/CPU-s"],
-        [[r["backend"], (r["preset"] + (f" + jitter {r['jitter']}" if r.get("jitter") else ""))
-          if r["backend"] in ("dali", "torch") else "-", str(r["threads"]), str(r["batch"]),
+        [[r["backend"], _augmentation(r) if r["backend"] in ("dali", "torch") else "-", str(r["threads"]), str(r["batch"]),
           str(r["images"]), f"{r['images_per_s_median_batch']:.0f}",
           f"{r['images_per_s']:.0f}", f"{r['images_per_cpu_second']:.0f}"] for r in results])
+
+
+def _augmentation(r: dict) -> str:
+    jitter = r.get("jitter")
+    jitter = "/".join(f"{v:g}" for v in jitter) if isinstance(jitter, (list, tuple)) else jitter
+    return r["preset"] + (f" + jitter {jitter}" if jitter and jitter != "0/0/0" else "") + (", uint8" if r.get("uint8") else "")
