@@ -11,6 +11,9 @@ Backends (one small function each in BACKENDS; a new one is one more entry):
   pipeline that does nothing with them: what the reading side can sustain.
 - decode: the same source plus DALI's full-image CPU decoder on `--threads` threads, nothing else:
   the ceiling any augmentation on those threads can reach.
+- decode-crop: the same with the inception preset's fused random-crop decoder instead (it decodes
+  only the crop's window): the ceiling of the DALI inception graph, and with `decode` the share of
+  its time that is JPEG decoding.
 - dali: the train loader as the data module builds it (pipeline, augmentation, normalization).
 - torch: the pure-PyTorch loader (torchvision.transforms.v2) with the same preset, `--threads`
   DataLoader worker processes: the fallback engine, and DALI's speed baseline.
@@ -113,7 +116,7 @@ def _long_plan(n: int, batch: int, first_epoch: int):
     return RankPlan(indices=order.astype(np.int64), valid=np.ones(len(order), dtype=bool), batch_size=batch), reps
 
 
-def _plain_pipeline(cfg: DataBench, *, decode: bool) -> Iterator[int]:
+def _plain_pipeline(cfg: DataBench, *, decode: str | None) -> Iterator[int]:
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
@@ -127,7 +130,13 @@ def _plain_pipeline(cfg: DataBench, *, decode: bool) -> Iterator[int]:
                                                   no_copy=True, dtype=[types.UINT8, types.INT64, types.UINT8, types.INT64])
         # feed returns only each sample's byte count: the bytes stop inside DALI, as in training
         # (where the decoder takes them); returning them would time one more 14 MB copy per batch.
-        out = fn.decoders.image(encoded, device="cpu", output_type=types.RGB) if decode else fn.shapes(encoded)
+        if decode == "full":
+            out = fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+        elif decode == "crop":  # the inception preset's fused decoder, same window distribution
+            out = fn.decoders.image_random_crop(encoded, device="cpu", output_type=types.RGB, num_attempts=10,
+                                                random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
+        else:
+            out = fn.shapes(encoded)
         return out, valid, labels, index
 
     plan, epoch = _long_plan(n, cfg.batch, 0)
@@ -150,11 +159,15 @@ def _plain_pipeline(cfg: DataBench, *, decode: bool) -> Iterator[int]:
 
 
 def feed(cfg: DataBench) -> Iterator[int]:
-    return _plain_pipeline(cfg, decode=False)
+    return _plain_pipeline(cfg, decode=None)
 
 
 def decode(cfg: DataBench) -> Iterator[int]:
-    return _plain_pipeline(cfg, decode=True)
+    return _plain_pipeline(cfg, decode="full")
+
+
+def decode_crop(cfg: DataBench) -> Iterator[int]:
+    return _plain_pipeline(cfg, decode="crop")
 
 
 def _augmenting_loader(cfg: DataBench, *, backend: str) -> Iterator[int]:
@@ -187,8 +200,8 @@ def _rgb(size: int):
                      crop_fraction=0.875)
 
 
-BACKENDS: dict[str, Callable[[DataBench], Iterator[int]]] = {"feed": feed, "decode": decode, "dali": dali,
-                                                             "torch": torch_backend}
+BACKENDS: dict[str, Callable[[DataBench], Iterator[int]]] = {"feed": feed, "decode": decode, "decode-crop": decode_crop,
+                                                             "dali": dali, "torch": torch_backend}
 
 
 # -- measuring -----------------------------------------------------------------------------------
