@@ -30,6 +30,7 @@ ROWS: dict[str, list[str]] = {
     "dali-alexnet": ["--backend", "dali", "--preset", "alexnet"],
     "dali-alexnet-uint8": ["--backend", "dali", "--preset", "alexnet", "--uint8"],
     "torch-inception": ["--backend", "torch", "--preset", "inception"],
+    "torch-inception-uint8": ["--backend", "torch", "--preset", "inception", "--uint8"],
     "torch-inception-jitter": ["--backend", "torch", "--preset", "inception", "--jitter", "0.4"],
     "torch-alexnet": ["--backend", "torch", "--preset", "alexnet"],
 }
