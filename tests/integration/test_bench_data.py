@@ -12,7 +12,7 @@ from tests.integration.cli_helpers import convnets
 pytestmark = [pytest.mark.integration, pytest.mark.dali]
 
 
-@pytest.mark.parametrize("backend", ["feed", "decode", "dali", "torch"])
+@pytest.mark.parametrize("backend", ["feed", "decode", "decode-crop", "dali", "torch"])
 def test_each_backend_reports_images_per_second(imagenette_small_shards, tmp_path, capsys, backend):
     out = tmp_path / f"{backend}.json"
     # The folder of splits: the train split is used.

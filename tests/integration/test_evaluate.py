@@ -167,6 +167,17 @@ def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, evaluat
     assert (tmp_path / "ddp" / "plots" / "predictions.png").exists()
 
 
+def test_a_folder_with_only_the_evaluated_split_evaluates_like_the_full_one(trained, evaluated, tmp_path):
+    """`--data DIR` holding only val/ (no train/ to read the classes from): the same result as with train/."""
+    ckpt, shards = trained
+    shutil.copytree(shards / "val", tmp_path / "valonly" / "val")
+    full, pred = evaluated(crops=1, average="softmax")
+    alone, pred_alone = _evaluate(ckpt, tmp_path / "valonly", tmp_path / "out", crops=1, average="softmax")
+    assert alone["n"] == full["n"] == 33 and alone["top1"] == full["top1"]
+    np.testing.assert_array_equal(pred_alone["index"], pred["index"])
+    np.testing.assert_allclose(pred_alone["probs"], pred["probs"], atol=1e-6)
+
+
 def test_mc_dropout_one_mask_without_dropout_equals_plain(trained, tmp_path):
     ckpt, shards = trained
     raw = torch.load(ckpt, weights_only=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -21,6 +21,10 @@ from convnets.data_pipelines.loader_config import DataError, LoaderConfig
 from convnets.data_pipelines.shard_format import Manifest, SampleIndex, load_sample_index, read_labels, read_manifest
 from convnets.data_pipelines.shard_reader import check_shard_sizes
 from convnets.data_pipelines.torch_loader import normalize_batch
+
+if TYPE_CHECKING:  # annotations only: the loaders import DALI / torchvision
+    from convnets.data_pipelines.dali_loader import DaliLoader
+    from convnets.data_pipelines.torch_loader import TorchLoader
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.backend = _resolve_backend(backend)
         if self.backend == "torch" and device == "gpu":
             raise ValueError("data.device=gpu decodes with DALI's nvJPEG; the torch backend decodes on the CPU (use data.device=auto)")
-        self._train_loader: DaliLoader | None = None
+        self._train_loader: DaliLoader | TorchLoader | None = None
         self._train_state: dict | None = None
 
     # -- facts the platform reads before building the model -------------------------------------
@@ -106,12 +110,18 @@ class ShardDataModule(pl.LightningDataModule):
         return self.manifests[split]
 
     @property
+    def class_split(self) -> str:
+        """The split whose manifest defines the classes: train where it was written, else the split
+        that is evaluated (`convnets evaluate --data DIR` on a folder holding only val/ or test/)."""
+        return "train" if (self.data_dir / "train" / "manifest.json").exists() else self.test_split_name
+
+    @property
     def num_classes(self) -> int:
-        return self.manifest("train").num_classes
+        return self.manifest(self.class_split).num_classes
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest("train").classes)
+        return list(self.manifest(self.class_split).classes)
 
     @property
     def test_split_name(self) -> str:
@@ -130,7 +140,8 @@ class ShardDataModule(pl.LightningDataModule):
             return
         manifest = self.manifest(split)
         if manifest.num_classes != self.num_classes:
-            raise DataError(f"{self.data_dir / split}: {manifest.num_classes} classes, but train has {self.num_classes}")
+            raise DataError(f"{self.data_dir / split}: {manifest.num_classes} classes, but {self.class_split} has "
+                            f"{self.num_classes}")
         check_shard_sizes(self.data_dir / split, manifest)
         index = load_sample_index(self.data_dir / split)
         # Every rank reads and checks every label up front (one labels.npy read, written with the
@@ -138,8 +149,13 @@ class ShardDataModule(pl.LightningDataModule):
         labels = read_labels(index, num_classes=manifest.num_classes)
         self._splits[split] = (index, labels)
 
+    def samples(self, split: str) -> tuple[SampleIndex, np.ndarray]:
+        """The split's sample index and labels, read and checked once (what every loader of it reads)."""
+        self._load(split)
+        return self._splits[split]
+
     def train_dataloader(self):
-        loader = self._loader("train", train=True, crops=1)
+        loader = self.loader("train", train=True)
         if self._train_state is not None:  # resuming: the position saved in the checkpoint
             if not hasattr(loader, "load_state_dict"):
                 raise ValueError(f"data.backend={self.backend}: this loader cannot resume mid-epoch (use the dali backend)")
@@ -158,12 +174,12 @@ class ShardDataModule(pl.LightningDataModule):
         self._train_state = state_dict.get("train_loader")
 
     def val_dataloader(self):
-        return self._loader("val", train=False, crops=1)
+        return self.loader("val", train=False)
 
     def test_dataloader(self):
         flip = self.manifest(self.test_split_name).flip_ok
         crops = eval_crop_count(self.hparams.test_crops, flip=flip)
-        return self._loader(self.test_split_name, train=False, crops=crops)
+        return self.loader(self.test_split_name, train=False, crops=crops)
 
     # -- building blocks ------------------------------------------------------------------------
     def augment_spec(self, split: str) -> AugmentSpec:
@@ -191,9 +207,12 @@ class ShardDataModule(pl.LightningDataModule):
             return None
         return root.index or 0
 
-    def _loader(self, split: str, *, train: bool, crops: int) -> DaliLoader:
-        self._load(split)
-        index, labels = self._splits[split]
+    def loader(self, split: str, *, train: bool, crops: int = 1) -> DaliLoader | TorchLoader:
+        """This rank's loader over `split`: train=True gives the shuffled, augmented training plan,
+        False the eval plan with `crops` views per image (1, 5 or 10). The Lightning hooks use it,
+        and so does code that reads the data without a Trainer (benchmarks: rank 0 of 1, epoch 0
+        unless the caller sets the loader's epoch_fn)."""
+        index, labels = self.samples(split)
         hp, trainer = self.hparams, self.trainer
         cfg = LoaderConfig(
             train=train, crops=crops,

@@ -46,8 +46,7 @@ def _loader(args, cfg: ModelBench, total_batches: int):
 
     spec = ClassifierModule(arch=cfg.arch, num_classes=1).input_spec
     dm = ShardDataModule(data_dir=str(args.data), batch_size=cfg.batch, num_threads=args.num_threads, input_spec=spec)
-    dm._load("train")
-    index, labels = dm._splits["train"]
+    index, labels = dm.samples("train")
     n, need = len(labels), total_batches * cfg.batch
     order = np.concatenate([epoch_permutation(n, seed=0, epoch=e) for e in range(-(-need // n))])[:need]
     plan = RankPlan(indices=order.astype(np.int64), valid=np.ones(need, dtype=bool), batch_size=cfg.batch)
