@@ -3,12 +3,13 @@
 Two ways a rank learns of a peer, both cheap:
 - On one node Lightning starts ranks 1..N-1 as children of rank 0: rank 0 waits on each child (a
   blocking wait per child: it wakes the moment the child dies, at no polling cost).
-- Every rank keeps a connection to rank 0's TCPStore (the process group's rendezvous store, hosted
-  by rank 0's process whether the ranks are Lightning's children, Slurm tasks or torchrun
-  workers) and polls it every POLL_S (one request, ~40 us): a failed request means rank 0 is gone
-  (its pid and host are published there at setup). A rank that fails publishes its one-line
-  error there too, before it exits, so the others can name it; when it was bad input (a corrupt
-  sample) every rank exits with code 2 and that line, as if it had read the sample itself.
+- Every rank keeps a connection to the process group's rendezvous store (TCPStore) and polls it
+  every POLL_S (one request, ~40 us). Rank 0's process hosts it, whether the ranks are Lightning's
+  children or Slurm tasks: a failed request means rank 0 is gone (its pid and host are published
+  there at setup). (Under torchrun its agent hosts the store and stops the ranks itself.) A rank
+  that fails publishes its one-line error there too, before it exits, so the others can name it;
+  when it was bad input (a corrupt sample) every rank exits with code 2 and that line, as if it
+  had read the sample itself.
 
 When a peer is gone, the watchdog waits `grace_s` for this rank's own error (a gloo "connection
 reset") to end the process through the CLI (exit code, one-line summary naming the peer); if it
@@ -21,6 +22,7 @@ rank that is already handling its own error take to exit.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -90,6 +92,7 @@ class RankWatchdog(pl.Callback):
         self._rank = 0
         self._children: list[subprocess.Popen] = []
         self._threads: dict[str, threading.Thread] = {}
+        self._seen: set[int] = set()  # peers whose published failure this rank has read
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -123,24 +126,32 @@ class RankWatchdog(pl.Callback):
         self._stop()
 
     def _watch_store(self) -> None:
-        rank0, seen = None, set()  # rank 0's "pid host"; the peers' failures already read
+        rank0 = None  # rank 0's "pid host", published at its setup
         while not self.done.wait(POLL_S):
             try:
                 with self._store_lock:
                     if rank0 is None and self._store.check([STORE_PREFIX + "rank0"]):
                         rank0 = self._store.get(STORE_PREFIX + "rank0").decode()
-                    failed = self._store.get(FAILED_KEY).decode() if self._store.check([FAILED_KEY]) else ""
-                    records = [json.loads(self._store.get(f"{STORE_PREFIX}failed/{r}"))
-                               for r in failed.split(",") if r and int(r) not in seen | {self._rank}]
+                self._read_failures()
             except Exception:  # the store answers no more: rank 0 (its host) is gone
                 if self._rank == 0 or self.done.is_set():
                     return
                 self.deaths.append(f"DDP rank 0 ({self._describe_rank0(rank0)}) died")
                 self._stop()
                 return
-            for record in records:
-                seen.add(record["rank"])
-                self._peer_failed(record)
+
+    def _read_failures(self) -> None:
+        """Read the failures the peers published (and say so: a failing rank 0 waits for that)."""
+        with self._store_lock:
+            failed = self._store.get(FAILED_KEY).decode() if self._store.check([FAILED_KEY]) else ""
+            for r in {int(r) for r in failed.split(",") if r} - self._seen - {self._rank}:
+                record = json.loads(self._store.get(f"{STORE_PREFIX}failed/{r}"))
+                self._store.add(f"{STORE_PREFIX}read/{r}", 1)
+                self._seen.add(r)
+                who = f"DDP rank {r} (pid {record['pid']} on {record['host']})"
+                if record["input"]:
+                    self.peer_input = f"{record['line']} [found by {who}; every rank stopped]"
+                self.deaths.append(f"{who} failed: {record['line']}")
 
     @staticmethod
     def _describe_rank0(rank0: str | None) -> str:
@@ -149,26 +160,23 @@ class RankWatchdog(pl.Callback):
         pid, _, host = rank0.partition(" ")
         return f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
 
-    def _peer_failed(self, record: dict) -> None:
-        who = f"DDP rank {record['rank']} (pid {record['pid']} on {record['host']})"
-        if record["input"]:
-            self.peer_input = f"{record['line']} [found by {who}; every rank stopped]"
-        self.deaths.append(f"{who} failed: {record['line']}")
-        self._stop()
+    def _publish(self, exception: BaseException, peers: int) -> None:
+        """Tell the peers why this rank fails, before it exits (rank 0: until they have read it, its store goes with it)."""
+        from convnets.platform.failures import is_input_error, one_line
 
-    def _publish(self, exception: BaseException) -> None:
-        """Tell the peers why this rank is failing (before it exits, so they can name it)."""
-        from convnets.platform.failures import is_input_error, is_peer_gone, one_line
-
-        if self._store is None or is_peer_gone(exception):  # an echo of a peer's failure: nothing to add
-            return
-        record = {"rank": self._rank, "pid": os.getpid(), "host": socket.gethostname(),
-                  "input": is_input_error(exception), "line": one_line(exception) if is_input_error(exception)
-                  else f"{type(exception).__name__}: {one_line(exception)}"}
+        bad_input = is_input_error(exception)
+        record = {"rank": self._rank, "pid": os.getpid(), "host": socket.gethostname(), "input": bad_input,
+                  "line": one_line(exception) if bad_input else f"{type(exception).__name__}: {one_line(exception)}"}
         try:
             with self._store_lock:
                 self._store.set(f"{STORE_PREFIX}failed/{self._rank}", json.dumps(record))
                 self._store.append(FAILED_KEY, f"{self._rank},")
+            deadline = time.monotonic() + NOTE_WAIT_S
+            while self._rank == 0 and time.monotonic() < deadline:
+                with self._store_lock:
+                    if self._store.add(f"{STORE_PREFIX}read/0", 0) >= peers:
+                        return
+                time.sleep(0.05)
         except Exception:  # rank 0 is gone with its store: nobody left to tell there
             pass
 
@@ -190,14 +198,22 @@ class RankWatchdog(pl.Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        from convnets.platform.failures import is_peer_gone
+
         if trainer.world_size <= 1:
             return
-        self._publish(exception)
-        # gloo's "connection reset" and the peer's exit arrive together: give the watching threads a
-        # moment, then note the peer on the exception, so the summary line names it.
-        deadline = time.monotonic() + NOTE_WAIT_S
-        while not self.deaths and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if not is_peer_gone(exception):  # its own failure: the peers learn it from the store
+            if self._store is not None:
+                self._publish(exception, peers=trainer.world_size - 1)
+        else:  # an echo of a peer's: learn which (gloo's "connection reset" and the peer's exit come together)
+            deadline = time.monotonic() + NOTE_WAIT_S
+            while True:
+                if self._store is not None:  # now: a failed child's record may be there before its exit is seen
+                    with contextlib.suppress(Exception):  # rank 0 and its store gone: its death is noted soon
+                        self._read_failures()
+                if self.deaths or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
         self.handling.set()
         if self.deaths:
             exception.__notes__ = [*getattr(exception, "__notes__", []), *self.deaths]
