@@ -25,20 +25,13 @@ import torch
 from convnets.data_pipelines.epoch_plan import plan_rank
 from convnets.data_pipelines.shard_format import load_sample_index
 from tests.integration.cli_helpers import REPO, last_line
-from tests.integration.test_rank_death import BATCH, RANKS, children, env, fit_cmd
+from tests.integration.test_rank_death import BATCH, RANKS, SHORT, TRAIN_BATCHES, children, env, fit_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.dali, pytest.mark.slow]
-# --ddp_timeout_s bounds the watchdog's waits (5 s grace + at most this); also the process group's
-# rendezvous timeout: rank 1 starts (imports torch, DALI) seconds after rank 0 on a loaded machine.
-TIMEOUT_S = 30
+# fit_cmd's --ddp_timeout_s 30 bounds the watchdog's waits (5 s grace, then at most 30 s for a rank
+# already failing); it is also the rendezvous timeout: rank 1 starts seconds after rank 0 here.
 EXIT_BOUND_S = 60  # generous for a loaded 2-core machine
-TRAIN_BATCHES = 2  # per epoch (--trainer.limit_train_batches): epochs of a second or two
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
-
-
-def short_epochs(*extra: str) -> list[str]:
-    return ["--trainer.limit_train_batches", str(TRAIN_BATCHES), "--trainer.limit_val_batches", "1",
-            "--ddp_timeout_s", str(TIMEOUT_S), *extra]
 
 
 @contextlib.contextmanager
@@ -97,6 +90,7 @@ def corrupt_sample_for(rank: int, num_samples: int, *, epoch: int, step: int, cl
     """A sample in batch `step` of `rank`'s plan for `epoch`, that no rank reads in `clean_epochs`
     (none of their first 10 batches per rank: the TRAIN_BATCHES trained plus DALI's prefetch)."""
     def plans(e):
+        # seed 0: the data module's default (--data.seed), the plan every rank computes for epoch e
         return [plan_rank(num_samples, rank=r, world_size=RANKS, batch_size=BATCH, seed=0, epoch=e, shuffle=True)
                 for r in range(RANKS)]
 
@@ -121,7 +115,7 @@ def corrupt(data: Path, i: int) -> tuple[str, str]:
 def run_until_rank0_killed(data: Path, runs: Path) -> tuple[int, int, int | str | None, float, str]:
     """Fit until last.ckpt exists, SIGKILL rank 0; returns (rank 0 pid, rank 1 pid, rank 1's exit, seconds, stderr)."""
     last = runs / "r" / "checkpoints" / "last.ckpt"
-    main = subprocess.Popen(fit_cmd(data, runs, "--trainer.max_epochs", "200", *short_epochs()),
+    main = subprocess.Popen(fit_cmd(data, runs, "--trainer.max_epochs", "200", *SHORT),
                             cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rank1 = None
     try:
@@ -168,7 +162,7 @@ def test_rank0_killed_then_resumed_run_meets_a_corrupt_sample_on_rank1(digits_sh
                                                   step=1, clean_epochs=range(saved["epoch"] + 1, bad_epoch)))
     with subreaper():
         main = subprocess.Popen(fit_cmd(data, runs, "--trainer.max_epochs", str(bad_epoch + 1), "--ckpt_path", "last",
-                                        *short_epochs()),
+                                        *SHORT),
                                 cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         rank1 = None
         try:

@@ -22,7 +22,6 @@ rank that is already handling its own error take to exit.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -206,11 +205,13 @@ class RankWatchdog(pl.Callback):
             if self._store is not None:
                 self._publish(exception, peers=trainer.world_size - 1)
         else:  # an echo of a peer's: learn which (gloo's "connection reset" and the peer's exit come together)
-            deadline = time.monotonic() + NOTE_WAIT_S
+            deadline, store = time.monotonic() + NOTE_WAIT_S, self._store is not None
             while True:
-                if self._store is not None:  # now: a failed child's record may be there before its exit is seen
-                    with contextlib.suppress(Exception):  # rank 0 and its store gone: its death is noted soon
+                try:  # now: a failed child's record may be there before its exit is seen
+                    if store:
                         self._read_failures()
+                except Exception:  # rank 0 and its store gone: the watcher notes its death within POLL_S
+                    store = False  # (each failed request prints a c10d warning: one is enough)
                 if self.deaths or time.monotonic() >= deadline:
                     break
                 time.sleep(0.05)
