@@ -3,7 +3,9 @@
 Real processes: `convnets fit` with 2 gloo CPU ranks (Lightning starts rank 1 as rank 0's child).
 One test, two runs (a 2-rank fit costs ~10-25 s here, mostly starting the processes): the first is
 killed (rank 0, SIGKILL); the second resumes it from last.ckpt on shards where a sample of a later
-epoch, in rank 1's part of the plan, is not an image.
+epoch, in rank 1's part of the plan, is not an image, with each rank a process of its own (as
+Slurm tasks are: the ranks learn of each other through the process group's store, not as
+parent and child).
 The test process becomes a child subreaper (prctl PR_SET_CHILD_SUBREAPER) while a run lives, so the
 rank 1 process, orphaned when rank 0 goes, is re-parented to it: the test reads its exit code and
 knows it is gone, instead of trusting that it stopped.
@@ -15,6 +17,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -112,6 +115,12 @@ def corrupt(data: Path, i: int) -> tuple[str, str]:
     return shard.name, index.key(i)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_until_rank0_killed(data: Path, runs: Path) -> tuple[int, int, int | str | None, float, str]:
     """Fit until last.ckpt exists, SIGKILL rank 0; returns (rank 0 pid, rank 1 pid, rank 1's exit, seconds, stderr)."""
     last = runs / "r" / "checkpoints" / "last.ckpt"
@@ -155,36 +164,32 @@ def test_rank0_killed_then_resumed_run_meets_a_corrupt_sample_on_rank1(digits_sh
     saved = torch.load(last, weights_only=True, map_location="cpu")
     assert saved["global_step"] == (saved["epoch"] + 1) * TRAIN_BATCHES  # last.ckpt: a whole epoch
 
-    # 2. Resume: one more whole epoch (continuing the step count), then in the next one rank 1 reads a
-    #    sample that is not an image: every rank exits 2 with one line naming the shard and the key.
+    # 2. Resume, as two "nodes" (each rank its own process, as Slurm's srun starts them: neither is the
+    #    other's parent): one more whole epoch (continuing the step count), then in the next one rank 1
+    #    reads a sample that is not an image: every rank exits 2 with one line naming shard and key.
     bad_epoch = saved["epoch"] + 2
     shard, key = corrupt(data, corrupt_sample_for(1, len(load_sample_index(data / "train").shard_id), epoch=bad_epoch,
                                                   step=1, clean_epochs=range(saved["epoch"] + 1, bad_epoch)))
-    with subreaper():
-        main = subprocess.Popen(fit_cmd(data, runs, "--trainer.max_epochs", str(bad_epoch + 1), "--ckpt_path", "last",
-                                        *SHORT),
-                                cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        rank1 = None
-        try:
-            while rank1 is None and main.poll() is None:
-                rank1 = next(iter(rank_children(main.pid)), None)
-                time.sleep(0.05)
-            _, err = main.communicate(timeout=300)
-            code1 = reap(rank1, EXIT_BOUND_S) if rank1 else None
-        finally:
-            if main.poll() is None:
-                main.kill()
-            if rank1 is not None:
-                kill_if_alive(rank1)
-    assert "Restoring states from the checkpoint" in err, err[-3000:]
-    assert main.returncode == 2, err[-3000:]
-    assert code1 is not None, f"rank 1 (pid {rank1}) still running: {err[-3000:]}"
-    assert code1 in (2, REAPED_ELSEWHERE), f"rank 1 exit code {code1}: {err[-3000:]}"
-    assert not Path(f"/proc/{rank1}").exists()
-    line = last_line(err)  # rank 0's: the user's process names the sample rank 1 could not decode
-    assert line.startswith("convnets: error: ") and f"DDP rank 1 (pid {rank1}" in line, err[-3000:]
-    assert shard in line and key in line and "cannot decode" in line, line
-    assert "Traceback" not in line
+    port = free_port()
+    cmd = fit_cmd(data, runs, "--trainer.max_epochs", str(bad_epoch + 1), "--ckpt_path", "last", *SHORT,
+                  "--trainer.num_nodes", "2", "--trainer.devices", "1")
+    nodes = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(r),
+                                   "LOCAL_RANK": "0"})
+             for r in range(RANKS)]
+    try:
+        errs = [node.communicate(timeout=300)[1] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert "Restoring states from the checkpoint" in errs[0], errs[0][-3000:]
+    for r, (node, err) in enumerate(zip(nodes, errs)):
+        assert node.returncode == 2, f"rank {r}: {err[-3000:]}"
+        line = last_line(err)
+        assert line.startswith("convnets: error: ") and shard in line and key in line and "cannot decode" in line, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+    assert f"[found by DDP rank 1 (pid {nodes[1].pid} on " in last_line(errs[0])  # rank 0 names who read it
 
     ckpts = last.parent
     assert [p.name for p in ckpts.iterdir() if ".tmp" in p.name] == []  # no temp file left behind

@@ -22,6 +22,7 @@ rank that is already handling its own error take to exit.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -111,6 +112,16 @@ class RankWatchdog(pl.Callback):
                 self._store.set(STORE_PREFIX + "rank0", f"{os.getpid()} {socket.gethostname()}")
         if self._store is not None:
             self._start("convnets-watch-store", self._watch_store)
+            atexit.register(self._quiet)  # once per process: register() of a bound method twice is harmless
+
+    def _quiet(self) -> None:
+        """At interpreter exit: end the store thread first. A daemon thread still inside a store call
+        when Python finalizes is unwound through C++ frames on its return: std::terminate, SIGABRT,
+        instead of the exit code the CLI chose (seen with a rank exiting after a peer's bad input)."""
+        self.done.set()
+        thread = self._threads.get("convnets-watch-store")
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2 * POLL_S)
 
     def _start(self, name: str, target, *args) -> None:
         if name not in self._threads or not self._threads[name].is_alive():
