@@ -75,7 +75,8 @@ class ConvnetsCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str, default="runs", help="parent of the run folders")
         parser.add_argument("--wandb_project", type=str, default="convnets", help="W&B project")
         parser.add_argument("--ddp_timeout_s", type=float, default=900.0,
-                            help="DDP: seconds a collective waits for a silent rank before failing (strategy ddp)")
+                            help="DDP: seconds a collective waits for a silent rank before failing (strategy ddp); "
+                                 "also bounds how long a rank whose peer died may take to exit (at most 60 s)")
 
     @override
     def init_parser(self, **kwargs):

@@ -171,7 +171,8 @@ class RankWatchdog(pl.Callback):
         return f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
 
     def _publish(self, exception: BaseException, peers: int) -> None:
-        """Tell the peers why this rank fails, before it exits (rank 0: until they have read it, its store goes with it)."""
+        """Tell the peers why this rank fails, before it exits (rank 0 waits until they have read it:
+        its store goes with it)."""
         from convnets.platform.failures import is_input_error, one_line
 
         bad_input = is_input_error(exception)
