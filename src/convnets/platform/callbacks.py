@@ -204,7 +204,7 @@ class RunReport(pl.Callback):
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Once per run, after the first step (the picture reads the batch back to the host).
-        if trainer.current_epoch == 0 and batch_idx == 0 and trainer.is_global_zero:
+        if batch_idx == 0 and trainer.current_epoch == 0 and trainer.is_global_zero:  # cheapest test first
             spec, classes = pl_module.input_spec, getattr(trainer.datamodule, "classes", None)
             classes = classes or [str(i) for i in range(int(batch["labels"].max()) + 1)]
             plots.input_samples(batch["images"], batch["labels"], classes, spec.mean, spec.std,
