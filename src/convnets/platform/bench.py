@@ -191,7 +191,7 @@ def bare_loop(cfg: ModelBench, batch: dict) -> Timing:
     net, o = module.net.to(cfg.torch_device), module.optim
     if cfg.compile:
         net.compile()
-    optimizer = torch.optim.SGD(parameter_groups(net, o), lr=o.lr, momentum=o.momentum)
+    optimizer = torch.optim.SGD(parameter_groups(net, o), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
     total = cfg.warmup + cfg.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(o, s / total, 1.0))
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.precision)
@@ -199,6 +199,7 @@ def bare_loop(cfg: ModelBench, batch: dict) -> Timing:
     scaler = torch.amp.GradScaler(cfg.torch_device.type, enabled=cfg.precision == "16-mixed")
     net.train()
     marks, correct = [], torch.zeros((), dtype=torch.long, device=cfg.torch_device)
+    seen = torch.zeros_like(correct)
     for step in range(total):
         if step == cfg.warmup:
             _sync(cfg.torch_device)
@@ -210,8 +211,11 @@ def bare_loop(cfg: ModelBench, batch: dict) -> Timing:
                 images = images.contiguous(memory_format=torch.channels_last)
             logits = net(images)
             loss = masked_cross_entropy(logits, batch["labels"], batch["valid"])
-        # The running training accuracy a plain script keeps too (device-side, no sync).
-        correct += ((logits.argmax(-1) == batch["labels"]) & batch["valid"]).sum()
+        # The running training accuracy a plain script keeps too (device-side, no sync): the
+        # arithmetic of the module's TopKAccuracy(1), without torchmetrics' bookkeeping.
+        hit = (logits.detach().topk(1, dim=-1).indices == batch["labels"].unsqueeze(-1)).any(-1)
+        correct += (hit & batch["valid"]).sum()
+        seen += batch["valid"].sum()
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
