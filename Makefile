@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/convnets demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --durations=30
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m "not slow"
