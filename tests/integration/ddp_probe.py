@@ -46,7 +46,7 @@ def main() -> None:
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=epochs, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
                          limit_val_batches=0, enable_model_summary=False)
-    data = ShardDataModule(data_dir=str(shards), batch_size=batch, num_threads=1, augment="pad", seed=3)
+    data = ShardDataModule(data_dir=str(shards), batch_size=batch, num_threads=1, preset="pad", seed=3)
     trainer.fit(Probe(out), datamodule=data)
 
 

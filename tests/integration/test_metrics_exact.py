@@ -25,7 +25,7 @@ def test_ddp_val_metrics_equal_a_plain_recount(digits_shards, tmp_path):
 
     module = ClassifierModule.load_from_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.ckpt").eval()
     dm = ShardDataModule(data_dir=str(digits_shards), batch_size=16, eval_batch_size=50, num_threads=1,
-                         augment="pad", input_spec=module.input_spec)
+                         preset="pad", input_spec=module.input_spec)
     dm.setup("validate")
     correct, top5, loss, n = 0, 0, 0.0, 0
     with torch.no_grad():

@@ -40,9 +40,14 @@ def test_model_option_typos_and_class_mismatch():
 
 
 def test_crop_larger_than_the_resize():
-    check_crop({"resize": 256, "augment": "scale"}, 224)
-    with pytest.raises(ConfigError, match="data.resize=200 is smaller than the 224 px crop"):
-        check_crop({"resize": 200, "augment": "scale"}, 224)
+    check_crop({"resize": 256, "preset": "alexnet"}, 224)
+    for data in ({"resize": 200, "preset": "inception"}, {"resize": 200, "preset": "alexnet"}, {"resize": 200},
+                 {"resize": 200, "augment": "scale"}):  # the deprecated spelling means inception
+        with pytest.raises(ConfigError, match="data.resize=200 is smaller than the 224 px crop"):
+            check_crop(data, 224)
+    # pad places the image in a window: a resize below the window is no crop error
+    check_crop({"resize": 28, "preset": "pad"}, 32)
+    check_crop({"resize": 28, "augment": "pad"}, 32)
     with pytest.raises(ConfigError, match="crop_fraction"):
         check_crop({"crop_fraction": 1.2}, 224)
 

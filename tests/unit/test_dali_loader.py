@@ -21,7 +21,7 @@ LENET = InputSpec(channels=1, image_size=32, mean=(0.1307,), std=(0.3081,), crop
 
 
 def train_loader(path, *, batch_size=128, epoch=0, device="cpu"):
-    dm = ShardDataModule(data_dir=str(path), batch_size=batch_size, num_threads=1, input_spec=LENET, augment="pad",
+    dm = ShardDataModule(data_dir=str(path), batch_size=batch_size, num_threads=1, input_spec=LENET, preset="pad",
                          device=device)
     dm.setup("fit")
     loader = dm.train_dataloader()

@@ -24,7 +24,7 @@ def datamodule(path, spec, stage="fit", **kw) -> ShardDataModule:
 
 
 def test_train_batches_match_the_shards(digits_shards):
-    dm = datamodule(digits_shards, LENET, augment="pad")
+    dm = datamodule(digits_shards, LENET, preset="pad")
     labels = read_labels(load_sample_index(digits_shards / "train"), num_classes=10)
     seen = []
     for batch in dm.train_dataloader():
@@ -35,7 +35,7 @@ def test_train_batches_match_the_shards(digits_shards):
 
 
 def test_pad_mode_centres_digits_on_black(digits_shards):
-    dm = datamodule(digits_shards, LENET, augment="pad")
+    dm = datamodule(digits_shards, LENET, preset="pad")
     images = next(iter(dm.val_dataloader()))["images"]
     black = (0 - 0.1307) / 0.3081
     # Eval: the 28 px digit sits in the middle of the 32 px field; the 2 px border is black.
@@ -45,7 +45,7 @@ def test_pad_mode_centres_digits_on_black(digits_shards):
 
 
 def test_eval_is_deterministic_and_train_is_reproducible_per_epoch(digits_shards):
-    dm = datamodule(digits_shards, LENET, augment="pad")
+    dm = datamodule(digits_shards, LENET, preset="pad")
     v1, v2 = next(iter(dm.val_dataloader())), next(iter(dm.val_dataloader()))
     assert torch.equal(v1["images"], v2["images"])
     # Two loaders with the same seed (two runs) read and augment epoch 0 alike.
@@ -58,17 +58,17 @@ def test_eval_is_deterministic_and_train_is_reproducible_per_epoch(digits_shards
 
 
 def test_digits_test_uses_five_crops_without_mirrors(digits_shards):
-    dm = datamodule(digits_shards, LENET, stage="test", augment="pad")
+    dm = datamodule(digits_shards, LENET, stage="test", preset="pad")
     batch = next(iter(dm.test_dataloader()))
     assert batch["images"].shape[1:] == (5, 1, 32, 32)
     single = next(iter(dm.val_dataloader()))["images"]
     assert torch.allclose(batch["images"][:, 0], single)  # crop 0 is the single centre crop
     with pytest.raises(ValueError, match="forbids flips"):
-        datamodule(digits_shards, LENET, stage="test", augment="pad", test_crops=10).test_dataloader()
+        datamodule(digits_shards, LENET, stage="test", preset="pad", test_crops=10).test_dataloader()
 
 
 def test_ten_crops_are_corners_centre_and_mirrors(imagenette_small_shards):
-    dm = datamodule(imagenette_small_shards, SMALL_RGB, stage="test", augment="scale", batch_size=8)
+    dm = datamodule(imagenette_small_shards, SMALL_RGB, stage="test", preset="inception", batch_size=8)
     images = next(iter(dm.test_dataloader()))["images"]
     assert images.shape[1:] == (10, 3, 64, 64)
     assert torch.allclose(images[:, 5], images[:, 0].flip(-1), atol=1e-5)
@@ -77,7 +77,7 @@ def test_ten_crops_are_corners_centre_and_mirrors(imagenette_small_shards):
 
 
 def test_scale_mode_train_crops_at_model_size(imagenette_small_shards):
-    dm = datamodule(imagenette_small_shards, SMALL_RGB, augment="scale", batch_size=8)
+    dm = datamodule(imagenette_small_shards, SMALL_RGB, preset="inception", batch_size=8)
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (8, 3, 64, 64)
     mean = batch["images"].mean(dim=(0, 2, 3))
@@ -98,7 +98,7 @@ def test_corrupt_image_names_the_shard_and_sample(digits_shards, tmp_path):
     start = int(index.img_offset[3])
     raw[start: start + int(index.img_size[3])] = b"\x00" * int(index.img_size[3])  # same size, garbage
     shard.write_bytes(bytes(raw))
-    dm = datamodule(data, LENET, augment="pad", batch_size=16)
+    dm = datamodule(data, LENET, preset="pad", batch_size=16)
     with pytest.raises(DataError, match=rf"{shard.name}: sample '{index.key(3)}': cannot decode"):
         for _ in dm.train_dataloader():
             pass
@@ -109,7 +109,7 @@ def test_truncated_shard_fails_at_setup(digits_shards, tmp_path):
     shard = sorted((data / "train").glob("*.tar"))[1]
     shard.write_bytes(shard.read_bytes()[:5000])
     with pytest.raises(ShardError, match=rf"{shard.name}: 5000 bytes.*truncated"):
-        datamodule(data, LENET, augment="pad")
+        datamodule(data, LENET, preset="pad")
 
 
 def test_label_out_of_range_fails_at_setup(digits_shards, tmp_path):
@@ -128,6 +128,6 @@ def test_label_out_of_range_fails_at_setup(digits_shards, tmp_path):
     manifest["num_classes"] = 3
     (data / "val" / "manifest.json").write_text(json.dumps(manifest))
     shard.write_bytes(bytes(raw))
-    dm = ShardDataModule(data_dir=str(data), input_spec=LENET, augment="pad")
+    dm = ShardDataModule(data_dir=str(data), input_spec=LENET, preset="pad")
     with pytest.raises((ShardError, DataError), match="classes|label"):
         dm.setup("validate")

@@ -92,7 +92,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.input_spec = input_spec
         self.manifests: dict[str, Manifest] = {}
         self._splits: dict[str, tuple[SampleIndex, np.ndarray]] = {}
-        self.preset: Preset = _resolve_preset(preset, augment)
+        self.preset: Preset = resolve_preset(preset, augment)
         self.jitter = Jitter(**dict(zip(("brightness", "contrast", "saturation"), _strengths(jitter))), hue=hue)
         self.backend = _resolve_backend(backend)
         if self.backend == "torch" and device == "gpu":
@@ -231,13 +231,15 @@ class ShardDataModule(pl.LightningDataModule):
                       epoch_fn=lambda: trainer.current_epoch if trainer else 0, **hooks)
 
 
-def _resolve_preset(preset: Preset, augment: str | None) -> Preset:
+def resolve_preset(preset: Preset, augment: str | None, *, warn: bool = True) -> Preset:
+    """The preset a data config means, the deprecated `augment` spelling included (old configs, checkpoints)."""
     if augment is None:
         return preset
     resolved = {"scale": "inception", "pad": "pad"}.get(augment)
     if resolved is None:
         raise ValueError(f"data.augment={augment!r} is not pad or scale; use data.preset (alexnet, inception or pad)")
-    log.warning("data.augment is deprecated: use data.preset=%s", resolved)
+    if warn:
+        log.warning("data.augment is deprecated: use data.preset=%s", resolved)
     return resolved
 
 

@@ -69,12 +69,18 @@ def check_shard_names(manifest: Any, split_dir: Path) -> None:
                                   f"inside {split_dir} (path traversal refused)")
 
 
+def _preset(data: Mapping) -> str:
+    from convnets.data_pipelines.datamodule import resolve_preset
+
+    return resolve_preset(_get(data, "preset", "inception"), _get(data, "augment"), warn=False)
+
+
 def check_crop(data: Mapping, image_size: int) -> None:
     """A crop larger than the resize it is cut from (only where the data module takes these options)."""
     resize, fraction = _get(data, "resize"), _get(data, "crop_fraction")
     if fraction is not None and not 0 < float(fraction) <= 1:
         raise ConfigError(f"data.crop_fraction={fraction}: must be in (0, 1] (the crop is cut from the resized image)")
-    if resize is not None and _get(data, "augment", "scale") == "scale" and int(resize) < image_size:
+    if resize is not None and _preset(data) != "pad" and int(resize) < image_size:
         raise ConfigError(f"data.resize={resize} is smaller than the {image_size} px crop; use at least {image_size}")
 
 

@@ -102,15 +102,23 @@ def resolve_data(data: Path, split: str | None) -> tuple[Path, str | None]:
     return data, split
 
 
+def eval_crop_fraction(data_hparams: dict, resize_ratio: float) -> float:
+    """--resize-ratio R as the data module's crop_fraction: the crop presets (alexnet, inception) resize
+    to size / crop_fraction, i.e. size x R; `pad` places the image in a window of size x crop_fraction."""
+    from convnets.data_pipelines.datamodule import resolve_preset
+
+    preset = resolve_preset(data_hparams.get("preset") or "inception", data_hparams.get("augment"), warn=False)
+    return resize_ratio if preset == "pad" else 1.0 / resize_ratio
+
+
 def build_datamodule(cfg: EvalConfig, ckpt: Checkpoint, module):
     """ShardDataModule with the checkpoint's data settings; this run's data, batch, crops and split."""
     from convnets.data_pipelines.datamodule import ShardDataModule
 
     data_dir, split = resolve_data(cfg.data, cfg.split)
     spec = module.input_spec
-    if cfg.resize_ratio is not None:  # "scale" resizes to size / crop_fraction; "pad" to size x crop_fraction
-        pad = ckpt.data_hparams.get("augment") == "pad"
-        spec = replace(spec, crop_fraction=cfg.resize_ratio if pad else 1.0 / cfg.resize_ratio)
+    if cfg.resize_ratio is not None:
+        spec = replace(spec, crop_fraction=eval_crop_fraction(ckpt.data_hparams, cfg.resize_ratio))
     accepted = set(inspect.signature(ShardDataModule.__init__).parameters)
     settings = {k: v for k, v in ckpt.data_hparams.items() if k in accepted}
     settings.update(data_dir=str(data_dir), batch_size=cfg.batch, eval_batch_size=cfg.batch, test_crops=cfg.crops,
