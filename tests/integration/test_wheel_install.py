@@ -46,7 +46,7 @@ def test_wheel_installs_and_runs_outside_the_tree(tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(target), where.stdout + where.stderr
     models = run(str(target / "bin" / "convnets"), "models")
     assert models.returncode == 0 and "alexnet" in models.stdout, models.stderr[-2000:]
-    demo = run(str(target / "bin" / "convnets"), "demo", "--epochs", "1", "--out", str(away / "demo"), timeout=900)
+    demo = run(str(target / "bin" / "convnets"), "demo", "--epochs", "1", "--devices", "1", "--out", str(away / "demo"), timeout=900)
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
     assert "test top-1, multi-crop" in demo.stdout
     assert (away / "demo" / "checkpoints" / "last.ckpt").is_file()
