@@ -78,17 +78,3 @@ def test_a_gone_peer_names_the_rank_where_the_backend_does():
 @pytest.mark.parametrize("text", ["", "first\nsecond"])
 def test_one_line_is_one_line(text):
     assert "\n" not in one_line(RuntimeError(text)) and one_line(RuntimeError(text))
-
-
-def test_a_peer_s_bad_input_is_input_here_too_and_its_echo_is_no_failure_to_publish():
-    from convnets.platform.failures import is_peer_gone
-    from convnets.platform.rank_watchdog import PeerInputError, RankWatchdog
-
-    gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4711")
-    assert is_peer_gone(gloo) and not is_peer_gone(DataError("shard-000001.tar: sample 'k': cannot decode image"))
-    watchdog = RankWatchdog(timeout_s=10)
-    assert watchdog.peer_error(gloo) is None  # no peer reported bad input: the gloo error stands (exit 1)
-    watchdog.peer_input = "shard-000001.tar: sample 'k': cannot decode image [found by DDP rank 1 (pid 7 on h)]"
-    peer = watchdog.peer_error(gloo)
-    assert isinstance(peer, PeerInputError) and exit_code(peer) == 2 and one_line(peer) == watchdog.peer_input
-    assert watchdog.peer_error(DataError("its own bad sample")) is None  # its own input error wins

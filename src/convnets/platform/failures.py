@@ -79,17 +79,12 @@ def dead_rank(exc: BaseException) -> int | None:
     return None
 
 
-def is_peer_gone(exc: BaseException) -> bool:
-    """A collective cut short because another rank died or went silent (the echo of its failure)?"""
-    return any(type(e).__name__ in PEER_GONE_TYPES or any(m in str(e) for m in PEER_GONE) for e in _chain(exc))
-
-
 def failure_summary(exc: BaseException) -> str:
     """The last line a failed run prints: what broke and what to do next."""
     line = f"{type(exc).__name__}: {one_line(exc)}"
     if is_out_of_memory(exc):
         return f"{OOM_HINT}: {line}"
-    if is_peer_gone(exc):
+    if any(type(e).__name__ in PEER_GONE_TYPES or any(m in str(e) for m in PEER_GONE) for e in _chain(exc)):
         noted = [n for e in _chain(exc) for n in getattr(e, "__notes__", []) if n.startswith("DDP rank ")]
         if noted:  # the rank watchdog saw which local rank died, and how
             return f"{noted[0]}; resume with --ckpt_path last: {line}"

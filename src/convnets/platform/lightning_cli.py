@@ -75,8 +75,7 @@ class ConvnetsCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str, default="runs", help="parent of the run folders")
         parser.add_argument("--wandb_project", type=str, default="convnets", help="W&B project")
         parser.add_argument("--ddp_timeout_s", type=float, default=900.0,
-                            help="DDP: seconds a collective waits for a silent rank before failing (strategy ddp); "
-                                 "also bounds how long a rank whose peer died may take to exit (at most 60 s)")
+                            help="DDP: seconds a collective waits for a silent rank before failing (strategy ddp)")
 
     @override
     def init_parser(self, **kwargs):
@@ -121,18 +120,6 @@ class ConvnetsCLI(LightningCLI):
             args = resolve_config_args(list(sys.argv[1:] if args is None else args))
         super().parse_arguments(parser, args)
 
-    @override
-    def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except Exception as exc:
-            # Another DDP rank stopped on bad input (a corrupt sample): exit 2 with its line, not
-            # with the collective error that was only its echo here.
-            peer = self.watchdog.peer_error(exc) if hasattr(self, "watchdog") else None
-            if peer is None:
-                raise
-            raise peer from exc
-
     def _cfg(self, which):
         return which[self.subcommand] if self.subcommand else which  # run=False: no subcommand level
 
@@ -148,10 +135,8 @@ class ConvnetsCLI(LightningCLI):
         user = list(trainer_cfg.get("callbacks") or [])
         bar = trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in user)
         callbacks = user + platform_callbacks(run_dir, self._cfg(self.config).as_dict(), progress_bar=bar)
-        timeout_s = self._cfg(self.config)["ddp_timeout_s"]
-        self.watchdog = RankWatchdog(timeout_s=timeout_s)
-        kwargs["callbacks"] = callbacks + [self.watchdog]
-        kwargs["strategy"] = ddp_strategy(trainer_cfg.get("strategy", "auto"), timeout_s=timeout_s)
+        kwargs["callbacks"] = callbacks + [RankWatchdog()]
+        kwargs["strategy"] = ddp_strategy(trainer_cfg.get("strategy", "auto"), timeout_s=self._cfg(self.config)["ddp_timeout_s"])
         kwargs["plugins"] = with_atomic_io(trainer_cfg.get("plugins"))  # atomic saves, weights-only loads
         kwargs["default_root_dir"] = str(run_dir)
         # The topmost folder this call may create (runs/ itself on a first run), removed on failure.
