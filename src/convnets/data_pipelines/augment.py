@@ -26,6 +26,8 @@ CROP_POSITIONS: tuple[tuple[float, float], ...] = ((0.5, 0.5), (0.0, 0.0), (1.0,
 
 PRESETS = ("alexnet", "inception", "pad")
 Preset = Literal["alexnet", "inception", "pad"]
+# The preset a data config without one trains with (and is evaluated for).
+DEFAULT_PRESET: Preset = "inception"
 
 # ImageNet's RGB covariance in [0, 1] pixel units: eigenvalues, and eigenvectors as COLUMNS
 # (PCA_EIGVEC[c][j] = component c of eigenvector j), from fb.resnet.torch datasets/imagenet.lua.

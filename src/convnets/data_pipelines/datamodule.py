@@ -16,7 +16,8 @@ import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
-from convnets.data_pipelines.augment import AugmentSpec, InputSpec, Jitter, Preset, eval_crop_count, preset_spec
+from convnets.data_pipelines.augment import (
+    DEFAULT_PRESET, AugmentSpec, InputSpec, Jitter, Preset, eval_crop_count, preset_spec)
 from convnets.data_pipelines.loader_config import DataError, LoaderConfig
 from convnets.data_pipelines.shard_format import Manifest, SampleIndex, load_sample_index, read_labels, read_manifest
 from convnets.data_pipelines.shard_reader import check_shard_sizes
@@ -41,7 +42,7 @@ class ShardDataModule(pl.LightningDataModule):
         num_threads: int = 2,
         seed: int = 0,
         device: Literal["auto", "cpu", "gpu"] = "auto",
-        preset: Preset = "inception",
+        preset: Preset = DEFAULT_PRESET,
         jitter: float | tuple[float, float, float] = 0.0,
         hue: float = 0.0,
         min_area: float = 0.08,

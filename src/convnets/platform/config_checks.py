@@ -70,9 +70,10 @@ def check_shard_names(manifest: Any, split_dir: Path) -> None:
 
 
 def _preset(data: Mapping) -> str:
+    from convnets.data_pipelines.augment import DEFAULT_PRESET
     from convnets.data_pipelines.datamodule import resolve_preset
 
-    return resolve_preset(_get(data, "preset", "inception"), _get(data, "augment"), warn=False)
+    return resolve_preset(_get(data, "preset", DEFAULT_PRESET), _get(data, "augment"), warn=False)
 
 
 def check_crop(data: Mapping, image_size: int) -> None:

@@ -105,9 +105,10 @@ def resolve_data(data: Path, split: str | None) -> tuple[Path, str | None]:
 def eval_crop_fraction(data_hparams: dict, resize_ratio: float) -> float:
     """--resize-ratio R as the data module's crop_fraction: the crop presets (alexnet, inception) resize
     to size / crop_fraction, i.e. size x R; `pad` places the image in a window of size x crop_fraction."""
+    from convnets.data_pipelines.augment import DEFAULT_PRESET
     from convnets.data_pipelines.datamodule import resolve_preset
 
-    preset = resolve_preset(data_hparams.get("preset") or "inception", data_hparams.get("augment"), warn=False)
+    preset = resolve_preset(data_hparams.get("preset") or DEFAULT_PRESET, data_hparams.get("augment"), warn=False)
     return resize_ratio if preset == "pad" else 1.0 / resize_ratio
 
 
