@@ -10,6 +10,7 @@ from convnets.data_pipelines.augment import InputSpec
 from convnets.data_pipelines.dali_loader import DataError
 from convnets.data_pipelines.datamodule import ShardDataModule
 from convnets.data_pipelines.shard_format import ShardError, load_sample_index, read_labels
+from convnets.data_pipelines.shards_cli import verify_output
 
 pytestmark = pytest.mark.dali
 
@@ -110,6 +111,29 @@ def test_truncated_shard_fails_at_setup(digits_shards, tmp_path):
     shard.write_bytes(shard.read_bytes()[:5000])
     with pytest.raises(ShardError, match=rf"{shard.name}: 5000 bytes.*truncated"):
         datamodule(data, LENET, preset="pad")
+
+
+def test_missing_shard_fails_at_setup(digits_shards, tmp_path):
+    data = _copy(digits_shards, tmp_path)
+    shard = sorted((data / "val").glob("*.tar"))[0]
+    shard.unlink()
+    with pytest.raises(ShardError, match=rf"{shard}: shard listed in the manifest is missing"):
+        datamodule(data, LENET, preset="pad")
+
+
+def test_val_written_from_other_classes_fails_at_setup(digits_shards, tmp_path):
+    """Same number of classes, other names (val/ of another dataset): labels would silently mean other classes."""
+    import json
+
+    data = _copy(digits_shards, tmp_path)
+    path = data / "val" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["classes"][3], manifest["classes"][4] = manifest["classes"][4], manifest["classes"][3]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match=r"val: label 3 is class '4', but in \S+/train it is '3'"):
+        datamodule(data, LENET, preset="pad")
+    with pytest.raises(ShardError, match=r"val: label 3 is class '4'"):  # and `convnets shards verify` says so
+        verify_output(data)
 
 
 def test_label_out_of_range_fails_at_setup(digits_shards, tmp_path):

@@ -11,6 +11,7 @@ from convnets.data_pipelines.dali_loader import DataError
 from convnets.data_pipelines.errors import CheckpointError, ConfigError, ConvnetsInputError
 from convnets.data_pipelines.shard_format import ShardError
 from convnets.platform.failures import dead_rank, exit_code, failure_summary, one_line
+from convnets.platform.rank_watchdog import describe_exit
 
 
 def raised(fn) -> BaseException:
@@ -72,6 +73,9 @@ def test_a_gone_peer_names_the_rank_where_the_backend_does():
     assert dead_rank(RuntimeError("Connection closed by peer")) is None
     gloo.__notes__ = ["DDP rank 1 (pid 4242) killed by SIGKILL"]  # what the rank watchdog adds
     assert failure_summary(gloo).startswith("DDP rank 1 (pid 4242) killed by SIGKILL; resume with --ckpt_path last")
+    gloo.__notes__ = [f"DDP rank 1 (pid 4242) {describe_exit(2)}"]  # the peer met bad input: fix it before resuming
+    summary = failure_summary(gloo)
+    assert "exited with code 2 (bad input" in summary and summary.index("verify") < summary.index("--ckpt_path last")
     assert failure_summary(ValueError("plain")) == "ValueError: plain"
 
 

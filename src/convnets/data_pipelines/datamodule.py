@@ -19,7 +19,8 @@ from typing_extensions import override
 from convnets.data_pipelines.augment import (
     DEFAULT_PRESET, AugmentSpec, InputSpec, Jitter, Preset, eval_crop_count, preset_spec)
 from convnets.data_pipelines.loader_config import DataError, LoaderConfig
-from convnets.data_pipelines.shard_format import Manifest, SampleIndex, load_sample_index, read_labels, read_manifest
+from convnets.data_pipelines.shard_format import (
+    Manifest, SampleIndex, check_same_classes, load_sample_index, read_labels, read_manifest)
 from convnets.data_pipelines.shard_reader import check_shard_sizes
 from convnets.data_pipelines.torch_loader import normalize_batch
 
@@ -140,9 +141,8 @@ class ShardDataModule(pl.LightningDataModule):
         if split in self._splits:
             return
         manifest = self.manifest(split)
-        if manifest.num_classes != self.num_classes:
-            raise DataError(f"{self.data_dir / split}: {manifest.num_classes} classes, but {self.class_split} has "
-                            f"{self.num_classes}")
+        check_same_classes(self.data_dir / split, manifest, self.data_dir / self.class_split,
+                           self.manifest(self.class_split))
         check_shard_sizes(self.data_dir / split, manifest)
         index = load_sample_index(self.data_dir / split)
         # Every rank reads and checks every label up front (one labels.npy read, written with the

@@ -156,6 +156,18 @@ def read_manifest(split_dir: Path) -> Manifest:
     return manifest
 
 
+def check_same_classes(split_dir: Path, manifest: Manifest, reference_dir: Path, reference: Manifest) -> None:
+    """Label i must mean the same class in every split (shards of two datasets side by side would not)."""
+    if manifest.classes == reference.classes:
+        return
+    if manifest.num_classes != reference.num_classes:
+        raise ShardError(f"{split_dir}: {manifest.num_classes} classes, but {reference_dir} has {reference.num_classes}")
+    i = next(i for i, (a, b) in enumerate(zip(manifest.classes, reference.classes)) if a != b)
+    raise ShardError(f"{split_dir}: label {i} is class {manifest.classes[i]!r}, but in {reference_dir} it is "
+                     f"{reference.classes[i]!r}: the splits were written from different class lists "
+                     "(rewrite them together with `convnets shards ...`)")
+
+
 # ---------------------------------------------------------------- the .idx files
 
 

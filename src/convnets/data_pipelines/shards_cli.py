@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from convnets.data_pipelines.shard_format import MANIFEST, Manifest, ShardError
+from convnets.data_pipelines.shard_format import MANIFEST, Manifest, ShardError, check_same_classes, read_manifest
 from convnets.data_pipelines.shard_verify import VerifyReport, verify_shards
 from convnets.data_pipelines.shard_writer import write_shards
 from convnets.data_pipelines.imagenet import ImagenetSource
@@ -117,7 +117,11 @@ def split_dirs(out: Path) -> list[Path]:
 
 
 def verify_output(out: Path, *, deep: bool = False) -> list[VerifyReport]:
-    return [verify_shards(split_dir, deep=deep) for split_dir in split_dirs(out)]
+    reports = [verify_shards(split_dir, deep=deep) for split_dir in split_dirs(out)]
+    first = reports[0].split_dir if reports else None
+    for report in reports[1:]:  # a folder of splits: one class list for all of them
+        check_same_classes(report.split_dir, read_manifest(report.split_dir), first, read_manifest(first))
+    return reports
 
 
 def run_shards_command(args: argparse.Namespace) -> int:

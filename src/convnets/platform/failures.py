@@ -86,6 +86,9 @@ def failure_summary(exc: BaseException) -> str:
         return f"{OOM_HINT}: {line}"
     if any(type(e).__name__ in PEER_GONE_TYPES or any(m in str(e) for m in PEER_GONE) for e in _chain(exc)):
         noted = [n for e in _chain(exc) for n in getattr(e, "__notes__", []) if n.startswith("DDP rank ")]
+        if noted and "bad input" in noted[0]:  # resuming as is would meet the same sample again
+            return (f"{noted[0]}; fix or rewrite it (`convnets shards verify DIR --deep` lists every bad sample), "
+                    f"then resume with --ckpt_path last: {line}")
         if noted:  # the rank watchdog saw which local rank died, and how
             return f"{noted[0]}; resume with --ckpt_path last: {line}"
         rank = dead_rank(exc)

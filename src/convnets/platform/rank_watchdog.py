@@ -36,6 +36,8 @@ def describe_exit(returncode: int) -> str:
             return f"killed by {signal.Signals(-returncode).name}"
         except ValueError:
             return f"killed by signal {-returncode}"
+    if returncode == 2:  # failures.INPUT_ERROR_EXIT: the rank printed which file, sample or option
+        return "exited with code 2 (bad input: its one-line error, naming the file or sample, is above)"
     return f"exited with code {returncode}"
 
 
@@ -72,7 +74,8 @@ class RankWatchdog(pl.Callback):
     def _watch_parent(self, parent: int, rank: int) -> None:
         while not self.done.wait(PARENT_POLL_S):
             if os.getppid() != parent:  # re-parented: rank 0 is gone
-                self._stop(f"DDP rank 0 (pid {parent}) died; rank {rank} cannot continue", [])
+                self.deaths.append(f"DDP rank 0 (pid {parent}) died")  # for on_exception's note, as on rank 0
+                self._stop(f"{self.deaths[-1]}; rank {rank} cannot continue", [])
 
     def _stop(self, message: str, children: list[subprocess.Popen]) -> None:
         print(f"convnets: failed: {message}; stopping this rank. Resume with --ckpt_path last", file=sys.stderr, flush=True)
