@@ -47,6 +47,23 @@ def stop_group(pgid: int, signum: int = signal.SIGTERM, *, grace_s: float = GRAC
             pass
 
 
+def _wait(proc: subprocess.Popen, received: list[int]) -> int:
+    """The child's exit code; once a signal was forwarded, after at most GRACE_S more (then the group is
+    SIGKILLed): a rank blocked in a collective never sees the signal, and a parent waiting for it would
+    hang with it."""
+    deadline = None
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        if received and deadline is None:
+            deadline = time.monotonic() + GRACE_S
+        if deadline is not None and time.monotonic() > deadline:
+            stop_group(proc.pid, signal.SIGKILL, grace_s=5.0)
+            return proc.wait()
+
+
 def run_convnets(args: list[str], *, env: dict | None = None, failure: str = "") -> None:
     """Run `convnets ARGS` to completion; ChildFailed on a non-zero exit; signals reach all its ranks."""
     proc = subprocess.Popen([sys.executable, "-m", "convnets.cli", *args], env=env, start_new_session=True)
@@ -62,7 +79,7 @@ def run_convnets(args: list[str], *, env: dict | None = None, failure: str = "")
     watched = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, forward) for s in watched}
     try:
-        code = proc.wait()
+        code = _wait(proc, received)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

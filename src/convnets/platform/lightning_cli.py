@@ -32,6 +32,7 @@ from convnets.platform.callbacks import platform_callbacks
 from convnets.platform.checkpoint_io import with_atomic_io
 from convnets.platform.module import ClassifierModule
 from convnets.platform.rank_watchdog import RankWatchdog, ddp_strategy
+from convnets.platform.sigterm_sync import SigtermSync
 from convnets.platform.tracking import run_wandb_id, wandb_offline
 
 RUN_NAME_ENV = "CONVNETS_RUN_NAME"  # DDP ranks re-run the command line: they must agree on the folder
@@ -135,7 +136,7 @@ class ConvnetsCLI(LightningCLI):
         user = list(trainer_cfg.get("callbacks") or [])
         bar = trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in user)
         callbacks = user + platform_callbacks(run_dir, self._cfg(self.config).as_dict(), progress_bar=bar)
-        kwargs["callbacks"] = callbacks + [RankWatchdog()]
+        kwargs["callbacks"] = callbacks + [RankWatchdog(), SigtermSync()]
         kwargs["strategy"] = ddp_strategy(trainer_cfg.get("strategy", "auto"), timeout_s=self._cfg(self.config)["ddp_timeout_s"])
         kwargs["plugins"] = with_atomic_io(trainer_cfg.get("plugins"))  # atomic saves, weights-only loads
         kwargs["default_root_dir"] = str(run_dir)

@@ -56,6 +56,7 @@ class RankWatchdog(pl.Callback):
             return
         children = list(getattr(trainer.strategy.launcher, "procs", None) or [])
         if trainer.local_rank == 0:
+            _retire_lightnings_observer()
             first = trainer.node_rank * trainer.num_devices
             for i, proc in enumerate(children):
                 threading.Thread(target=self._wait_child, args=(proc, first + i + 1, children), daemon=True,
@@ -101,6 +102,16 @@ class RankWatchdog(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.done.set()
+
+
+def _retire_lightnings_observer() -> None:
+    """Lightning's launcher polls its child ranks every 5 s and, when one has failed, SIGKILLs every rank
+    and rank 0 itself: the run then ends with exit code -9/137 and Lightning's line instead of this
+    rank's own error, its summary and exit code 1, whichever of the two comes first. The waits above do
+    the same job (stop the ranks, bounded) after letting this rank explain itself."""
+    for thread in threading.enumerate():
+        if thread.name == "child-process-observer" and hasattr(thread, "_run"):
+            thread._run = lambda: True  # "all done": its loop ends at its next wake-up, killing nothing
 
 
 def ddp_strategy(strategy: object, *, timeout_s: float) -> object:
