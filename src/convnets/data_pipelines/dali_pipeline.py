@@ -70,7 +70,26 @@ def _jitter(images, aug: AugmentSpec, device: str):
         # saturation, hsv and coord_transform) runs at ~250 images/s of 224 px on 2 threads, about
         # the JPEG decoder's own rate, so on CPU pipelines saturation jitter halves the throughput.
         return fn.brightness_contrast(images, device=device, **factors)
-    return fn.color_twist(images, device=device, **factors)
+    if device == "gpu":  # cheap on a GPU whatever the output type
+        return fn.color_twist(images, device=device, **factors)
+    return _cpu_color_twist(images, aug, factors)
+
+
+def _cpu_color_twist(images, aug: AugmentSpec, factors: dict):
+    """color_twist on the CPU with float output, then clamped to 0..255: the same pixels without
+    the uint8 rounding (within 0.5 level) at about half the cost.
+
+    DALI's CPU colour matrix is a scalar per-pixel loop whose uint8 output goes through a
+    per-element round-and-saturate (`ConvertSat`, a libm call per value): ~1.5 ms per 224 px
+    image, against ~0.6 ms for float output plus ~0.35 ms for the clamp (two elementwise passes,
+    `min`/`max`: cheaper than the ternary `clamp`). crop_mirror_normalize reads the float pixels.
+    In uint8 mode without lighting its own uint8 conversion rounds and clamps, so the clamp is
+    skipped (identical pixels); PCA lighting adds its offset after the clamp there.
+    """
+    twisted = fn.color_twist(images, device="cpu", dtype=types.FLOAT, **factors)
+    if aug.uint8 and not aug.lighting:
+        return twisted
+    return dmath.max(dmath.min(twisted, 255.0), 0.0)
 
 
 def _lighting_mean(aug: AugmentSpec):
