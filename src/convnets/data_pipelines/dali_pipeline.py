@@ -70,25 +70,24 @@ def _jitter(images, aug: AugmentSpec, device: str):
         # saturation, hsv and coord_transform) runs at ~250 images/s of 224 px on 2 threads, about
         # the JPEG decoder's own rate, so on CPU pipelines saturation jitter halves the throughput.
         return fn.brightness_contrast(images, device=device, **factors)
-    if device == "gpu":  # cheap on a GPU whatever the output type
+    if device == "gpu" or aug.uint8:
+        # GPU: cheap whatever the output type. uint8 output: the rounding to uint8 costs the same in
+        # color_twist as in crop_mirror_normalize after a float twist, so nothing to gain.
         return fn.color_twist(images, device=device, **factors)
-    return _cpu_color_twist(images, aug, factors)
+    return _float_color_twist(images, factors)
 
 
-def _cpu_color_twist(images, aug: AugmentSpec, factors: dict):
-    """color_twist on the CPU with float output, then clamped to 0..255: the same pixels without
-    the uint8 rounding (within 0.5 level) at about half the cost.
+def _float_color_twist(images, factors: dict):
+    """CPU, float output: color_twist to float, clamped to 0..255 as its uint8 output is (the same
+    pixels without the rounding: within 0.5 level), ~0.4 ms per 224 px image cheaper.
 
-    DALI's CPU colour matrix is a scalar per-pixel loop whose uint8 output goes through a
-    per-element round-and-saturate (`ConvertSat`, a libm call per value): ~1.5 ms per 224 px
-    image, against ~0.6 ms for float output plus ~0.35 ms for the clamp (two elementwise passes,
-    `min`/`max`: cheaper than the ternary `clamp`). crop_mirror_normalize reads the float pixels.
-    In uint8 mode without lighting its own uint8 conversion rounds and clamps, so the clamp is
-    skipped (identical pixels); PCA lighting adds its offset after the clamp there.
+    DALI's CPU colour matrix is a scalar per-pixel loop, and its uint8 output rounds every value
+    with a per-element round-and-saturate (`ConvertSat`): ~1.5-2 ms per 224 px image. Float output
+    skips that (~0.6 ms), the clamp costs two elementwise passes (~0.35 ms; `min`/`max` measured
+    cheaper than the ternary `clamp`), and crop_mirror_normalize reads the floats at about the cost
+    of the uint8 pixels (2-core x86_64 VM, DALI 2.4.0; README, "The data path on 2 CPU cores").
     """
     twisted = fn.color_twist(images, device="cpu", dtype=types.FLOAT, **factors)
-    if aug.uint8 and not aug.lighting:
-        return twisted
     return dmath.max(dmath.min(twisted, 255.0), 0.0)
 
 
