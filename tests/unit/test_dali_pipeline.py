@@ -155,3 +155,26 @@ def test_label_out_of_range_fails_at_setup(digits_shards, tmp_path):
     dm = ShardDataModule(data_dir=str(data), input_spec=LENET, preset="pad")
     with pytest.raises((ShardError, DataError), match="classes|label"):
         dm.setup("validate")
+
+
+@pytest.mark.parametrize("preset", ["inception", "alexnet"])  # alexnet: PCA lighting after the clamp
+def test_cpu_colour_twist_gives_color_twists_pixels(imagenette_small_shards, monkeypatch, preset):
+    """The CPU graph's float colour jitter (color_twist to float + clamp, cheaper) against DALI's
+    uint8 color_twist with the same draws (same seed and graph order) on real JPEGs: within the
+    0.5 level of the rounding it skips."""
+    import nvidia.dali.fn as fn
+
+    from convnets.data_pipelines import dali_pipeline
+
+    def first_batch() -> torch.Tensor:
+        dm = datamodule(imagenette_small_shards, SMALL_RGB, preset=preset, jitter=0.4, hue=0.1, batch_size=16)
+        images = next(iter(dm.train_dataloader()))["images"]
+        std, mean = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (SMALL_RGB.std, SMALL_RGB.mean))
+        return images * std + mean  # 0..255 levels
+
+    new = first_batch()
+    monkeypatch.setattr(dali_pipeline, "_float_color_twist", lambda images, factors: fn.color_twist(images, **factors))
+    old = first_batch()
+    if preset == "inception":  # the clamp is exercised (alexnet's lighting moves the bounds)
+        assert ((old < 0.5) | (old > 254.5)).float().mean() > 0.01
+    assert (new - old).abs().max() <= 0.5 + 1e-3
