@@ -105,6 +105,29 @@ def test_corrupt_image_names_the_shard_and_sample(digits_shards, tmp_path):
             pass
 
 
+def test_an_image_only_pil_opens_is_named_by_dalis_decoder(digits_shards, tmp_path):
+    """A GIF (PIL opens it; DALI decodes no GIF) fails the pipeline: named by DALI's decoder, in a child process."""
+    import io
+
+    from PIL import Image
+
+    data = _copy(digits_shards, tmp_path)
+    index = load_sample_index(data / "train")
+    shard = index.shard_paths[int(index.shard_id[3])]
+    gif = io.BytesIO()
+    Image.new("L", (4, 4), 200).save(gif, "GIF")
+    size = int(index.img_size[3])
+    assert len(gif.getvalue()) <= size
+    raw = bytearray(shard.read_bytes())
+    start = int(index.img_offset[3])
+    raw[start: start + size] = gif.getvalue().ljust(size, b"\0")  # same size: the tar and its index stay valid
+    shard.write_bytes(bytes(raw))
+    dm = datamodule(data, LENET, preset="pad", batch_size=16)
+    with pytest.raises(DataError, match=rf"{shard.name}: image {index.key(3)} does not decode with DALI"):
+        for _ in dm.train_dataloader():
+            pass
+
+
 def test_truncated_shard_fails_at_setup(digits_shards, tmp_path):
     data = _copy(digits_shards, tmp_path)
     shard = sorted((data / "train").glob("*.tar"))[1]

@@ -21,7 +21,6 @@ only rank 0 writes the checkpoint, so `gather_fn` collects every rank's DALI che
 """
 from __future__ import annotations
 
-import io
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -35,10 +34,11 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from convnets.data_pipelines.augment import AugmentSpec
 from convnets.data_pipelines.dali_pipeline import build_pipeline
+from convnets.data_pipelines.decode_culprit import dali_culprit, pil_culprit
 from convnets.data_pipelines.epoch_plan import RankPlan, plan_rank
 from convnets.data_pipelines.loader_config import DataError, LoaderConfig, ReadAhead  # noqa: F401 (re-exported)
 from convnets.data_pipelines.shard_format import SampleIndex
-from convnets.data_pipelines.shard_reader import ShardFiles, describe
+from convnets.data_pipelines.shard_reader import ShardFiles
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +111,9 @@ class ShardSource:
         return batch
 
     def find_undecodable(self) -> str | None:
-        """After a decode failure: name the first recent sample PIL cannot decode either."""
-        from PIL import Image
-
-        for idx in self.recent:
-            for i in idx:
-                try:
-                    with Image.open(io.BytesIO(self.files.image(int(i)))) as img:
-                        img.load()
-                except Exception as exc:  # any decoder complaint names the culprit
-                    return f"{describe(self.index, int(i))}: cannot decode image ({exc})"
-        return None
+        """After a decode failure: the first recent sample PIL cannot decode, else DALI's decoder (decode_culprit)."""
+        samples = [int(i) for idx in self.recent for i in idx]
+        return pil_culprit(self.index, samples, self.files.image) or dali_culprit(self.index, samples)
 
     def close(self) -> None:
         self.stop()

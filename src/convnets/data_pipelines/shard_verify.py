@@ -9,7 +9,7 @@ import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +81,7 @@ def _check_label(shard: Path, record: IdxRecord, cls: bytes, *, num_classes: int
     return label
 
 
-class _DeepDecoder:
+class DeepDecoder:
     """Decodes images in batches with DALI's CPU decoder (fn.decoders.image, as in training), num_threads = cores.
 
     DALI reports a bad image for the whole batch and the pipeline is then unusable, so a failing batch
@@ -131,6 +131,16 @@ class _DeepDecoder:
             self._pipe = None  # "Current pipeline object is no longer valid"
             self._name_culprit(batch)
 
+    def first_refused(self, items: Iterable[tuple[Path, str, bytes]]) -> None:
+        """Decode each image alone, all in ONE pipeline built up front; ShardError for the first refused. No
+        pipeline is built after a failure in this process (after one, DALI 2.4.0 at times segfaults)."""
+        pipe = self._build(1)
+        for shard, name, image in items:
+            try:
+                self._run(pipe, [image])
+            except RuntimeError as exc:
+                raise ShardError(f"{shard}: image {name} does not decode with DALI ({_dali_reason(exc)})") from None
+
     def _name_culprit(self, batch: list[tuple[Path, str, bytes]]) -> None:
         for shard, name, image in batch:
             try:
@@ -150,7 +160,7 @@ def _dali_reason(exc: RuntimeError) -> str:
 
 
 def _scan_shard(shard: Path, records: list[IdxRecord], *, num_classes: int,
-                decoder: _DeepDecoder | None) -> tuple[str, list[int]]:
+                decoder: DeepDecoder | None) -> tuple[str, list[int]]:
     """One streaming pass: (sha256, labels), checking every member against the .idx records."""
     labels: list[int] = []
     expected = f"{records[0].key}.{records[0].img_ext}" if records else "(none)"
@@ -207,7 +217,7 @@ def verify_shards(split_dir: Path, *, deep: bool = False) -> VerifyReport:
         for name in (entry.name, entry.index):
             if not (split_dir / name).is_file():
                 raise ShardError(f"{split_dir / name}: missing (listed in {split_dir / MANIFEST})")
-    decoder = _DeepDecoder() if deep else None
+    decoder = DeepDecoder() if deep else None
     labels: list[int] = []
     keys: list[str] = []
     for entry in manifest.shards:
