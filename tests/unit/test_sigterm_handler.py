@@ -7,6 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from convnets.platform.sigterm_sync import SigtermSync
@@ -44,6 +45,7 @@ def _sigterm(trainer: pl.Trainer) -> None:
 def test_the_handler_makes_no_collective_and_the_ranks_stop_at_the_next_check(collectives):
     sync = SigtermSync(check_every=3)
     trainer = _trainer(sync)
+    trainer.state.fn = TrainerFn.FITTING  # in fit(), between steps
     step = trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor  # called at the start of every step
     step(), step(), step()
     assert collectives == [("all_reduce", 0)]  # one check in 3 steps, nothing noted yet
@@ -60,3 +62,10 @@ def test_lightnings_own_handling_broadcasts_which_is_why_it_is_replaced(collecti
     trainer = _trainer(None)
     _sigterm(trainer)
     assert collectives == ["broadcast"] and trainer.received_sigterm
+
+
+def test_outside_fit_the_flag_is_set_at_once_without_a_collective(collectives):
+    trainer = _trainer(SigtermSync(check_every=3))
+    trainer.state.fn = TrainerFn.TESTING  # `convnets test` under DDP: no step check comes
+    _sigterm(trainer)
+    assert trainer.received_sigterm and collectives == []

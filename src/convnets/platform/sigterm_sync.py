@@ -11,7 +11,8 @@ more broadcast of rank 0's flag at the start of EVERY training step, read back w
 SigtermSync replaces both: the handler only notes the signal; every CHECK_EVERY_STEPS steps, at the
 same step on every rank (every rank runs the same number of steps: epoch_plan), one all-reduce
 (MAX) of the notes decides, and then every rank stops there together with Lightning's own
-SIGTERMException. Lightning's rank-local checks read `received_sigterm`, which is set only then.
+SIGTERMException. Lightning's rank-local checks read `received_sigterm`, which is set only then (in fit's
+validation too: it waits for the next step); outside fit (validate, test) at once: no step check comes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import logging
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
@@ -51,6 +53,8 @@ class SigtermSync(pl.Callback):
             if not self.noted and launcher is not None:
                 launcher.kill(signum)  # as Lightning does: the ranks it started get it too
             self.noted = True
+            if trainer.state.fn != TrainerFn.FITTING:  # validate/test/predict: no step check comes; stop at
+                connector.received_sigterm = True      # the next batch, as Lightning does (minus the broadcast)
 
         def agree() -> None:
             self.steps += 1
