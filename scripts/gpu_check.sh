@@ -30,7 +30,7 @@ $PY - "$OUT/env.json" <<'PYEOF'
 import json, platform, sys, importlib.util
 import torch
 info = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
-for mod in ("pytorch_lightning", "torchmetrics", "nvidia.dali", "webdataset", "wandb", "jsonargparse"):
+for mod in ("pytorch_lightning", "torchmetrics", "nvidia.dali", "numba", "webdataset", "wandb", "jsonargparse"):
     spec = importlib.util.find_spec(mod.split(".")[0]) and importlib.util.find_spec(mod)
     if spec is None:
         info[mod] = None

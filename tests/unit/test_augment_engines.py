@@ -84,12 +84,13 @@ def _train_draws(dm: ShardDataModule, epochs: int) -> torch.Tensor:
 
 # -- deterministic agreement ------------------------------------------------------------------------
 def test_color_twist_matrix_is_dalis():
-    """The torch engine's jitter matrix reproduces DALI's color_twist on random pixels."""
+    """The jitter matrix both engines use (the torch loader's, and compiled into the CPU DALI graph's
+    kernel) reproduces DALI's color_twist on random pixels."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from convnets.data_pipelines.torch_loader import color_twist_matrix
+    from convnets.data_pipelines.augment import color_twist_matrix
 
     pixels = np.random.default_rng(0).integers(0, 256, (1, 500, 3), dtype=np.uint8)
     factors = dict(brightness=0.8, contrast=1.3, saturation=1.4, hue=-50.0)
@@ -102,7 +103,7 @@ def test_color_twist_matrix_is_dalis():
     pipe = twist()
     pipe.build()
     dali = pipe.run()[0].as_array()[0, 0]
-    affine = color_twist_matrix(brightness=0.8, contrast=1.3, saturation=1.4, hue_deg=-50.0)
+    affine = torch.from_numpy(color_twist_matrix(0.8, 1.3, 1.4, -50.0)).float()
     mine = torch.from_numpy(pixels[0].astype(np.float32)) @ affine[:, :3].T + affine[:, 3]
     assert np.abs(mine.numpy() - dali).max() < 0.01
 

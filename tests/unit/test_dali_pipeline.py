@@ -180,24 +180,27 @@ def test_label_out_of_range_fails_at_setup(digits_shards, tmp_path):
         dm.setup("validate")
 
 
-@pytest.mark.parametrize("preset", ["inception", "alexnet"])  # alexnet: PCA lighting after the clamp
+@pytest.mark.parametrize("preset", ["inception", "alexnet"])  # alexnet: PCA lighting after the jitter
 def test_cpu_colour_twist_gives_color_twists_pixels(imagenette_small_shards, monkeypatch, preset):
-    """The CPU graph's float colour jitter (color_twist to float + clamp, cheaper) against DALI's
-    uint8 color_twist with the same draws (same seed and graph order) on real JPEGs: within the
-    0.5 level of the rounding it skips."""
+    """The CPU graph's colour jitter (the Numba kernel of cpu_colour_twist.py, ~40x cheaper) against
+    DALI's own uint8 color_twist on the same images with the same draws, brightness, contrast,
+    saturation and hue all on, on real JPEGs: both are computed in the real training graph and
+    stacked one above the other (so one mirror flag and one lighting offset act on both)."""
     import nvidia.dali.fn as fn
 
     from convnets.data_pipelines import dali_pipeline
 
-    def first_batch() -> torch.Tensor:
-        dm = datamodule(imagenette_small_shards, SMALL_RGB, preset=preset, jitter=0.4, hue=0.1, batch_size=16)
-        images = next(iter(dm.train_dataloader()))["images"]
-        std, mean = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (SMALL_RGB.std, SMALL_RGB.mean))
-        return images * std + mean  # 0..255 levels
-
-    new = first_batch()
-    monkeypatch.setattr(dali_pipeline, "_float_color_twist", lambda images, factors: fn.color_twist(images, **factors))
-    old = first_batch()
+    ours = dali_pipeline._cpu_colour_twist
+    monkeypatch.setattr(dali_pipeline, "_cpu_colour_twist", lambda images, factors: fn.cat(
+        ours(images, factors), fn.color_twist(images, **factors), axis=0))
+    dm = datamodule(imagenette_small_shards, SMALL_RGB, preset=preset, jitter=0.4, hue=0.1, batch_size=16)
+    images = next(iter(dm.train_dataloader()))["images"]
+    std, mean = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (SMALL_RGB.std, SMALL_RGB.mean))
+    levels = images * std + mean  # 0..255
+    size = SMALL_RGB.image_size
+    assert levels.shape == (16, 3, 2 * size, size)
+    new, old = levels[:, :, :size], levels[:, :, size:]
     if preset == "inception":  # the clamp is exercised (alexnet's lighting moves the bounds)
         assert ((old < 0.5) | (old > 254.5)).float().mean() > 0.01
-    assert (new - old).abs().max() <= 0.5 + 1e-3
+    assert (new - old).abs().max() <= 1 + 1e-3
+    assert (new - old).abs().mean() < 0.01  # a 1-level difference only where float32 rounds the other way

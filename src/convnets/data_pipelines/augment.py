@@ -17,8 +17,11 @@ Eval, every preset: shorter side to image_size / crop_fraction, centre crop (or 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
 
 # The 10-crop test of Krizhevsky et al. 2012: centre first (so crop 0 is the single-crop
 # view), then the four corners; crops 5..9 are the same five mirrored.
@@ -133,6 +136,33 @@ def preset_spec(
     lighting = ALEXNET_LIGHTING if preset == "alexnet" and spec.channels == 3 else 0.0
     return AugmentSpec(spec=spec, preset=preset, resize=resize, flip=flip, area=(min_area, 1.0),
                        jitter=jitter or Jitter(), lighting=lighting, uint8=uint8)
+
+
+# RGB -> YIQ (NTSC), the space in which DALI's color_twist turns hue and scales saturation.
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
+YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
+MID_GREY = 128.0  # the contrast pivot of DALI's color_twist / brightness_contrast, 0..255 units
+
+
+def color_twist_matrix(brightness: float, contrast: float, saturation: float, hue_deg: float) -> np.ndarray:
+    """(3, 4) affine colour map [M | offset] of DALI's color_twist for these factors (RGB, 0..255):
+    M = b c YIQ^-1 H YIQ, H turning the IQ plane by the hue and scaling it by the saturation;
+    offset = b (1 - c) 128.
+
+    Plain loops on purpose: the torch loader calls it per image, and the CPU DALI graph compiles
+    this same function with Numba inside its colour kernel (cpu_colour_twist.py).
+    """
+    theta = -math.radians(hue_deg)  # DALI turns the IQ plane clockwise for a positive hue (measured)
+    c, s = math.cos(theta) * saturation, math.sin(theta) * saturation
+    out = np.zeros((3, 4))
+    for i in range(3):
+        for j in range(3):
+            hue_sat_yiq = (YIQ_TO_RGB[i, 0] * RGB_TO_YIQ[0, j]
+                           + YIQ_TO_RGB[i, 1] * (c * RGB_TO_YIQ[1, j] - s * RGB_TO_YIQ[2, j])
+                           + YIQ_TO_RGB[i, 2] * (s * RGB_TO_YIQ[1, j] + c * RGB_TO_YIQ[2, j]))
+            out[i, j] = brightness * contrast * hue_sat_yiq
+        out[i, 3] = brightness * (1.0 - contrast) * MID_GREY
+    return out
 
 
 def lighting_matrix() -> list[list[float]]:

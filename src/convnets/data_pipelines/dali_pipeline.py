@@ -53,7 +53,7 @@ def _normalize(images, aug: AugmentSpec, device: str, *, pos=(0.5, 0.5), mirror=
 
 
 def _jitter(images, aug: AugmentSpec, device: str):
-    """Colour jitter (augment.Jitter): one colour matrix per image (color_twist), one pass over the pixels."""
+    """Colour jitter (augment.Jitter): one colour matrix per image (color_twist's), one pass over the pixels."""
     j = aug.jitter
     if not j.active:
         return images
@@ -64,33 +64,21 @@ def _jitter(images, aug: AugmentSpec, device: str):
             factors[name] = fn.random.uniform(range=(1.0 - strength, 1.0 + strength))
     if j.hue:
         factors["hue"] = fn.random.uniform(range=(-360.0 * j.hue, 360.0 * j.hue))  # degrees
-    if aug.spec.channels == 1 or not (j.saturation or j.hue):
-        # Same result as color_twist without saturation/hue (contrast about mid-grey, then
-        # brightness; measured identical), ~10x faster on the CPU (a per-image lookup table on
-        # uint8). DALI's CPU color_twist (like saturation, hsv and coord_transform) is a per-pixel
-        # loop: even as _float_color_twist, saturation jitter leaves a CPU pipeline at ~0.5x the
-        # decode-only rate against ~0.75-0.84x with brightness and contrast alone (README).
+    if aug.spec.channels == 1:  # grey: contrast about mid-grey, then brightness (a per-image lookup table)
         return fn.brightness_contrast(images, device=device, **factors)
-    if device == "gpu" or aug.uint8:
-        # GPU: cheap whatever the output type. uint8 output: the rounding to uint8 costs the same in
-        # color_twist as in crop_mirror_normalize after a float twist, so nothing to gain.
+    if device == "gpu":
         return fn.color_twist(images, device=device, **factors)
-    return _float_color_twist(images, factors)
+    return _cpu_colour_twist(images, factors)
 
 
-def _float_color_twist(images, factors: dict):
-    """CPU, float output: color_twist to float, clamped to 0..255 as its uint8 output is (the same
-    pixels without the rounding: within 0.5 level).
+def _cpu_colour_twist(images, factors: dict):
+    """color_twist's uint8 output at ~40 us an image instead of 1.1-2 ms (cpu_colour_twist.py).
 
-    DALI's CPU colour matrix is a scalar per-pixel loop whose uint8 output rounds and saturates
-    every value with a per-element call (`ConvertSat`): ~1.5-2 ms per 224 px image. Float output
-    skips that (~0.6 ms); the clamp costs two elementwise passes (~0.35 ms; `min`/`max` measured
-    cheaper than the ternary `clamp`). After the decoder and the resize the gain is smaller
-    (~0.15-0.25 ms an image, +3% to +16% images per CPU-second: README, "The data path on 2 CPU
-    cores"; 2-core x86_64 VM, DALI 2.4.0).
+    Imported here: Numba is needed only by CPU pipelines with RGB jitter (a GPU machine may lack it).
     """
-    twisted = fn.color_twist(images, device="cpu", dtype=types.FLOAT, **factors)
-    return dmath.max(dmath.min(twisted, 255.0), 0.0)
+    from convnets.data_pipelines.cpu_colour_twist import colour_twist
+
+    return colour_twist(images, factors)
 
 
 def _lighting_mean(aug: AugmentSpec):

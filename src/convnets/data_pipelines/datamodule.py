@@ -71,9 +71,9 @@ class ShardDataModule(pl.LightningDataModule):
                 padded window). Eval is the same for all: shorter side to size / crop_fraction, centre crop.
             jitter: colour jitter strength s on top of the preset: brightness, contrast and saturation
                 factors drawn from U[1 - s, 1 + s] per image (0.4 is torchvision's / FFCV's usual
-                value); or three strengths (brightness, contrast, saturation). 0: off. On CPU DALI
-                pipelines saturation (or hue) switches to color_twist, about half the rate of
-                brightness + contrast alone: [0.4, 0.4, 0] there; on GPUs the colour step is cheap.
+                value); or three strengths (brightness, contrast, saturation). 0: off. DALI's
+                color_twist semantics (one colour matrix per image); on CPU pipelines a Numba kernel
+                computes it (cpu_colour_twist.py), nearly free beside decoding.
             hue: hue jitter, a fraction of a full turn (<= 0.5); 0: off.
             min_area: smallest area fraction of the random-resized crop ("inception" only).
             backend: "dali" (the DALI graph, CPU or GPU), "torch" (torchvision + DataLoader workers,

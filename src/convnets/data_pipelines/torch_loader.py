@@ -29,15 +29,13 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from convnets.data_pipelines.augment import CROP_POSITIONS, AugmentSpec, InputSpec, Jitter, lighting_matrix
+from convnets.data_pipelines.augment import (
+    CROP_POSITIONS, MID_GREY, AugmentSpec, InputSpec, Jitter, color_twist_matrix, lighting_matrix)
 from convnets.data_pipelines.epoch_plan import RankPlan, plan_rank
 from convnets.data_pipelines.loader_config import DataError, LoaderConfig
 from convnets.data_pipelines.shard_reader import ShardFiles, describe
 
 TRAIN_ANTIALIAS = False  # as dali_pipeline.TRAIN_ANTIALIAS: the inception crop's resize
-# RGB -> YIQ (NTSC), the space in which DALI's color_twist turns hue and scales saturation.
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
-_MID_GREY = 128.0  # the contrast pivot of DALI's color_twist / brightness_contrast, 0..255 units
 
 
 def normalize_batch(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
@@ -89,16 +87,6 @@ def crop_at(image: torch.Tensor, size: int, pos: tuple[float, float]) -> torch.T
 
 
 # -- colour: float 0..255 CHW ----------------------------------------------------------------------
-def color_twist_matrix(*, brightness: float, contrast: float, saturation: float, hue_deg: float) -> torch.Tensor:
-    """(3, 4) affine colour map [M | offset] of DALI's color_twist for these factors (RGB, 0..255)."""
-    theta = -math.radians(hue_deg)  # DALI turns the IQ plane clockwise for a positive hue (measured)
-    c, s = math.cos(theta), math.sin(theta)
-    hue_sat = torch.tensor([[1.0, 0.0, 0.0], [0.0, c * saturation, -s * saturation], [0.0, s * saturation, c * saturation]])
-    matrix = brightness * contrast * (torch.linalg.inv(_RGB_TO_YIQ) @ hue_sat @ _RGB_TO_YIQ)
-    offset = torch.full((3, 1), brightness * (1.0 - contrast) * _MID_GREY)
-    return torch.cat([matrix, offset], dim=1)
-
-
 def _uniform(strength: float, generator: torch.Generator) -> float:
     return 1.0 + strength * (2.0 * float(torch.rand((), generator=generator)) - 1.0) if strength else 1.0
 
@@ -108,9 +96,9 @@ def jitter(image: torch.Tensor, j: Jitter, generator: torch.Generator) -> torch.
     b, con, sat = (_uniform(x, generator) for x in (j.brightness, j.contrast, j.saturation))
     hue = 360.0 * j.hue * (2.0 * float(torch.rand((), generator=generator)) - 1.0) if j.hue else 0.0
     if image.shape[0] == 1:  # grey: brightness/contrast only, about mid-grey
-        out = b * (_MID_GREY + con * (image - _MID_GREY))
+        out = b * (MID_GREY + con * (image - MID_GREY))
     else:
-        affine = color_twist_matrix(brightness=b, contrast=con, saturation=sat, hue_deg=hue)
+        affine = torch.from_numpy(color_twist_matrix(b, con, sat, hue)).to(image.dtype)
         out = torch.einsum("ij,jhw->ihw", affine[:, :3], image) + affine[:, 3].view(3, 1, 1)
     return out.round_().clamp_(0.0, 255.0)
 
