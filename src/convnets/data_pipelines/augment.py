@@ -150,7 +150,7 @@ def color_twist_matrix(brightness: float, contrast: float, saturation: float, hu
     offset = b (1 - c) 128.
 
     Plain loops on purpose: the torch loader calls it per image, and the CPU DALI graph compiles
-    this same function with Numba inside its colour kernel (cpu_colour_twist.py).
+    this same function with Numba inside its colour kernel (cpu_kernels.py).
     """
     theta = -math.radians(hue_deg)  # DALI turns the IQ plane clockwise for a positive hue (measured)
     c, s = math.cos(theta) * saturation, math.sin(theta) * saturation

@@ -52,11 +52,9 @@ def _normalize(images, aug: AugmentSpec, device: str, *, pos=(0.5, 0.5), mirror=
     )
 
 
-def _jitter(images, aug: AugmentSpec, device: str):
-    """Colour jitter (augment.Jitter): one colour matrix per image (color_twist's), one pass over the pixels."""
+def _jitter_factors(aug: AugmentSpec) -> dict:
+    """Colour jitter (augment.Jitter): color_twist's factors, drawn per image ({} when off)."""
     j = aug.jitter
-    if not j.active:
-        return images
     factors = {}
     for name in ("brightness", "contrast", "saturation"):
         strength = getattr(j, name)
@@ -64,21 +62,20 @@ def _jitter(images, aug: AugmentSpec, device: str):
             factors[name] = fn.random.uniform(range=(1.0 - strength, 1.0 + strength))
     if j.hue:
         factors["hue"] = fn.random.uniform(range=(-360.0 * j.hue, 360.0 * j.hue))  # degrees
+    return factors
+
+
+def _jitter(images, aug: AugmentSpec, device: str, factors: dict):
+    """One colour matrix per image (color_twist's), one pass over the pixels."""
+    if not factors:
+        return images
     if aug.spec.channels == 1:  # grey: contrast about mid-grey, then brightness (a per-image lookup table)
         return fn.brightness_contrast(images, device=device, **factors)
     if device == "gpu":
         return fn.color_twist(images, device=device, **factors)
-    return _cpu_colour_twist(images, factors)
+    from convnets.data_pipelines.cpu_kernels import colour_twist  # Numba: CPU graphs only (a GPU machine may lack it)
 
-
-def _cpu_colour_twist(images, factors: dict):
-    """color_twist's uint8 output at ~40 us an image instead of 1.1-2 ms (cpu_colour_twist.py).
-
-    Imported here: Numba is needed only by CPU pipelines with RGB jitter (a GPU machine may lack it).
-    """
-    from convnets.data_pipelines.cpu_colour_twist import colour_twist
-
-    return colour_twist(images, factors)
+    return colour_twist(images, factors)  # color_twist's pixels at ~40 us an image instead of 1.1-2 ms
 
 
 def _lighting_mean(aug: AugmentSpec):
@@ -120,15 +117,36 @@ def _train_images(images, aug: AugmentSpec, device: str):
     mirror = fn.random.coin_flip(probability=0.5) if aug.flip else 0
     size = aug.spec.image_size
     if aug.preset == "pad":
-        images = _jitter(fn.resize(images, device=device, size=(aug.resize, aug.resize)), aug, device)
+        images = _jitter(fn.resize(images, device=device, size=(aug.resize, aug.resize)), aug, device,
+                         _jitter_factors(aug))
         pos = (fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0)))
         return _normalize(images, aug, device, pos=pos, mirror=mirror)
+    mean = _lighting_mean(aug) if aug.lighting else None
+    factors = _jitter_factors(aug)
     if aug.preset == "alexnet":  # the decoder cut the random square; antialiased as the eval resize
         images = fn.resize(images, device=device, size=(size, size))
-    else:  # inception: the decoder already cut the random crop
-        images = fn.resize(images, device=device, size=(size, size), antialias=TRAIN_ANTIALIAS)
-    mean = _lighting_mean(aug) if aug.lighting else None
-    return _normalize(_jitter(images, aug, device), aug, device, mirror=mirror, crop=False, mean=mean)
+        return _normalize(_jitter(images, aug, device, factors), aug, device, mirror=mirror, crop=False, mean=mean)
+    return _inception_view(images, aug, device, factors, mirror, mean)  # the decoder already cut the random crop
+
+
+def _inception_view(images, aug: AugmentSpec, device: str, factors: dict, mirror, mean):
+    """Resize the crop (linear, no antialiasing), jitter, mirror, normalize. On CPU for RGB: one
+    Numba kernel doing all of it (cpu_kernels.train_view: DALI's CPU resize alone cost ~1.1-1.5 ms
+    an image, more than the rest of the graph after the decoder)."""
+    if device == "cpu" and aug.spec.channels == 3 and not TRAIN_ANTIALIAS:
+        from convnets.data_pipelines.cpu_kernels import train_view
+
+        if mean is None:
+            mean = [0.0] * 3 if aug.uint8 else aug.mean255
+        return train_view(images, aug.spec.image_size, factors, mirror=mirror, mean=mean,
+                          std=[1.0] * 3 if aug.uint8 else aug.std255, uint8=aug.uint8)
+    return _inception_ops(images, aug, device, factors, mirror, mean)
+
+
+def _inception_ops(images, aug: AugmentSpec, device: str, factors: dict, mirror, mean):
+    """_inception_view with DALI's operators (GPU; and the reference of the CPU kernel's tests)."""
+    images = fn.resize(images, device=device, size=(aug.spec.image_size,) * 2, antialias=TRAIN_ANTIALIAS)
+    return _normalize(_jitter(images, aug, device, factors), aug, device, mirror=mirror, crop=False, mean=mean)
 
 
 def _eval_images(images, aug: AugmentSpec, device: str, crops: int):

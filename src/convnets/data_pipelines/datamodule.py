@@ -73,7 +73,7 @@ class ShardDataModule(pl.LightningDataModule):
                 factors drawn from U[1 - s, 1 + s] per image (0.4 is torchvision's / FFCV's usual
                 value); or three strengths (brightness, contrast, saturation). 0: off. DALI's
                 color_twist semantics (one colour matrix per image); on CPU pipelines a Numba kernel
-                computes it (cpu_colour_twist.py), nearly free beside decoding.
+                computes it (cpu_kernels.py), nearly free beside decoding.
             hue: hue jitter, a fraction of a full turn (<= 0.5); 0: off.
             min_area: smallest area fraction of the random-resized crop ("inception" only).
             backend: "dali" (the DALI graph, CPU or GPU), "torch" (torchvision + DataLoader workers,
