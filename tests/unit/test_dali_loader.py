@@ -20,9 +20,9 @@ pytestmark = pytest.mark.dali
 LENET = InputSpec(channels=1, image_size=32, mean=(0.1307,), std=(0.3081,), crop_fraction=28 / 32)
 
 
-def train_loader(path, *, batch_size=128, epoch=0, device="cpu"):
-    dm = ShardDataModule(data_dir=str(path), batch_size=batch_size, num_threads=1, input_spec=LENET, preset="pad",
-                         device=device)
+def train_loader(path, *, batch_size=128, epoch=0, device="cpu", spec=LENET, preset="pad", **kw):
+    dm = ShardDataModule(data_dir=str(path), batch_size=batch_size, num_threads=1, input_spec=spec, preset=preset,
+                         device=device, **kw)
     dm.setup("fit")
     loader = dm.train_dataloader()
     loader.epoch_fn = lambda: epoch
@@ -129,6 +129,28 @@ def test_resume_continues_the_batches_and_the_random_crops_exactly(digits_shards
     resumed.load_state_dict(state)
     rest = _run(resumed, [0, 1] if done < steps else [1])
     assert _same(rest, reference[done:])
+
+
+def test_resume_restores_the_draws_of_the_cpu_kernels(imagenette_small_shards):
+    """Mid-epoch resume of the RGB inception graph with full colour jitter: on the CPU its random
+    crops and colour draws feed the Numba kernel (cpu_kernels.train_view); the restored DALI state
+    gives the same pixels as the uninterrupted run."""
+    rgb = InputSpec(channels=3, image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                    crop_fraction=0.875)
+    make = lambda: train_loader(imagenette_small_shards, batch_size=8, spec=rgb, preset="inception",  # noqa: E731
+                                jitter=0.4, hue=0.1)
+    reference = _run(make(), [0])[:5]
+    run = make()
+    it = iter(run)
+    for _ in range(3):  # 2 trained, 1 fetched ahead
+        next(it)
+    run.consumed_fn = lambda: 2
+    resumed = make()
+    resumed.load_state_dict(run.state_dict())
+    set_epoch(resumed, 0)
+    rest = [(b["index"].clone(), b["images"].clone()) for _, b in zip(range(3), resumed)]
+    assert _same(rest, reference[2:5])
+    assert not torch.equal(reference[2][1], reference[3][1])
 
 
 def test_without_the_dali_state_the_crops_differ(digits_shards):
