@@ -24,10 +24,15 @@ RUN apt-get update \
 COPY --from=build /dist/ /tmp/dist/
 COPY constraints.txt /tmp/constraints.txt
 # The wheel's dependencies at the tested releases (torch CUDA 13 build, nvidia-dali-cuda130, ...): constraints.txt.
+# The import compiles the CPU graph's Numba kernels once, here, into NUMBA_CACHE_DIR (Numba uses
+# only a cache directory it can write: the user's, below), instead of in every container's first
+# run; a CPU unlike the build machine's recompiles into the same directory.
+ENV NUMBA_CACHE_DIR=/opt/numba-cache
 RUN pip install --no-cache-dir -c /tmp/constraints.txt /tmp/dist/convnets-0.1.0-py3-none-any.whl \
-    && rm -rf /tmp/dist /tmp/constraints.txt
+    && rm -rf /tmp/dist /tmp/constraints.txt \
+    && python -c "import convnets.data_pipelines.cpu_kernels"
 # Not root; uid 10001 (the base image already has uid 1000, "ubuntu"). Mount data and runs/ writable for it.
-RUN useradd --create-home --uid 10001 convnets
+RUN useradd --create-home --uid 10001 convnets && chown -R 10001 /opt/numba-cache
 USER 10001
 WORKDIR /home/convnets/work
 ENTRYPOINT ["convnets"]
