@@ -237,3 +237,31 @@ def test_cpu_colour_twist_gives_color_twists_pixels(imagenette_small_shards, mon
     new, old = levels[:, :, :size], levels[:, :, size:]
     assert (new - old).abs().max() <= 1 + 1e-3
     assert (new - old).abs().mean() < 0.01  # a 1-level difference only where float32 rounds the other way
+
+
+def test_without_numba_the_cpu_graph_runs_on_dalis_operators(imagenette_small_shards, monkeypatch, caplog):
+    """Where Numba does not import, the CPU graph is built from DALI's own operators (what the kernel
+    tests compare against), with one warning: the same samples, a batch like the kernels' (other
+    random draws: the graph differs)."""
+    import sys
+
+    import convnets.data_pipelines
+    from convnets.data_pipelines import dali_pipeline
+
+    def first_batch():
+        dm = datamodule(imagenette_small_shards, SMALL_RGB, preset="inception", jitter=0.4, hue=0.1, batch_size=16)
+        batch = next(iter(dm.train_dataloader()))
+        return batch["index"], _levels(batch["images"])
+
+    index, with_kernels = first_batch()
+    dali_pipeline._cpu_kernels.cache_clear()
+    monkeypatch.setitem(sys.modules, "convnets.data_pipelines.cpu_kernels", None)  # the import fails
+    monkeypatch.delattr(convnets.data_pipelines, "cpu_kernels", raising=False)
+    try:
+        index_without, without = first_batch()
+        first_batch()
+    finally:
+        dali_pipeline._cpu_kernels.cache_clear()
+    assert caplog.text.count("numba does not import") == 1
+    assert torch.equal(index, index_without) and without.shape == with_kernels.shape
+    assert abs(without.mean() - with_kernels.mean()) < 10 and abs(without.std() - with_kernels.std()) < 10

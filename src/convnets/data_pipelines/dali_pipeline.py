@@ -10,6 +10,8 @@ and equal-steps guarantees (see epoch_plan.py) that DALI's own readers do not.
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Callable
 
 import numpy as np
@@ -20,6 +22,8 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.pipeline import Pipeline
 
 from convnets.data_pipelines.augment import CROP_POSITIONS, AugmentSpec, lighting_matrix
+
+log = logging.getLogger(__name__)
 
 # Train-time resize of the crop to the network's size: linear interpolation; antialiasing off,
 # because a random-resized crop is itself a random rescaling (the aliasing of one more
@@ -71,11 +75,23 @@ def _jitter(images, aug: AugmentSpec, device: str, factors: dict):
         return images
     if aug.spec.channels == 1:  # grey: contrast about mid-grey, then brightness (a per-image lookup table)
         return fn.brightness_contrast(images, device=device, **factors)
-    if device == "gpu":
+    kernels = _cpu_kernels() if device == "cpu" else None
+    if kernels is None:
         return fn.color_twist(images, device=device, **factors)
-    from convnets.data_pipelines.cpu_kernels import colour_twist  # Numba: CPU graphs only (a GPU machine may lack it)
+    return kernels.colour_twist(images, factors)  # color_twist's pixels at ~40 us an image instead of 1.1-2 ms
 
-    return colour_twist(images, factors)  # color_twist's pixels at ~40 us an image instead of 1.1-2 ms
+
+@functools.cache
+def _cpu_kernels():
+    """The CPU graph's Numba kernels (cpu_kernels.py), or None where Numba does not import (then
+    DALI's own CPU operators run: the same pixels within 2 levels, ~0.5-0.7x the decode rate
+    instead of ~0.9x; said once). Imported on use: a GPU graph never needs Numba."""
+    try:
+        from convnets.data_pipelines import cpu_kernels
+    except ImportError as e:
+        log.warning("numba does not import (%s): the CPU data graph uses DALI's slower operators; pip install numba", e)
+        return None
+    return cpu_kernels
 
 
 def _lighting_mean(aug: AugmentSpec):
@@ -133,12 +149,11 @@ def _inception_view(images, aug: AugmentSpec, device: str, factors: dict, mirror
     """Resize the crop (linear, no antialiasing), jitter, mirror, normalize. On CPU for RGB: one
     Numba kernel doing all of it (cpu_kernels.train_view: DALI's CPU resize alone cost ~1.1-1.5 ms
     an image, more than the rest of the graph after the decoder)."""
-    if device == "cpu" and aug.spec.channels == 3 and not TRAIN_ANTIALIAS:
-        from convnets.data_pipelines.cpu_kernels import train_view
-
+    kernels = _cpu_kernels() if device == "cpu" and aug.spec.channels == 3 and not TRAIN_ANTIALIAS else None
+    if kernels is not None:
         if mean is None:
             mean = [0.0] * 3 if aug.uint8 else aug.mean255
-        return train_view(images, aug.spec.image_size, factors, mirror=mirror, mean=mean,
+        return kernels.train_view(images, aug.spec.image_size, factors, mirror=mirror, mean=mean,
                           std=[1.0] * 3 if aug.uint8 else aug.std255, uint8=aug.uint8)
     return _inception_ops(images, aug, device, factors, mirror, mean)
 
