@@ -6,7 +6,8 @@
 # at batch 256, bf16, channels_last, with and without torch.compile, and alexnet at batch 2048
 # compiled with the space-to-depth stem (the MFU target's row); 4. the 10-crop evaluation
 # benchmark; 5. DALI's `mixed` decode and the end-to-end rate from shards, when DALI is importable
-# and shards are given (CONVNETS_BENCH_SHARDS=DIR). One table at the end; JSON files in OUT_DIR.
+# and shards are given (CONVNETS_BENCH_SHARDS=DIR), also with 2 threads beside the torch loader's
+# 2 workers. One table at the end; JSON files in OUT_DIR.
 # Runs from a source checkout with only torch, Lightning and torchmetrics installed (no install
 # needed: src/ goes on PYTHONPATH). Without a GPU it runs the CPU-only parts, small, and says so.
 set -uo pipefail
@@ -72,6 +73,13 @@ else
         if [ -n "${CONVNETS_BENCH_SHARDS:-}" ]; then
             step bench_e2e_alexnet 300 $PY -m convnets.cli bench e2e --data "$CONVNETS_BENCH_SHARDS" --arch alexnet \
                 --batch 256 --precision bf16-mixed --channels-last --hw-decoder-load 0.65 --json "$OUT/bench_e2e_alexnet.json"
+            # issue 6's "DALI >= 3x the torch backend, 2 CPU threads each": DALI's mixed decoding fed by 2
+            # threads (the e2e "data alone" rate) beside the torch loader with 2 workers, same shards, same preset
+            step bench_e2e_alexnet_2threads 300 $PY -m convnets.cli bench e2e --data "$CONVNETS_BENCH_SHARDS" --arch alexnet \
+                --batch 256 --precision bf16-mixed --channels-last --hw-decoder-load 0.65 --num-threads 2 \
+                --json "$OUT/bench_e2e_alexnet_2threads.json"
+            step bench_data_torch_2workers 200 $PY -m convnets.cli bench data --shards "$CONVNETS_BENCH_SHARDS" --backend torch \
+                --threads 2 --batch 256 --seconds 20 --json "$OUT/bench_data_torch_2workers.json"
         else
             echo "DALI is importable but CONVNETS_BENCH_SHARDS is unset: mixed decode benchmark skipped"
         fi
