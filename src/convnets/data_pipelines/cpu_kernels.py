@@ -50,11 +50,15 @@ def _pointer(typingctx, address):
 
 
 @njit(cache=True)
-def _sample(ptrs, shape_ptrs, i):
-    """Input or output i of this sample: (address of its data, its (H, W, C) shape)."""
-    data = carray(_pointer(ptrs), i + 1, dtype=np.uint64)[i]
-    shape = carray(_pointer(carray(_pointer(shape_ptrs), i + 1, dtype=np.uint64)[i]), 3, dtype=np.int64)
-    return data, shape
+def _address(ptrs, i):
+    """Entry i of a per-sample pointer array DALI passes: input or output i's data (or shape) address."""
+    return carray(_pointer(ptrs), i + 1, dtype=np.uint64)[i]
+
+
+@njit(cache=True)
+def _shape3(shape_ptrs, i):
+    """The (H, W, C) shape of this sample's 3-D input or output i (only 3-D ones: a shape has ndim entries)."""
+    return carray(_pointer(_address(shape_ptrs, i)), 3, dtype=np.int64)
 
 
 def _op(run, setup, in_types, ins_ndim, out_type=types.UINT8):
@@ -90,9 +94,9 @@ def _twist(dst, src, m):
 
 @cfunc(_RUN_SIG, nopython=True, cache=True)
 def _twist_run(out_ptrs, out_shapes, outs_ndim, num_outs, in_ptrs, in_shapes, ins_ndim, num_ins):
-    image, shape = _sample(in_ptrs, in_shapes, 0)
-    factors, _ = _sample(in_ptrs, in_shapes, 1)  # brightness, contrast, saturation, hue (degrees)
-    out, _ = _sample(out_ptrs, out_shapes, 0)
+    image, shape = _address(in_ptrs, 0), _shape3(in_shapes, 0)
+    factors = _address(in_ptrs, 1)  # brightness, contrast, saturation, hue (degrees)
+    out = _address(out_ptrs, 0)
     size = shape[0] * shape[1] * shape[2]
     f = carray(_pointer(factors), 4, dtype=np.float32)
     _twist(carray(_pointer(out), size, dtype=np.uint8), carray(_pointer(image), size, dtype=np.uint8),
@@ -176,9 +180,9 @@ def _view(dst, size, src, h, w, p, to_uint8):
 
 @njit(cache=True)
 def _view_sample(out_ptrs, out_shapes, in_ptrs, in_shapes, dtype, to_uint8):
-    image, shape = _sample(in_ptrs, in_shapes, 0)
-    params, _ = _sample(in_ptrs, in_shapes, 1)
-    out, out_shape = _sample(out_ptrs, out_shapes, 0)
+    image, shape = _address(in_ptrs, 0), _shape3(in_shapes, 0)
+    params = _address(in_ptrs, 1)
+    out, out_shape = _address(out_ptrs, 0), _shape3(out_shapes, 0)
     h, w, size = shape[0], shape[1], out_shape[1]
     _view(carray(_pointer(out), 3 * size * size, dtype=dtype), size,
           carray(_pointer(image), h * w * 3, dtype=np.uint8), h, w,

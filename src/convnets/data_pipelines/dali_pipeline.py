@@ -154,7 +154,7 @@ def _inception_view(images, aug: AugmentSpec, device: str, factors: dict, mirror
         if mean is None:
             mean = [0.0] * 3 if aug.uint8 else aug.mean255
         return kernels.train_view(images, aug.spec.image_size, factors, mirror=mirror, mean=mean,
-                          std=[1.0] * 3 if aug.uint8 else aug.std255, uint8=aug.uint8)
+                                  std=[1.0] * 3 if aug.uint8 else aug.std255, uint8=aug.uint8)
     return _inception_ops(images, aug, device, factors, mirror, mean)
 
 
