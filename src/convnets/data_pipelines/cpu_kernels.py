@@ -117,10 +117,14 @@ def _same_shape_setup(out_shapes, outs_ndim, num_outs, in_shapes, ins_ndim, num_
 
 def colour_twist(images, factors: dict):
     """uint8 HWC RGB images -> the same, twisted by color_twist's factors (absent ones are neutral)."""
-    f = [factors.get(name, types.Constant(np.float32(neutral)))
-         for name, neutral in (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.0))]
     op = _op(_twist_run, _same_shape_setup, in_types=[types.UINT8, types.FLOAT], ins_ndim=[3, 1])
-    return op(images, fn.stack(*f))
+    return op(images, fn.stack(*_factor_nodes(factors)))
+
+
+def _factor_nodes(factors: dict) -> list:
+    """color_twist's four factors in the kernels' order, a neutral constant for each one not drawn."""
+    return [factors.get(name, types.Constant(np.float32(neutral)))
+            for name, neutral in (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.0))]
 
 
 # -- the inception train view, fused ---------------------------------------------------------------
@@ -220,8 +224,7 @@ def train_view(images, size: int, factors: dict, *, mirror, mean, std: list[floa
     (3,) node or constant list (0..255 units, lighting offset subtracted); std: 0..255 units.
     uint8: output uint8 pixels (mean 0, std 1 then), else float32.
     """
-    jitter = [factors.get(name, types.Constant(np.float32(neutral)))
-              for name, neutral in (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.0))]
+    jitter = _factor_nodes(factors)
     flip = fn.cast(mirror, dtype=types.FLOAT) if not isinstance(mirror, int) else types.Constant(np.float32(mirror))
     mean = mean if not isinstance(mean, list) else types.Constant(np.array(mean, dtype=np.float32))
     scale = types.Constant(np.array([1.0 / s for s in std], dtype=np.float32))
