@@ -188,22 +188,23 @@ def _levels(images: torch.Tensor) -> torch.Tensor:
     return images * std + mean
 
 
-@pytest.mark.parametrize("jitter,uint8", [(0.0, False), (0.4, False), (0.4, True)])
-def test_cpu_inception_kernel_gives_dali_operators_pixels(imagenette_small_shards, monkeypatch, jitter, uint8):
-    """The CPU inception train view in one Numba kernel (cpu_kernels.train_view: resize, jitter with
-    saturation and hue, mirror, normalize) against DALI's operators (resize without antialiasing,
-    color_twist, crop_mirror_normalize) on the same crops with the same draws, in the real training
-    graph, the two stacked one above the other. The operators round to uint8 after the resize and
-    after the twist, the kernel does not: at most 2 levels apart, and a quarter level on average
-    (the mean error of that rounding; measured 0.21-0.30)."""
+@pytest.mark.parametrize("preset,jitter,uint8", [("inception", 0.0, False), ("inception", 0.4, False),
+                                                  ("inception", 0.4, True), ("alexnet", 0.4, False)])
+def test_cpu_train_view_kernel_gives_dali_operators_pixels(imagenette_small_shards, monkeypatch, preset, jitter, uint8):
+    """The CPU train view in one Numba kernel (cpu_kernels.train_view: resize, jitter with saturation
+    and hue, mirror, normalize) against DALI's operators (resize: linear for inception, antialiased
+    for alexnet, here a ~2x shrink of the decoder's square; the jitter as colour_twist, which the next
+    test holds to DALI's color_twist; crop_mirror_normalize) on the same crops with the same draws, in the real training graph, the two stacked one above the other.
+    The operators round to uint8 after the resize and after the twist, the kernel does not: at most
+    2 levels apart, and a quarter level on average (the mean error of that rounding; measured 0.21-0.30)."""
     import nvidia.dali.fn as fn
 
     from convnets.data_pipelines import dali_pipeline
 
-    ours = dali_pipeline._inception_view
-    monkeypatch.setattr(dali_pipeline, "_inception_view", lambda images, *args: fn.cat(
-        ours(images, *args), dali_pipeline._inception_ops(images, *args), axis=1))
-    dm = datamodule(imagenette_small_shards, SMALL_RGB, preset="inception", jitter=jitter, hue=0.1 if jitter else 0.0,
+    ours = dali_pipeline._train_view
+    monkeypatch.setattr(dali_pipeline, "_train_view", lambda images, *args: fn.cat(
+        ours(images, *args), dali_pipeline._train_ops(images, *args), axis=1))
+    dm = datamodule(imagenette_small_shards, SMALL_RGB, preset=preset, jitter=jitter, hue=0.1 if jitter else 0.0,
                     normalize_on_device=uint8, batch_size=16)
     images = next(iter(dm.train_dataloader()))["images"]
     size = SMALL_RGB.image_size
@@ -217,26 +218,36 @@ def test_cpu_inception_kernel_gives_dali_operators_pixels(imagenette_small_shard
     assert diff.max() <= 2.5 and diff.mean() < 0.35, (diff.max(), diff.mean())
 
 
-def test_cpu_colour_twist_gives_color_twists_pixels(imagenette_small_shards, monkeypatch):
-    """The CPU colour jitter of the other presets (cpu_kernels.colour_twist, ~40x cheaper) against
-    DALI's own uint8 color_twist on the same images with the same draws, brightness, contrast,
-    saturation and hue all on, on real JPEGs (alexnet preset: PCA lighting after the jitter): both
-    computed in the real training graph and stacked one above the other (so one mirror flag and one
-    lighting offset act on both). Identical pixels but for float32 rounding."""
+def test_cpu_colour_twist_gives_color_twists_pixels(imagenette_small_tree):
+    """The CPU colour jitter of the pad preset (cpu_kernels.colour_twist, ~40x cheaper) against
+    DALI's own uint8 color_twist on the same decoded real JPEGs with the same draws (one graph, both
+    fed by the same factor nodes), brightness, contrast, saturation and hue all on. Identical pixels
+    but for float32 rounding."""
+    import numpy as np
     import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
 
     from convnets.data_pipelines import dali_pipeline
+    from convnets.data_pipelines.augment import Jitter, preset_spec
 
-    ours = dali_pipeline._jitter
-    monkeypatch.setattr(dali_pipeline, "_jitter", lambda images, aug, device, factors: fn.cat(
-        ours(images, aug, device, factors), fn.color_twist(images, **factors), axis=0))
-    dm = datamodule(imagenette_small_shards, SMALL_RGB, preset="alexnet", jitter=0.4, hue=0.1, batch_size=16)
-    levels = _levels(next(iter(dm.train_dataloader()))["images"])
-    size = SMALL_RGB.image_size
-    assert levels.shape == (16, 3, 2 * size, size)
-    new, old = levels[:, :, :size], levels[:, :, size:]
-    assert (new - old).abs().max() <= 1 + 1e-3
-    assert (new - old).abs().mean() < 0.01  # a 1-level difference only where float32 rounds the other way
+    aug = preset_spec("pad", SMALL_RGB, flip=False, jitter=Jitter(0.4, 0.4, 0.4, 0.1))
+    files = sorted(imagenette_small_tree.rglob("*.JPEG"))[:16]
+
+    @pipeline_def(batch_size=len(files), num_threads=1, device_id=None, seed=3)
+    def graph():
+        encoded = fn.external_source(source=lambda: [np.fromfile(f, dtype=np.uint8) for f in files], batch=True)
+        images = fn.decoders.image(encoded, output_type=types.RGB)
+        factors = dali_pipeline._jitter_factors(aug)
+        return dali_pipeline._jitter(images, aug, "cpu", factors), fn.color_twist(images, **factors), images
+
+    pipe = graph()
+    pipe.build()
+    # photos of different sizes: flattened and joined
+    new, old, source = (np.concatenate([np.asarray(x[i], dtype=np.float32).ravel() for i in range(len(files))])
+                        for x in pipe.run())
+    assert (new - source).std() > 10  # the jitter did change the photos
+    assert np.abs(new - old).max() <= 1 and np.abs(new - old).mean() < 0.01  # 1 level only where float32 rounds the other way
 
 
 def test_without_numba_the_cpu_graph_runs_on_dalis_operators(imagenette_small_shards, monkeypatch, caplog):

@@ -127,59 +127,113 @@ def _factor_nodes(factors: dict) -> list:
             for name, neutral in (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.0))]
 
 
-# -- the inception train view, fused ---------------------------------------------------------------
+# -- the train view (inception and alexnet presets), fused -----------------------------------------
 # params per image (float32): brightness, contrast, saturation, hue (degrees), mirror (0/1),
-# mean (3, 0..255 units, PCA lighting's offset already subtracted), 1 / std (3, 0..255 units).
-_PARAMS = 11
+# mean (3, 0..255 units, PCA lighting's offset already subtracted), 1 / std (3, 0..255 units),
+# antialias (0/1).
+_PARAMS = 12
 
 
 @njit(cache=True, fastmath=True)
-def _taps(out_size, in_size):
-    """Per output index: the two input indices and the weight of the second (pixel centres, edges clamped)."""
-    first, second = np.empty(out_size, np.int64), np.empty(out_size, np.int64)
-    weight = np.empty(out_size, np.float32)
+def _filter(out_size, in_size, antialias, reverse):
+    """Per output index: the input indices (edges clamped) and normalized weights of a triangle
+    filter on pixel centres: radius one input pixel (linear interpolation), or, antialiased, the
+    scale when it shrinks (DALI's linear resize with antialias). reverse: mirrored output."""
     scale = in_size / out_size
+    radius = max(scale, 1.0) if antialias else 1.0
+    taps = int(np.ceil(2.0 * radius))  # the most input centres strictly inside (c - radius, c + radius)
+    index = np.empty((out_size, taps), np.int64)
+    weight = np.empty((out_size, taps), np.float32)
     for o in range(out_size):
-        x = min(max((o + 0.5) * scale - 0.5, 0.0), in_size - 1.0)
-        i = int(x)
-        first[o], second[o], weight[o] = i, min(i + 1, in_size - 1), x - i
-    return first, second, weight
+        row = out_size - 1 - o if reverse else o
+        centre = (o + 0.5) * scale - 0.5
+        first = int(np.floor(centre - radius)) + 1
+        total = 0.0
+        for t in range(taps):
+            k = first + t
+            w = max(0.0, 1.0 - abs(k - centre) / radius)
+            index[row, t], weight[row, t] = min(max(k, 0), in_size - 1), w
+            total += w
+        for t in range(taps):
+            weight[row, t] /= total
+    return index, weight
 
 
 @njit(cache=True, fastmath=True)
-def _view(dst, size, src, h, w, p, to_uint8):
-    """Resize (bilinear, no antialiasing, DALI's pixel-centre mapping) the RGB crop to size x size,
-    twist its colours (color_twist, clamped to 0..255), mirror, normalize, write CHW: one pass."""
-    m = _matrix(p[0], p[1], p[2], p[3])
-    x0, x1, wx = _taps(size, w)
-    if p[4] > 0.5:  # mirror: read the columns right to left
-        x0, x1, wx = x0[::-1].copy(), x1[::-1].copy(), wx[::-1].copy()
-    y0, y1, wy = _taps(size, h)
-    one, lo, hi = float32(1.0), float32(0.0), float32(255.0)
+def _rows(src, width, index, weight):
+    """Vertical pass over interleaved RGB rows: each output row a weighted sum of whole input rows
+    (contiguous, so LLVM vectorizes it: ~0.1 ms for a 328 px square to 224 rows)."""
+    row = width * 3
+    out = np.empty((index.shape[0], row), np.float32)
+    for i in range(index.shape[0]):
+        for k in range(row):
+            out[i, k] = 0.0
+        for t in range(index.shape[1]):
+            w, base = weight[i, t], index[i, t] * row
+            line = src[base:base + row]
+            for k in range(row):
+                out[i, k] += w * line[k]
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def _columns(rows, index, weight):
+    """Horizontal pass: interleaved rows -> three planes (R, G, B) of size x size, scalar gathers."""
+    size = rows.shape[0]
+    planes = np.empty((3, size * size), np.float32)
+    red, green, blue = planes[0], planes[1], planes[2]  # 1-D views: indexing them is cheaper than planes[c, k]
+    for y in range(size):
+        line, at = rows[y], y * size
+        for x in range(size):
+            r, g, b = float32(0.0), float32(0.0), float32(0.0)
+            for t in range(index.shape[1]):
+                w, p = weight[x, t], index[x, t] * 3
+                r += w * line[p]
+                g += w * line[p + 1]
+                b += w * line[p + 2]
+            red[at + x], green[at + x], blue[at + x] = r, g, b
+    return planes
+
+
+@njit(cache=True, fastmath=True)
+def _finish(dst, planes, m, p, to_uint8):
+    """color_twist (clamped to 0..255), normalize, CHW: plane by plane, one loop without branches
+    per output kind, so LLVM vectorizes it (~0.05 ms; 0.25 with the branch inside the loop)."""
     m00, m01, m02, o0 = float32(m[0, 0]), float32(m[0, 1]), float32(m[0, 2]), float32(m[0, 3])
     m10, m11, m12, o1 = float32(m[1, 0]), float32(m[1, 1]), float32(m[1, 2]), float32(m[1, 3])
     m20, m21, m22, o2 = float32(m[2, 0]), float32(m[2, 1]), float32(m[2, 2]), float32(m[2, 3])
     mean0, mean1, mean2 = float32(p[5]), float32(p[6]), float32(p[7])
     scale0, scale1, scale2 = float32(p[8]), float32(p[9]), float32(p[10])
-    plane, half = size * size, float32(0.5)
-    for y in range(size):
-        top, bottom, fy = y0[y] * w * 3, y1[y] * w * 3, wy[y]
-        for x in range(size):
-            a, b, fx = x0[x] * 3, x1[x] * 3, wx[x]
-            w00, w01, w10, w11 = (one - fx) * (one - fy), fx * (one - fy), (one - fx) * fy, fx * fy
-            r = (w00 * float32(src[top + a]) + w01 * float32(src[top + b])
-                 + w10 * float32(src[bottom + a]) + w11 * float32(src[bottom + b]))
-            g = (w00 * float32(src[top + a + 1]) + w01 * float32(src[top + b + 1])
-                 + w10 * float32(src[bottom + a + 1]) + w11 * float32(src[bottom + b + 1]))
-            bl = (w00 * float32(src[top + a + 2]) + w01 * float32(src[top + b + 2])
-                  + w10 * float32(src[bottom + a + 2]) + w11 * float32(src[bottom + b + 2]))
-            v0 = (min(max(m00 * r + m01 * g + m02 * bl + o0, lo), hi) - mean0) * scale0
-            v1 = (min(max(m10 * r + m11 * g + m12 * bl + o1, lo), hi) - mean1) * scale1
-            v2 = (min(max(m20 * r + m21 * g + m22 * bl + o2, lo), hi) - mean2) * scale2
-            at = y * size + x
-            if to_uint8:  # crop_mirror_normalize's uint8 output: rounded, saturated
-                v0, v1, v2 = min(max(v0 + half, lo), hi), min(max(v1 + half, lo), hi), min(max(v2 + half, lo), hi)
-            dst[at], dst[plane + at], dst[2 * plane + at] = v0, v1, v2
+    lo, hi = float32(0.0), float32(255.0)
+    plane = planes.shape[1]
+    red, green, blue = planes[0], planes[1], planes[2]
+    d0, d1, d2 = dst[:plane], dst[plane:2 * plane], dst[2 * plane:]
+    if not to_uint8:
+        for k in range(plane):
+            r, g, b = red[k], green[k], blue[k]
+            d0[k] = (min(max(m00 * r + m01 * g + m02 * b + o0, lo), hi) - mean0) * scale0
+            d1[k] = (min(max(m10 * r + m11 * g + m12 * b + o1, lo), hi) - mean1) * scale1
+            d2[k] = (min(max(m20 * r + m21 * g + m22 * b + o2, lo), hi) - mean2) * scale2
+        return
+    # crop_mirror_normalize's uint8 output: rounded (+ 0.5, then truncated on the store), saturated
+    half = float32(0.5)
+    for k in range(plane):
+        r, g, b = red[k], green[k], blue[k]
+        d0[k] = min(max((min(max(m00 * r + m01 * g + m02 * b + o0, lo), hi) - mean0) * scale0 + half, lo), hi)
+        d1[k] = min(max((min(max(m10 * r + m11 * g + m12 * b + o1, lo), hi) - mean1) * scale1 + half, lo), hi)
+        d2[k] = min(max((min(max(m20 * r + m21 * g + m22 * b + o2, lo), hi) - mean2) * scale2 + half, lo), hi)
+
+
+@njit(cache=True, fastmath=True)
+def _view(dst, size, src, h, w, p, to_uint8):
+    """Resize the RGB crop to size x size (separable triangle filter: linear, or antialiased as
+    DALI's resize), twist its colours, mirror, normalize, write CHW. ~0.35 ms for a 300 x 250 crop
+    (linear), ~0.5 ms for a 328 px square antialiased (2-core Xeon VM, one thread)."""
+    antialias = p[11] > 0.5
+    y_index, y_weight = _filter(size, h, antialias, False)
+    x_index, x_weight = _filter(size, w, antialias, p[4] > 0.5)
+    planes = _columns(_rows(src, w, y_index, y_weight), x_index, x_weight)
+    _finish(dst, planes, _matrix(p[0], p[1], p[2], p[3]), p, to_uint8)
 
 
 @njit(cache=True)
@@ -216,9 +270,10 @@ def _chw_setup(size: int):
     return setup
 
 
-def train_view(images, size: int, factors: dict, *, mirror, mean, std: list[float], uint8: bool):
+def train_view(images, size: int, factors: dict, *, mirror, mean, std: list[float], uint8: bool,
+               antialias: bool = False):
     """uint8 HWC RGB random crops -> the network's CHW input in one kernel: what fn.resize(antialias=
-    False) + color_twist + crop_mirror_normalize give (within 1 level; tests/unit/test_dali_pipeline.py).
+    antialias) + color_twist + crop_mirror_normalize give (within 2 levels; tests/unit/test_dali_pipeline.py).
 
     factors: color_twist's (absent ones neutral); mirror: a per-image 0/1 node or 0; mean: per-image
     (3,) node or constant list (0..255 units, lighting offset subtracted); std: 0..255 units.
@@ -228,7 +283,7 @@ def train_view(images, size: int, factors: dict, *, mirror, mean, std: list[floa
     flip = fn.cast(mirror, dtype=types.FLOAT) if not isinstance(mirror, int) else types.Constant(np.float32(mirror))
     mean = mean if not isinstance(mean, list) else types.Constant(np.array(mean, dtype=np.float32))
     scale = types.Constant(np.array([1.0 / s for s in std], dtype=np.float32))
-    params = fn.cat(fn.stack(*jitter, flip), mean, scale)
+    params = fn.cat(fn.stack(*jitter, flip), mean, scale, types.Constant(np.array([antialias], dtype=np.float32)))
     run, dtype = (_view_uint8_run, types.UINT8) if uint8 else (_view_float_run, types.FLOAT)
     op = _op(run, _chw_setup(size), in_types=[types.UINT8, types.FLOAT], ins_ndim=[3, 1], out_type=dtype)
     return op(images, params)

@@ -131,7 +131,6 @@ def _decode(encoded, aug: AugmentSpec, *, train: bool, device_id: int | None, hw
 
 def _train_images(images, aug: AugmentSpec, device: str):
     mirror = fn.random.coin_flip(probability=0.5) if aug.flip else 0
-    size = aug.spec.image_size
     if aug.preset == "pad":
         images = _jitter(fn.resize(images, device=device, size=(aug.resize, aug.resize)), aug, device,
                          _jitter_factors(aug))
@@ -139,28 +138,27 @@ def _train_images(images, aug: AugmentSpec, device: str):
         return _normalize(images, aug, device, pos=pos, mirror=mirror)
     mean = _lighting_mean(aug) if aug.lighting else None
     factors = _jitter_factors(aug)
-    if aug.preset == "alexnet":  # the decoder cut the random square; antialiased as the eval resize
-        images = fn.resize(images, device=device, size=(size, size))
-        return _normalize(_jitter(images, aug, device, factors), aug, device, mirror=mirror, crop=False, mean=mean)
-    return _inception_view(images, aug, device, factors, mirror, mean)  # the decoder already cut the random crop
+    # The decoder cut the random crop (alexnet: the random square; antialiased as the eval resize).
+    antialias = True if aug.preset == "alexnet" else TRAIN_ANTIALIAS
+    return _train_view(images, aug, device, factors, mirror, mean, antialias)
 
 
-def _inception_view(images, aug: AugmentSpec, device: str, factors: dict, mirror, mean):
-    """Resize the crop (linear, no antialiasing), jitter, mirror, normalize. On CPU for RGB: one
-    Numba kernel doing all of it (cpu_kernels.train_view: DALI's CPU resize alone cost ~1.1-1.5 ms
-    an image, more than the rest of the graph after the decoder)."""
-    kernels = _cpu_kernels() if device == "cpu" and aug.spec.channels == 3 and not TRAIN_ANTIALIAS else None
+def _train_view(images, aug: AugmentSpec, device: str, factors: dict, mirror, mean, antialias: bool):
+    """Resize the decoder's crop to the network's size, jitter, mirror, normalize. On CPU for RGB:
+    one Numba kernel doing all of it (cpu_kernels.train_view: DALI's CPU resize alone cost ~1.1-1.5 ms
+    an image linear, ~2 antialiased, more than the rest of the graph after the decoder)."""
+    kernels = _cpu_kernels() if device == "cpu" and aug.spec.channels == 3 else None
     if kernels is not None:
         if mean is None:
             mean = [0.0] * 3 if aug.uint8 else aug.mean255
         return kernels.train_view(images, aug.spec.image_size, factors, mirror=mirror, mean=mean,
-                                  std=[1.0] * 3 if aug.uint8 else aug.std255, uint8=aug.uint8)
-    return _inception_ops(images, aug, device, factors, mirror, mean)
+                                  std=[1.0] * 3 if aug.uint8 else aug.std255, uint8=aug.uint8, antialias=antialias)
+    return _train_ops(images, aug, device, factors, mirror, mean, antialias)
 
 
-def _inception_ops(images, aug: AugmentSpec, device: str, factors: dict, mirror, mean):
-    """_inception_view with DALI's operators (GPU; and the reference of the CPU kernel's tests)."""
-    images = fn.resize(images, device=device, size=(aug.spec.image_size,) * 2, antialias=TRAIN_ANTIALIAS)
+def _train_ops(images, aug: AugmentSpec, device: str, factors: dict, mirror, mean, antialias: bool):
+    """_train_view with DALI's operators (GPU; and the reference of the CPU kernel's tests)."""
+    images = fn.resize(images, device=device, size=(aug.spec.image_size,) * 2, antialias=antialias)
     return _normalize(_jitter(images, aug, device, factors), aug, device, mirror=mirror, crop=False, mean=mean)
 
 
