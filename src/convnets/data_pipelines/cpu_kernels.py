@@ -1,17 +1,18 @@
 """The per-pixel steps of the CPU training graph that DALI's CPU operators make slow, as Numba kernels.
 
 Measured on ImageNet photos, 2-core x86_64 VM, DALI 2.4.0 (README, "The data path on 2 CPU cores"):
-DALI's CPU `resize` (linear, no antialiasing) of the random crop to 224 px costs ~1.1-1.5 ms of CPU
-an image, and its CPU `color_twist` 1.1-2 ms: each about half the decode of the whole photo, so a
-CPU pipeline ran at ~0.5-0.7x the decode-only rate. Both are scalar per-pixel loops there. Compiled
-by Numba/LLVM, the colour map costs ~40 us, and the whole inception view ~0.5-0.8 ms. GPU graphs
-keep DALI's operators (cheap on the GPU).
+DALI's CPU `resize` of the random crop to 224 px costs ~1.1-1.5 ms of CPU an image (linear, no
+antialiasing; ~2 ms antialiased), and its CPU `color_twist` 1.1-2 ms: each about half the decode of
+the whole photo, so a CPU pipeline ran at ~0.5-0.7x the decode-only rate. Both are scalar per-pixel
+loops there. Compiled by Numba/LLVM, the colour map costs ~40 us, and the whole train view
+~0.3-0.5 ms. GPU graphs keep DALI's operators (cheap on the GPU).
 
-  train_view     the inception preset's crop -> network input in one pass: DALI's linear resize
-                 without antialiasing (output pixel centres mapped onto the input, edges clamped),
-                 color_twist, mirror, crop_mirror_normalize's normalization (or its uint8 output),
-                 CHW. Within 2 levels of DALI's operators, which round to uint8 between the steps.
-  colour_twist   color_twist's uint8 output, for the other presets (alexnet, pad); identical pixels.
+  train_view     the inception and alexnet presets' crop -> network input in one kernel: DALI's
+                 linear resize (output pixel centres mapped onto the input, edges clamped), without
+                 antialiasing (inception) or with it (alexnet), color_twist, mirror,
+                 crop_mirror_normalize's normalization (or its uint8 output), CHW. Within 2 levels
+                 of DALI's operators, which round to uint8 between the steps.
+  colour_twist   color_twist's uint8 output, for the pad preset; identical pixels.
 Both use augment.color_twist_matrix, the torch engine's matrix too. Tests: tests/unit/test_dali_pipeline.py.
 
 They run as DALI's `numba_function` operator (per sample, in DALI's thread pool, without the GIL),

@@ -85,7 +85,7 @@ def _jitter(images, aug: AugmentSpec, device: str, factors: dict):
 def _cpu_kernels():
     """The CPU graph's Numba kernels (cpu_kernels.py), or None where Numba does not import (then
     DALI's own CPU operators run: the same pixels within 2 levels, ~0.5-0.7x the decode rate
-    instead of ~0.9x; said once). Imported on use: a GPU graph never needs Numba."""
+    instead of ~1x; said once). Imported on use: a GPU graph never needs Numba."""
     try:
         from convnets.data_pipelines import cpu_kernels
     except ImportError as e:
