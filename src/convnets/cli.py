@@ -30,9 +30,15 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 STRICT_INPUT_ERRORS = LIGHTNING_COMMANDS
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `convnets` parser; `command` (argv[0]) decides which heavy commands get their arguments.
+
+    Building it must not import torch or Lightning (~8 s on 2 cores) unless the command needs them,
+    or `convnets status`, `shards`, `slurm template` and `--help` would pay that every time
+    (tests/unit/test_cli_imports.py).
+    """
     from convnets.data_pipelines.shards_cli import add_shards_subcommands
-    from convnets.platform.bench import add_bench_subcommands
+    from convnets.platform.bench_cli import add_bench_subcommands
     from convnets.platform.demo import add_demo_arguments
     from convnets.platform.sweep import add_sweep_subcommands
 
@@ -55,17 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_slurm_commands(sub)
     add_bench_subcommands(sub.add_parser("bench", help="benchmarks: JSON + a table").add_subparsers(
         dest="bench_command", metavar="BENCH", required=True))
-    _add_evaluation_subcommands(sub)
+    _add_evaluation_subcommands(sub, command)
     return parser
 
 
-def _add_evaluation_subcommands(sub) -> None:
+def _add_evaluation_subcommands(sub, command: str | None) -> None:
+    evaluate = sub.add_parser("evaluate", help="multi-crop top-1/top-5 of a checkpoint, MC dropout, plots")
+    analyze = sub.add_parser("analyze", help="invariance and per-layer linear probes of a checkpoint")
+    if command not in ("evaluate", "analyze"):  # their modules import torch and Lightning
+        return
     from convnets.platform.analyze import add_analyze_subcommands
     from convnets.platform.evaluate import add_evaluate_arguments
 
-    add_evaluate_arguments(sub.add_parser("evaluate", help="multi-crop top-1/top-5 of a checkpoint, MC dropout, plots"))
-    add_analyze_subcommands(sub.add_parser("analyze", help="invariance and per-layer linear probes of a checkpoint")
-                            .add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True))
+    add_evaluate_arguments(evaluate)
+    add_analyze_subcommands(analyze.add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True))
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -78,7 +87,7 @@ def _dispatch(argv: list[str]) -> int:
 
         run_lightning(argv)
         return 0
-    args = _parser().parse_args(argv)
+    args = _parser(argv[0] if argv else None).parse_args(argv)
     if args.command == "models":
         from convnets.platform.model_table import models_table
 
@@ -98,7 +107,7 @@ def _dispatch(argv: list[str]) -> int:
 
         return run_evaluate_command(args) if args.command == "evaluate" else run_analyze_command(args)
     if args.command == "bench":
-        from convnets.platform.bench import run_bench_command
+        from convnets.platform.bench_cli import run_bench_command
 
         return run_bench_command(args)
     if args.command in ("status", "slurm"):

@@ -19,11 +19,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from convnets.platform.checkpoints import build_module, check_classes, read_checkpoint
+from convnets.platform.checkpoints import build_module, read_checkpoint
 
 log = logging.getLogger(__name__)
 

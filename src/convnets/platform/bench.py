@@ -17,10 +17,7 @@ It imports neither DALI nor jsonargparse, so it runs on a machine with only torc
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import platform
 import statistics
 import tempfile
 import time
@@ -28,9 +25,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
+
+from convnets.platform.bench_report import Timing, hardware, median_ci95, versions
 
 log = logging.getLogger(__name__)
 
@@ -58,75 +56,6 @@ class ModelBench:
         return torch.device(self.device)
 
 
-def _add_common(p) -> None:
-    p.add_argument("--arch", required=True, help="registered model (`convnets models`)")
-    p.add_argument("--batch", type=int, required=True, help="images per step")
-    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    p.add_argument("--steps", type=int, default=50, help="timed steps (per arm and round for `model`; default 50)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps before them (default 3)")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--json", type=Path, default=None, help="write the result here")
-
-
-def add_bench_subcommands(sub) -> None:
-    from convnets.platform.bench_e2e import add_e2e_arguments
-
-    add_e2e_arguments(sub.add_parser("e2e", help="shards into training: data alone, model alone, both together"))
-    from convnets.platform.bench_imagenette import add_imagenette_arguments
-
-    add_imagenette_arguments(sub.add_parser("imagenette", help="time to accuracy on Imagenette on this machine's CPUs"))
-    from convnets.platform.bench_data import add_data_arguments
-
-    add_data_arguments(sub.add_parser("data", help="data path alone: bytes fed, decode-only, the train loader"))
-    ev = sub.add_parser("eval", help="multi-crop test images/s through the platform's test step")
-    _add_common(ev)
-    ev.add_argument("--crops", type=int, default=10, choices=[1, 5, 10], help="crops per image (default 10)")
-    ev.add_argument("--rounds", type=int, default=3, help="alternating 1-crop/N-crop rounds; medians (default 3)")
-    model = sub.add_parser("model", help="training images/s: the Lightning loop vs a bare PyTorch loop")
-    _add_common(model)
-    model.add_argument("--compile", action="store_true", help="torch.compile the network")
-    model.add_argument("--space-to-depth", action="store_true",
-                       help="the strided stem convolution as a stride-1 one over pixel blocks (same output)")
-    model.add_argument("--rounds", type=int, default=5, help="A/B rounds; the ratio is their median (default 5)")
-
-
-def run_bench_command(args: argparse.Namespace) -> int:
-    if args.bench_command == "imagenette":
-        from convnets.platform.bench_imagenette import bench_imagenette, format_imagenette_table
-
-        return _report(bench_imagenette(args), format_imagenette_table, args.json)
-    if args.bench_command == "data":
-        from convnets.platform.bench_data import bench_data, config_from_args, format_data_table
-
-        return _report(bench_data(config_from_args(args)), format_data_table, args.json)
-    if args.bench_command == "e2e":
-        from convnets.platform.bench_e2e import bench_e2e
-
-        return _report(bench_e2e(args), format_e2e_table, args.json)
-    cfg = ModelBench(arch=args.arch, batch=args.batch, precision=args.precision, channels_last=args.channels_last,
-                     compile=getattr(args, "compile", False),
-                     space_to_depth=getattr(args, "space_to_depth", False), steps=args.steps, warmup=args.warmup,
-                     rounds=getattr(args, "rounds", 1), num_classes=args.num_classes, device=args.device)
-    if min(cfg.batch, cfg.steps, cfg.rounds) < 1 or cfg.warmup < 0:
-        raise ValueError("--batch, --steps and --rounds must be >= 1 and --warmup >= 0")
-    if cfg.torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible")
-    if args.bench_command == "eval":
-        return _report(bench_eval(cfg, crops=args.crops), format_eval_table, args.json)
-    return _report(bench_model(cfg), format_table, args.json)
-
-
-def _report(result: dict, table, path: Path | None) -> int:
-    print(table([result]))
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
-# -- the two arms ---------------------------------------------------------------------------------
 def synthetic_batch(batch: int, input_size: tuple[int, ...], num_classes: int, device: torch.device,
                     *, n_valid: int | None = None) -> dict:
     """A batch as the data module makes it; the last batch - n_valid samples are padding."""
@@ -164,23 +93,6 @@ def _module(cfg: ModelBench):
     return ClassifierModule(arch=cfg.arch, num_classes=cfg.num_classes,
                             perf=PerfConfig(channels_last=cfg.channels_last, compile=cfg.compile,
                                             space_to_depth=cfg.space_to_depth))
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One arm's timed steps: host time stamps at each step's start, and the end (device synchronized)."""
-
-    marks: list[float]
-    batch: int
-
-    @property
-    def window_rate(self) -> float:
-        return self.batch * (len(self.marks) - 1) / (self.marks[-1] - self.marks[0])
-
-    @property
-    def step_rate(self) -> float:
-        """Images/s from the median step: robust to the bursts a shared machine adds to a few steps."""
-        return self.batch / statistics.median(b - a for a, b in zip(self.marks, self.marks[1:]))
 
 
 def bare_loop(cfg: ModelBench, batch: dict) -> Timing:
@@ -332,19 +244,6 @@ def bench_model(cfg: ModelBench) -> dict:
     }
 
 
-def median_ci95(values: list[float], resamples: int = 10_000) -> list[float] | None:
-    """95% bootstrap interval (percentile, seeded) of the median of per-round values; None under 3 rounds.
-
-    On a shared 2-core VM single rounds of the LeNet-5 ratio range 0.8-1.3: the interval says whether
-    a median is evidence for or against a target (e.g. 0.955 [0.915, 1.005] cannot tell 0.97 apart).
-    """
-    if len(values) < 3:
-        return None
-    rng = np.random.default_rng(0)
-    medians = np.median(rng.choice(np.asarray(values), size=(resamples, len(values))), axis=1)
-    return [float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))]
-
-
 def _eval_timing(cfg: ModelBench, crops: int) -> Timing:
     """The platform's test step on a synthetic (batch, crops, C, H, W) batch: each image's crops in one forward."""
     from convnets.models import get_model_info
@@ -387,70 +286,3 @@ def bench_eval(cfg: ModelBench, *, crops: int) -> dict:
 
 
 EVAL_COST_TARGET = 10.5  # 10 crops may cost at most 10.5x one crop per image (issue 9)
-
-
-def format_eval_table(results: list[dict]) -> str:
-    return markdown_table(
-        ["arch", "batch", "crops", "precision", "NHWC", "images/s", "crops/s", "1-crop images/s", "cost ratio", "target"],
-        [[r["arch"], str(r["batch"]), str(r["crops"]), r["precision"], yes_no(r["channels_last"]),
-          f"{r['images_per_s']:.1f}", f"{r['crops_per_s']:.1f}", f"{r['single_images_per_s']:.1f}",
-          f"{r['cost_ratio']:.2f}x", f"<= {r['target_cost_ratio']:.2f}x"] for r in results])
-
-
-def format_e2e_table(results: list[dict]) -> str:
-    return markdown_table(
-        ["arch", "batch", "decode", "data img/s", "model img/s", "both img/s", "bottleneck"],
-        [[r["arch"], str(r["batch"]), r["decode"], f"{r['data_images_per_s']:.1f}", f"{r['model_images_per_s']:.1f}",
-          f"{r['both_images_per_s']:.1f}", r["bottleneck"]] for r in results])
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, {torch.get_num_threads()} CPU threads"
-    return f"{_cpu_name()}, {torch.get_num_threads()} threads"
-
-
-def _cpu_name() -> str:
-    try:  # Linux names the model; platform.processor() is often empty there
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning": pl.__version__}
-    if torch.cuda.is_available():
-        out["cuda"] = str(torch.version.cuda)
-        out["cudnn"] = str(torch.backends.cudnn.version())
-    return out
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A markdown table, every column padded to its widest cell (first column left, others right)."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
-def yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
-
-
-def _ratio_cell(r: dict) -> str:
-    ci = r.get("ratio_ci95")
-    return f"{r['ratio']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-
-def format_table(results: list[dict]) -> str:
-    return markdown_table(
-        ["arch", "batch", "precision", "NHWC", "compile", "s2d stem", "Lightning img/s", "bare img/s", "ratio [95% CI]", "MFU"],
-        [[r["arch"], str(r["batch"]), r["precision"], yes_no(r["channels_last"]), yes_no(r["compile"]),
-          yes_no(r.get("space_to_depth", False)),
-          f"{r['images_per_s']:.1f}", f"{r['bare_images_per_s']:.1f}", _ratio_cell(r),
-          f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"] for r in results])

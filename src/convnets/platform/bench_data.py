@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from convnets.platform.bench import Timing, hardware, markdown_table, versions
+from convnets.platform.bench_report import Timing, hardware, markdown_table, versions
 
 
 @dataclass(frozen=True)

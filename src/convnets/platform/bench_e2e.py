@@ -15,26 +15,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from convnets.platform.bench import ModelBench, _sync, bare_loop, hardware, synthetic_batch, versions
-
-
-def add_e2e_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, required=True, help="shard folder written by `convnets shards` (uses train/)")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--steps", type=int, default=40, help="timed batches per measurement (default 40)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--num-threads", type=int, default=8, help="DALI CPU threads (default 8)")
-    p.add_argument("--hw-decoder-load", type=float, default=0.65, help="GPU: share for the hardware JPEG decoder")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (decoding follows the device)")
-    p.add_argument("--json", type=Path, default=None)
+from convnets.platform.bench import ModelBench, _sync, bare_loop, synthetic_batch
+from convnets.platform.bench_report import hardware, versions
 
 
 def _loader(args, cfg: ModelBench, total_batches: int):

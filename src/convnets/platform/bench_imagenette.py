@@ -28,7 +28,7 @@ def bench_imagenette(args: argparse.Namespace) -> dict:
     from convnets.data_pipelines.shard_writer import write_shards
     from convnets.data_pipelines.sources import ImageFolderSource
     from convnets.platform import plots
-    from convnets.platform.bench import hardware, versions
+    from convnets.platform.bench_report import hardware, versions
     from convnets.platform.children import run_convnets
 
     import torch
@@ -66,7 +66,7 @@ def bench_imagenette(args: argparse.Namespace) -> dict:
 
 
 def format_imagenette_table(results: list[dict]) -> str:
-    from convnets.platform.bench import markdown_table, yes_no
+    from convnets.platform.bench_report import markdown_table, yes_no
 
     return markdown_table(
         ["recipe", "top-1 10-crop", "top-1 centre", "wall (shards + fit + test)", "target met"],

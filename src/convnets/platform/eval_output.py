@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from convnets.platform import eval_plots, plots
-from convnets.platform.bench import markdown_table
+from convnets.platform.bench_report import markdown_table
 from convnets.platform.tracking import package_versions, write_json
 
 log = logging.getLogger(__name__)

@@ -201,7 +201,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def summary_table(result: dict) -> str:
-    from convnets.platform.bench import markdown_table
+    from convnets.platform.bench_report import markdown_table
 
     rows = [[f"{result['crops']} crops ({result['average']})", f"{result['top1']:.4f}", f"{result['top5']:.4f}",
              f"{1 - result['top1']:.4f}", f"{1 - result['top5']:.4f}"],

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from convnets.platform import eval_plots
 from convnets.platform.analyze import (AnalyzeConfig, centre_crops, choose_layers, features, load_setup, output_folder,
                                        publish, tapped_layers)
-from convnets.platform.bench import markdown_table
+from convnets.platform.bench_report import markdown_table
 from convnets.platform.plots import _save, plt
 
 # name -> (magnitudes, unit); translation in fractions of the image height (ZF: -60..60 px of 224)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from convnets.platform.analyze import AnalyzeConfig, centre_crops, choose_layers, features, load_setup, output_folder, publish
-from convnets.platform.bench import markdown_table
+from convnets.platform.bench_report import markdown_table
 from convnets.platform.plots import _save, plt
 
 POOL = 2  # conv maps -> POOL x POOL per channel

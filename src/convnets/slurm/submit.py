@@ -18,7 +18,6 @@ import io
 import logging
 import shlex
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
