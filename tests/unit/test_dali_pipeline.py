@@ -194,9 +194,10 @@ def test_cpu_train_view_kernel_gives_dali_operators_pixels(imagenette_small_shar
     """The CPU train view in one Numba kernel (cpu_kernels.train_view: resize, jitter with saturation
     and hue, mirror, normalize) against DALI's operators (resize: linear for inception, antialiased
     for alexnet, here a ~2x shrink of the decoder's square; the jitter as colour_twist, which the next
-    test holds to DALI's color_twist; crop_mirror_normalize) on the same crops with the same draws, in the real training graph, the two stacked one above the other.
-    The operators round to uint8 after the resize and after the twist, the kernel does not: at most
-    2 levels apart, and a quarter level on average (the mean error of that rounding; measured 0.21-0.30)."""
+    test holds to DALI's color_twist; crop_mirror_normalize) on the same crops with the same draws,
+    in the real training graph, the two stacked one above the other. The operators round to uint8
+    after the resize and after the twist, the kernel does not: at most 2 levels apart, and a quarter
+    level on average (the mean error of that rounding; measured 0.21-0.30)."""
     import nvidia.dali.fn as fn
 
     from convnets.data_pipelines import dali_pipeline
@@ -247,7 +248,8 @@ def test_cpu_colour_twist_gives_color_twists_pixels(imagenette_small_tree):
     new, old, source = (np.concatenate([np.asarray(x[i], dtype=np.float32).ravel() for i in range(len(files))])
                         for x in pipe.run())
     assert (new - source).std() > 10  # the jitter did change the photos
-    assert np.abs(new - old).max() <= 1 and np.abs(new - old).mean() < 0.01  # 1 level only where float32 rounds the other way
+    # 1 level only where float32 rounds the other way
+    assert np.abs(new - old).max() <= 1 and np.abs(new - old).mean() < 0.01
 
 
 def test_without_numba_the_cpu_graph_runs_on_dalis_operators(imagenette_small_shards, monkeypatch, caplog):
