@@ -25,10 +25,10 @@ from convnets.data_pipelines.augment import CROP_POSITIONS, AugmentSpec, lightin
 
 log = logging.getLogger(__name__)
 
-# Train-time resize of the crop to the network's size: linear interpolation; antialiasing off,
-# because a random-resized crop is itself a random rescaling (the aliasing of one more
-# downscale is noise among that) and the filter costs ~10-15% of the CPU pipeline's rate
-# (ImageNet-sized JPEGs, 224 px crops, 2 threads).
+# Inception preset's train-time resize of the crop to the network's size: linear interpolation;
+# antialiasing off, because a random-resized crop is itself a random rescaling (the aliasing of one
+# more downscale is noise among that), and the wider filter costs time (DALI's CPU resize: ~10-15%
+# of the pipeline's rate; the CPU kernel: ~0.1 ms more an image). The alexnet preset antialiases.
 TRAIN_ANTIALIAS = False
 
 
