@@ -2,15 +2,20 @@
 
 Both arms do the same work on the same synthetic batch (already on the device, so the data path
 is out of the picture): forward, masked cross-entropy, running training accuracy, backward, SGD
-step, LR-scheduler step.
+step, LR-scheduler step, each arm on its own copy of the network.
 The Lightning arm carries everything a real run has: the platform's callbacks (throughput, run
 record, report, checkpointing), a logger (W&B offline where wandb is installed, else CSV) and
-the progress bar. Arms alternate A/B then B/A, round after round. Each arm's rate is its batch
-over its MEDIAN step time (a shared machine adds bursts to a few steps; the median ignores them,
-and every step of the Lightning arm includes its whole loop: fetch, hooks, callbacks, logging);
-the reported ratio is the median of the per-round ratios. Whole-window rates are in the JSON too.
+the progress bar. The arms alternate block by block inside ONE fit: after both arms' warm-up,
+each round is `steps` Lightning steps, then `steps` bare steps run from a callback between two
+Lightning steps. The device is synchronized at both ends of every bare block, and the Lightning
+block's time (start of its first step to the start of the next block's, minus the bare block)
+includes everything Lightning does around its steps. Blocks a fraction of a second apart see the
+same machine (a shared VM's speed drifts by tens of percent over seconds), and a compiled network
+compiles once per arm, not once per round. Each arm's rate is its images over its block's time;
+the reported ratio is the median of the per-round ratios (per-step medians are in the JSON too).
 
     convnets bench model --arch alexnet --batch 64 --json bench/alexnet.json
+    convnets bench model --arch lenet5 --batch 256 --steps 5 --rounds 100 --json OUT   # many short rounds
     convnets bench model --arch alexnet --batch 256 --precision bf16-mixed --channels-last --compile --json OUT
 
 It imports neither DALI nor jsonargparse, so it runs on a machine with only torch and Lightning.
@@ -95,63 +100,124 @@ def _module(cfg: ModelBench):
                                             space_to_depth=cfg.space_to_depth))
 
 
-def bare_loop(cfg: ModelBench, batch: dict) -> Timing:
-    """Images/s of plain PyTorch doing the module's training arithmetic (loss, accuracy, SGD, schedule)."""
-    from convnets.platform.module import masked_cross_entropy
-    from convnets.platform.recipe import lr_factor, parameter_groups
+class BareArm:
+    """Plain PyTorch doing the module's training arithmetic (loss, accuracy, SGD, schedule) on its own network."""
 
-    module = _module(cfg)
-    net, o = module.net.to(cfg.torch_device), module.optim
-    if cfg.compile:
-        net.compile()
-    optimizer = torch.optim.SGD(parameter_groups(net, o), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-    total = cfg.warmup + cfg.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(o, s / total, 1.0))
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.precision)
-    autocast = torch.autocast(cfg.torch_device.type, dtype=dtype) if dtype else nullcontext()
-    scaler = torch.amp.GradScaler(cfg.torch_device.type, enabled=cfg.precision == "16-mixed")
-    net.train()
-    marks, correct = [], torch.zeros((), dtype=torch.long, device=cfg.torch_device)
-    seen = torch.zeros_like(correct)
-    for step in range(total):
-        if step == cfg.warmup:
-            _sync(cfg.torch_device)
-        if step >= cfg.warmup:
-            marks.append(time.perf_counter())
-        with autocast:
+    def __init__(self, cfg: ModelBench, batch: dict, total_steps: int) -> None:
+        from convnets.platform.recipe import lr_factor, parameter_groups
+
+        module = _module(cfg)
+        self.cfg, self.batch = cfg, batch
+        self.net, o = module.net.to(cfg.torch_device), module.optim
+        if cfg.compile:
+            self.net.compile()
+        self.optimizer = torch.optim.SGD(parameter_groups(self.net, o), lr=o.lr, momentum=o.momentum,
+                                         nesterov=o.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(o, s / total_steps, 1.0))
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.precision)
+        self.autocast = (lambda: torch.autocast(cfg.torch_device.type, dtype=dtype)) if dtype else nullcontext
+        self.scaler = torch.amp.GradScaler(cfg.torch_device.type, enabled=cfg.precision == "16-mixed")
+        self.net.train()
+        self.correct = torch.zeros((), dtype=torch.long, device=cfg.torch_device)
+        self.seen = torch.zeros_like(self.correct)
+
+    def step(self) -> None:
+        from convnets.platform.module import masked_cross_entropy
+
+        batch = self.batch
+        with torch.enable_grad(), self.autocast():  # also when run from inside a Lightning hook
             images = batch["images"]
-            if cfg.channels_last:
+            if self.cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            logits = net(images)
+            logits = self.net(images)
             loss = masked_cross_entropy(logits, batch["labels"], batch["valid"])
         # The running training accuracy a plain script keeps too (device-side, no sync): the
         # arithmetic of the module's TopKAccuracy(1), without torchmetrics' bookkeeping.
         hit = (logits.detach().topk(1, dim=-1).indices == batch["labels"].unsqueeze(-1)).any(-1)
-        correct += (hit & batch["valid"]).sum()
-        seen += batch["valid"].sum()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-    _sync(cfg.torch_device)
-    return Timing(marks + [time.perf_counter()], cfg.batch)
+        self.correct += (hit & batch["valid"]).sum()
+        self.seen += batch["valid"].sum()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def run(self, steps: int) -> Timing:
+        """`steps` steps from an idle device to an idle device: each step's start, then the end."""
+        _sync(self.cfg.torch_device)
+        marks = []
+        for _ in range(steps):
+            marks.append(time.perf_counter())
+            self.step()
+        _sync(self.cfg.torch_device)
+        return Timing(marks + [time.perf_counter()], self.cfg.batch)
 
 
-def lightning_loop(cfg: ModelBench, batch: dict, run_dir: Path) -> Timing:
-    """Images/s of the platform's Trainer with its callbacks, logger and progress bar on."""
+def bare_loop(cfg: ModelBench, batch: dict) -> Timing:
+    """The bare arm alone: `warmup` untimed steps, then `steps` timed ones."""
+    arm = BareArm(cfg, batch, cfg.warmup + cfg.steps)
+    arm.run(cfg.warmup)
+    return arm.run(cfg.steps)
+
+
+class Interleaved(pl.Callback):
+    """Times the Lightning arm's blocks and runs the bare arm's blocks between them (see the module's doc).
+
+    Lightning's time stamps are read on a clock that stops while a bare block runs, so a block's
+    `Timing` holds Lightning's time only; the device is synchronized on Lightning's clock before
+    each bare block. It must be the last callback, so that the others' per-step work is Lightning's.
+    """
+
+    def __init__(self, cfg: ModelBench, bare: BareArm) -> None:
+        self.cfg, self.bare = cfg, bare
+        self.lightning: list[Timing] = []
+        self.bare_blocks: list[Timing] = []
+        self._marks: list[float] = []
+        self._paused = 0.0  # seconds spent in bare blocks so far: Lightning's clock skips them
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        i = batch_idx - self.cfg.warmup  # index among the timed steps
+        if i < 0:
+            return
+        now = time.perf_counter() - self._paused
+        if i and i % self.cfg.steps == 0:  # this step starts a block and ends the previous one
+            self.lightning.append(Timing(self._marks + [now], self.cfg.batch))
+            self._marks = []
+        if i < self.cfg.steps * self.cfg.rounds:
+            self._marks.append(now)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        i = batch_idx - self.cfg.warmup
+        ends_block = i >= 0 and (i + 1) % self.cfg.steps == 0 and i < self.cfg.steps * self.cfg.rounds
+        if i != -1 and not ends_block:
+            return
+        _sync(self.cfg.torch_device)  # Lightning's queued work, on Lightning's clock
+        start = time.perf_counter()
+        if ends_block:
+            self.bare_blocks.append(self.bare.run(self.cfg.steps))
+        else:
+            self.bare.run(self.cfg.warmup)  # the bare arm's warm-up, right after Lightning's
+        self._paused += time.perf_counter() - start
+
+
+def interleaved_fit(cfg: ModelBench, batch: dict, run_dir: Path) -> Interleaved:
+    """One fit of the platform's Trainer (callbacks, logger, progress bar on) with the bare blocks inside."""
     from convnets.platform.callbacks import platform_callbacks
 
-    timer = WindowTimer(cfg.warmup, cfg.warmup + cfg.steps - 1, cfg.torch_device)
+    total = cfg.warmup + cfg.steps * cfg.rounds + 1  # + 1: the step whose start ends the last block
+    timer = Interleaved(cfg, BareArm(cfg, batch, total))
     trainer = pl.Trainer(
         accelerator="gpu" if cfg.torch_device.type == "cuda" else "cpu", devices=1, precision=cfg.precision,
-        max_steps=cfg.warmup + cfg.steps, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
-        callbacks=[timer, *platform_callbacks(run_dir, {"bench": "model"})], logger=_logger(run_dir),
+        max_steps=total, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
+        callbacks=[*platform_callbacks(run_dir, {"bench": "model"}), timer], logger=_logger(run_dir),
         log_every_n_steps=50, enable_model_summary=False, default_root_dir=str(run_dir),
         benchmark=cfg.torch_device.type == "cuda",
     )
-    trainer.fit(_module(cfg), train_dataloaders=SyntheticBatches(batch, cfg.warmup + cfg.steps))
-    return Timing(timer.marks, cfg.batch)
+    trainer.fit(_module(cfg), train_dataloaders=SyntheticBatches(batch, total))
+    if len(timer.lightning) != cfg.rounds or len(timer.bare_blocks) != cfg.rounds:
+        raise RuntimeError(f"bench model: {len(timer.lightning)} Lightning and {len(timer.bare_blocks)} bare blocks "
+                           f"timed, {cfg.rounds} expected")
+    return timer
 
 
 class WindowTimer(pl.Callback):
@@ -209,20 +275,16 @@ def bench_model(cfg: ModelBench) -> dict:
     if cfg.torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # both arms: Lightning's benchmark=True sets the same
     batch = synthetic_batch(cfg.batch, info.input_size, cfg.num_classes, cfg.torch_device)
-    rounds = []
     with tempfile.TemporaryDirectory(prefix="convnets-bench-") as tmp:
-        for r in range(cfg.rounds):
-            run_dir = Path(tmp) / f"round{r}"
-            if r % 2 == 0:  # A/B, then B/A: neither arm always runs first
-                lt, bt = lightning_loop(cfg, batch, run_dir), bare_loop(cfg, batch)
-            else:
-                bt, lt = bare_loop(cfg, batch), lightning_loop(cfg, batch, run_dir)
-            lit, bare = lt.step_rate, bt.step_rate
-            rounds.append({"images_per_s": lit, "bare_images_per_s": bare, "ratio": lit / bare,
-                           "window_images_per_s": lt.window_rate, "bare_window_images_per_s": bt.window_rate,
-                           "window_ratio": lt.window_rate / bt.window_rate})
-            log.info("round %d: lightning %.1f images/s, bare %.1f images/s, ratio %.3f (whole windows: %.3f)",
-                     r, lit, bare, lit / bare, lt.window_rate / bt.window_rate)
+        timer = interleaved_fit(cfg, batch, Path(tmp))
+    rounds = []
+    for r, (lt, bt) in enumerate(zip(timer.lightning, timer.bare_blocks)):
+        lit, bare = lt.window_rate, bt.window_rate
+        rounds.append({"images_per_s": lit, "bare_images_per_s": bare, "ratio": lit / bare,
+                       "step_images_per_s": lt.step_rate, "bare_step_images_per_s": bt.step_rate,
+                       "step_ratio": lt.step_rate / bt.step_rate})
+        log.info("round %d: lightning %.1f images/s, bare %.1f images/s, ratio %.3f (median steps: %.3f)",
+                 r, lit, bare, lit / bare, lt.step_rate / bt.step_rate)
     lit = statistics.median(r["images_per_s"] for r in rounds)
     bare = statistics.median(r["bare_images_per_s"] for r in rounds)
     train_flops = 3.0 * forward_flops(cfg.arch, num_classes=cfg.num_classes)
@@ -233,7 +295,8 @@ def bench_model(cfg: ModelBench) -> dict:
         "images_per_s": lit, "bare_images_per_s": bare,
         "ratio": statistics.median(r["ratio"] for r in rounds),
         "ratio_ci95": median_ci95([r["ratio"] for r in rounds]),
-        "window_ratio": statistics.median(r["window_ratio"] for r in rounds),
+        "step_ratio": statistics.median(r["step_ratio"] for r in rounds),
+        "method": "interleaved blocks in one fit",
         "train_gflops_per_image": train_flops / 1e9,
         "mfu": lit * train_flops / peak if peak else None,
         "bare_mfu": bare * train_flops / peak if peak else None,
