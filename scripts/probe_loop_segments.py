@@ -2,9 +2,9 @@
 
     PYTHONPATH=src python scripts/probe_loop_segments.py --arch lenet5 --batch 256 --steps 5 --rounds 40 [--json OUT]
 
-The platform's Trainer (callbacks, logger, progress bar) runs the module with time stamps at its
-hooks; after every `--steps` Lightning steps a callback runs as many bare steps (`bench.BareArm`)
-with time stamps between forward, backward and the optimizer, as `convnets bench model` does.
+`convnets bench model`'s interleaved fit (`bench.interleaved_fit`: the platform's Trainer with its
+callbacks, logger and progress bar, the bare blocks between Lightning's), with time stamps at the
+module's hooks and between the bare step's forward, backward and optimizer.
 Segments are medians over the timed steps, so they need not add up to the whole step exactly.
 A diagnostic for the README's loop-overhead notes, not a benchmark with a target.
 """
@@ -18,12 +18,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
 from convnets.models import get_model_info
 from convnets.platform import bench
-from convnets.platform.callbacks import platform_callbacks
 from convnets.platform.module import ClassifierModule, PerfConfig
 
 MARKS: dict[str, list[float]] = defaultdict(list)
@@ -55,20 +53,16 @@ class StampedModule(ClassifierModule):
 
 
 class StampedBare(bench.BareArm):
-    """The bare step of `bench.BareArm`, split by time stamps (same operations, same order)."""
+    """`bench.BareArm`'s step with time stamps between its halves and inside the update."""
 
     def step(self) -> None:
-        from convnets.platform.module import masked_cross_entropy
-
-        b = self.batch
         mark("B_in")
-        with torch.enable_grad(), self.autocast():
-            logits = self.net(b["images"])
-            loss = masked_cross_entropy(logits, b["labels"], b["valid"])
-        hit = (logits.detach().topk(1, dim=-1).indices == b["labels"].unsqueeze(-1)).any(-1)
-        self.correct += (hit & b["valid"]).sum()
-        self.seen += b["valid"].sum()
+        loss = self.forward()
         mark("B_step_out")
+        self.update(loss)
+        mark("B_out")
+
+    def update(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
         mark("B_backward_out")
         self.scaler.step(self.optimizer)
@@ -76,25 +70,18 @@ class StampedBare(bench.BareArm):
         mark("B_optimizer_out")
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        mark("B_out")
 
 
-class Stamps(pl.Callback):
-    def __init__(self, cfg: bench.ModelBench, bare: StampedBare) -> None:
-        self.cfg, self.bare = cfg, bare
+class Stamps(bench.Interleaved):
+    """`bench.Interleaved` (same blocks, same clock) with time stamps around each Lightning step."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         mark("L_start")
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         mark("L_end")
-        i = batch_idx - self.cfg.warmup
-        if i == -1:
-            for _ in range(self.cfg.warmup):
-                self.bare.step()
-        elif i >= 0 and (i + 1) % self.cfg.steps == 0:
-            for _ in range(self.cfg.steps):
-                self.bare.step()
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         mark("L_resume")
 
 
@@ -125,16 +112,11 @@ def main() -> None:
     cfg = bench.ModelBench(arch=args.arch, batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                            device="cpu", num_classes=1000)
     batch = bench.synthetic_batch(cfg.batch, get_model_info(cfg.arch).input_size, cfg.num_classes, cfg.torch_device)
-    total = cfg.warmup + cfg.steps * cfg.rounds + 1
-    stamps = Stamps(cfg, StampedBare(cfg, batch, total))
+    timer = Stamps(cfg, StampedBare(cfg, batch, bench.interleaved_steps(cfg)))
+    torch.manual_seed(0)
+    module = StampedModule(arch=cfg.arch, num_classes=cfg.num_classes, perf=PerfConfig())
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=total, max_epochs=1, limit_val_batches=0,
-                             num_sanity_val_steps=0, callbacks=[*platform_callbacks(Path(tmp), {}), stamps],
-                             logger=bench._logger(Path(tmp)), log_every_n_steps=50, enable_model_summary=False,
-                             default_root_dir=tmp)
-        torch.manual_seed(0)
-        trainer.fit(StampedModule(arch=cfg.arch, num_classes=cfg.num_classes, perf=PerfConfig()),
-                    train_dataloaders=bench.SyntheticBatches(batch, total))
+        bench.interleaved_fit(cfg, batch, Path(tmp), module=module, timer=timer)
     w = cfg.warmup
     out = {}
     for label, a, b in SEGMENTS:

@@ -122,6 +122,11 @@ class BareArm:
         self.seen = torch.zeros_like(self.correct)
 
     def step(self) -> None:
+        self.update(self.forward())
+
+    # The step's two halves, apart so that scripts/probe_loop_segments.py can time them.
+    def forward(self) -> torch.Tensor:
+        """Forward, loss and the running training accuracy; returns the loss."""
         from convnets.platform.module import masked_cross_entropy
 
         batch = self.batch
@@ -136,6 +141,10 @@ class BareArm:
         hit = (logits.detach().topk(1, dim=-1).indices == batch["labels"].unsqueeze(-1)).any(-1)
         self.correct += (hit & batch["valid"]).sum()
         self.seen += batch["valid"].sum()
+        return loss
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward, SGD step, zero_grad and the schedule's step."""
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -200,12 +209,22 @@ class Interleaved(pl.Callback):
         self._paused += time.perf_counter() - start
 
 
-def interleaved_fit(cfg: ModelBench, batch: dict, run_dir: Path) -> Interleaved:
-    """One fit of the platform's Trainer (callbacks, logger, progress bar on) with the bare blocks inside."""
+def interleaved_steps(cfg: ModelBench) -> int:
+    """Lightning steps of the interleaved fit: warm-up, the rounds' blocks, and one whose start ends the last block."""
+    return cfg.warmup + cfg.steps * cfg.rounds + 1
+
+
+def interleaved_fit(cfg: ModelBench, batch: dict, run_dir: Path, *, module: pl.LightningModule | None = None,
+                    timer: Interleaved | None = None) -> Interleaved:
+    """One fit of the platform's Trainer (callbacks, logger, progress bar on) with the bare blocks inside.
+
+    `module` and `timer` default to the platform's module and `Interleaved` with a `BareArm`
+    (scripts/probe_loop_segments.py passes time-stamping subclasses of both).
+    """
     from convnets.platform.callbacks import platform_callbacks
 
-    total = cfg.warmup + cfg.steps * cfg.rounds + 1  # + 1: the step whose start ends the last block
-    timer = Interleaved(cfg, BareArm(cfg, batch, total))
+    total = interleaved_steps(cfg)
+    timer = timer or Interleaved(cfg, BareArm(cfg, batch, total))
     trainer = pl.Trainer(
         accelerator="gpu" if cfg.torch_device.type == "cuda" else "cpu", devices=1, precision=cfg.precision,
         max_steps=total, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
@@ -213,7 +232,7 @@ def interleaved_fit(cfg: ModelBench, batch: dict, run_dir: Path) -> Interleaved:
         log_every_n_steps=50, enable_model_summary=False, default_root_dir=str(run_dir),
         benchmark=cfg.torch_device.type == "cuda",
     )
-    trainer.fit(_module(cfg), train_dataloaders=SyntheticBatches(batch, total))
+    trainer.fit(module or _module(cfg), train_dataloaders=SyntheticBatches(batch, total))
     if len(timer.lightning) != cfg.rounds or len(timer.bare_blocks) != cfg.rounds:
         raise RuntimeError(f"bench model: {len(timer.lightning)} Lightning and {len(timer.bare_blocks)} bare blocks "
                            f"timed, {cfg.rounds} expected")
