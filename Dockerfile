@@ -30,7 +30,7 @@ COPY constraints.txt /tmp/constraints.txt
 ENV NUMBA_CACHE_DIR=/opt/numba-cache
 RUN pip install --no-cache-dir -c /tmp/constraints.txt /tmp/dist/convnets-0.1.0-py3-none-any.whl \
     && rm -rf /tmp/dist /tmp/constraints.txt \
-    && python -c "import convnets.data_pipelines.cpu_kernels"
+    && python -c "import convnets.data_pipelines.loading.cpu_kernels"
 # Not root; uid 10001 (the base image already has uid 1000, "ubuntu"). Mount data and runs/ writable for it.
 RUN useradd --create-home --uid 10001 convnets && chown -R 10001 /opt/numba-cache
 USER 10001

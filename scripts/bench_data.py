@@ -15,7 +15,7 @@ import json
 import logging
 from pathlib import Path
 
-from convnets.platform.bench_data import add_data_arguments, bench_data, config_from_args, format_data_table
+from convnets.platform.bench.data import add_data_arguments, bench_data, config_from_args, format_data_table
 
 ROWS: dict[str, list[str]] = {
     "feed": ["--backend", "feed"],

@@ -91,7 +91,7 @@ fi
 
 $PY - "$OUT" <<'PYEOF'
 import json, pathlib, sys
-from convnets.platform.bench_report import format_eval_table, format_table, format_e2e_table
+from convnets.platform.bench.report import format_eval_table, format_table, format_e2e_table
 out = pathlib.Path(sys.argv[1])
 results = [json.loads(p.read_text()) for p in sorted(out.glob("bench_*.json"))]
 tables = []

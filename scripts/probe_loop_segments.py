@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from convnets.models import get_model_info
-from convnets.platform import bench
-from convnets.platform.module import ClassifierModule, PerfConfig
+from convnets.platform.bench import model as bench
+from convnets.platform.training.module import ClassifierModule, PerfConfig
 
 MARKS: dict[str, list[float]] = defaultdict(list)
 

@@ -103,9 +103,9 @@ def fit_and_record(*, arch: str, norm: str | None, device: str, strategy: str, p
                    channels_last: bool, run_dir, steps: int = 6, epochs: int = 2) -> dict:
     """Fit `epochs` epochs of `steps` synthetic steps (the last one padded); report syncs and throughput."""
     from convnets.models import get_model_info
-    from convnets.platform.bench import SyntheticBatches, synthetic_batch
-    from convnets.platform.callbacks import ThroughputMonitor, platform_callbacks
-    from convnets.platform.module import ClassifierModule, PerfConfig
+    from convnets.platform.bench.model import SyntheticBatches, synthetic_batch
+    from convnets.platform.training.callbacks import ThroughputMonitor, platform_callbacks
+    from convnets.platform.training.module import ClassifierModule, PerfConfig
 
     torch.manual_seed(0)
     dev = torch.device(device)

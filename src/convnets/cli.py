@@ -37,10 +37,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     or `convnets status`, `shards`, `slurm template` and `--help` would pay that every time
     (tests/unit/test_cli_imports.py).
     """
-    from convnets.data_pipelines.shards_cli import add_shards_subcommands
-    from convnets.platform.bench_cli import add_bench_subcommands
-    from convnets.platform.demo import add_demo_arguments
-    from convnets.platform.sweep import add_sweep_subcommands
+    from convnets.data_pipelines.shards.cli import add_shards_subcommands
+    from convnets.platform.bench.cli import add_bench_subcommands
+    from convnets.platform.experiments.demo import add_demo_arguments
+    from convnets.platform.experiments.sweep import add_sweep_subcommands
 
     parser = argparse.ArgumentParser(prog="convnets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -70,8 +70,8 @@ def _add_evaluation_subcommands(sub, command: str | None) -> None:
     analyze = sub.add_parser("analyze", help="invariance and per-layer linear probes of a checkpoint")
     if command not in ("evaluate", "analyze"):  # their modules import torch and Lightning
         return
-    from convnets.platform.analyze import add_analyze_subcommands
-    from convnets.platform.evaluate import add_evaluate_arguments
+    from convnets.platform.analysis.analyze import add_analyze_subcommands
+    from convnets.platform.evaluation.evaluate import add_evaluate_arguments
 
     add_evaluate_arguments(evaluate)
     add_analyze_subcommands(analyze.add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True))
@@ -83,31 +83,31 @@ def _dispatch(argv: list[str]) -> int:
 
         return run_submit(argv[1:])
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        from convnets.platform.lightning_cli import run_lightning
+        from convnets.platform.training.lightning_cli import run_lightning
 
         run_lightning(argv)
         return 0
     args = _parser(argv[0] if argv else None).parse_args(argv)
     if args.command == "models":
-        from convnets.platform.model_table import models_table
+        from convnets.models.table import models_table
 
         print(models_table(as_json=args.json, num_classes=args.num_classes))
         return 0
     if args.command == "demo":
-        from convnets.platform.demo import run_demo
+        from convnets.platform.experiments.demo import run_demo
 
         return run_demo(args)
     if args.command == "shards":
-        from convnets.data_pipelines.shards_cli import run_shards_command
+        from convnets.data_pipelines.shards.cli import run_shards_command
 
         return run_shards_command(args)
     if args.command in ("evaluate", "analyze"):
-        from convnets.platform.analyze import run_analyze_command
-        from convnets.platform.evaluate import run_evaluate_command
+        from convnets.platform.analysis.analyze import run_analyze_command
+        from convnets.platform.evaluation.evaluate import run_evaluate_command
 
         return run_evaluate_command(args) if args.command == "evaluate" else run_analyze_command(args)
     if args.command == "bench":
-        from convnets.platform.bench_cli import run_bench_command
+        from convnets.platform.bench.cli import run_bench_command
 
         return run_bench_command(args)
     if args.command in ("status", "slurm"):
@@ -119,7 +119,7 @@ def _dispatch(argv: list[str]) -> int:
         from convnets.slurm.arrays import run_ablation_on_slurm
 
         return run_ablation_on_slurm(args)
-    from convnets.platform.sweep import run_sweep_command
+    from convnets.platform.experiments.sweep import run_sweep_command
 
     return run_sweep_command(args)
 
@@ -137,8 +137,8 @@ def _add_slurm_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from convnets.platform.failures import exit_code, failure_summary, one_line
-    from convnets.platform.tracking import own_wandb_service
+    from convnets.platform.training.failures import exit_code, failure_summary, one_line
+    from convnets.platform.training.tracking import own_wandb_service
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from convnets.data_pipelines.augment import InputSpec
+from convnets.data_pipelines.loading.augment import InputSpec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.dali]
 
@@ -14,7 +14,7 @@ SMALL_RGB = InputSpec(channels=3, image_size=64, mean=(0.485, 0.456, 0.406), std
 @pytest.mark.parametrize("preset", ["inception", "alexnet"])
 @pytest.mark.parametrize("uint8", [False, True])
 def test_train_presets_with_jitter_run_on_the_gpu_like_on_the_cpu(imagenette_small_shards, preset, uint8):
-    from convnets.data_pipelines.datamodule import ShardDataModule
+    from convnets.data_pipelines.loading.datamodule import ShardDataModule
 
     batches = {}
     for device in ("cpu", "gpu"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from convnets.data_pipelines.augment import InputSpec
+from convnets.data_pipelines.loading.augment import InputSpec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.dali]
 
@@ -12,7 +12,7 @@ SMALL_RGB = InputSpec(channels=3, image_size=64, mean=(0.485, 0.456, 0.406), std
 
 
 def _val_batch(shards, device):
-    from convnets.data_pipelines.datamodule import ShardDataModule  # imports DALI: only once the marker allows
+    from convnets.data_pipelines.loading.datamodule import ShardDataModule  # imports DALI: only once the marker allows
 
     dm = ShardDataModule(data_dir=str(shards), batch_size=8, num_threads=2, input_spec=SMALL_RGB, device=device)
     dm.setup("validate")

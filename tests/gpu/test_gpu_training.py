@@ -43,7 +43,7 @@ def test_training_step_issues_no_cuda_sync(tmp_path):
 
 def test_channels_last_bf16_matches_fp32_forward():
     """Same weights, same images: NHWC + bf16 autocast gives fp32's predictions (up to bf16 rounding)."""
-    from convnets.platform.module import ClassifierModule, PerfConfig
+    from convnets.platform.training.module import ClassifierModule, PerfConfig
 
     torch.manual_seed(0)
     plain = ClassifierModule(arch="alexnet_small", num_classes=10).cuda().eval()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from convnets.data_pipelines.augment import InputSpec
-from convnets.data_pipelines.datamodule import ShardDataModule
-from convnets.platform.module import masked_cross_entropy
+from convnets.data_pipelines.loading.augment import InputSpec
+from convnets.data_pipelines.loading.datamodule import ShardDataModule
+from convnets.platform.training.module import masked_cross_entropy
 
 
 class Probe(pl.LightningModule):

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from convnets.data_pipelines.shard_format import load_sample_index
+from convnets.data_pipelines.shards.format import load_sample_index
 from tests.integration.cli_helpers import REPO, convnets, last_line
 
 pytestmark = [pytest.mark.integration, pytest.mark.dali]

@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.dali, pytest.mark.integration]
 
 
 def _packaged():
-    from convnets.platform.lightning_cli import PACKAGED_CONFIGS, packaged_configs
+    from convnets.platform.training.lightning_cli import PACKAGED_CONFIGS, packaged_configs
 
     return PACKAGED_CONFIGS, packaged_configs()
 
@@ -24,9 +24,9 @@ def test_the_shipped_recipes_are_all_there():
 
 @pytest.mark.parametrize("name", _packaged()[1])
 def test_recipe_parses_and_builds(name, tmp_path, monkeypatch):
-    from convnets.data_pipelines.datamodule import ShardDataModule
-    from convnets.platform.lightning_cli import ConvnetsCLI
-    from convnets.platform.module import ClassifierModule
+    from convnets.data_pipelines.loading.datamodule import ShardDataModule
+    from convnets.platform.training.lightning_cli import ConvnetsCLI
+    from convnets.platform.training.module import ClassifierModule
 
     monkeypatch.delenv("CONVNETS_RUN_NAME", raising=False)
     folder, _ = _packaged()
@@ -48,8 +48,8 @@ def test_recipe_parses_and_builds(name, tmp_path, monkeypatch):
 
 
 def _mnist_shards(tmp_path):
-    from convnets.data_pipelines.shard_writer import write_shards
-    from convnets.data_pipelines.sources import MnistSource
+    from convnets.data_pipelines.shards.writer import write_shards
+    from convnets.data_pipelines.shards.sources import MnistSource
 
     write_shards(MnistSource(root=shared_data("mnist"), n_train=600), tmp_path / "mnist", shard_size=500)
     return tmp_path / "mnist"

@@ -16,8 +16,8 @@ N_TRAIN = 1001  # odd: one rank reads 501 samples, the other 500 plus one masked
 
 
 def test_each_sample_once_per_epoch_and_equal_steps_under_two_ranks(tmp_path):
-    from convnets.data_pipelines.shard_writer import write_shards
-    from convnets.data_pipelines.sources import MnistSource
+    from convnets.data_pipelines.shards.writer import write_shards
+    from convnets.data_pipelines.shards.sources import MnistSource
 
     write_shards(MnistSource(root=shared_data("mnist"), n_train=N_TRAIN), tmp_path / "shards", shard_size=300)
     probe = Path(__file__).with_name("ddp_probe.py")

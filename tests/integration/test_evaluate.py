@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from convnets.data_pipelines.augment import CROP_POSITIONS
+from convnets.data_pipelines.loading.augment import CROP_POSITIONS
 from tests.conftest import shared_data
 from tests.integration.cli_helpers import convnets
 
@@ -41,8 +41,8 @@ def _png_tree(root: Path, tree: Path) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint, shards): alexnet_small (BatchNorm, dropout 0.2) trained 4 epochs on 36 real images."""
-    from convnets.data_pipelines.shard_writer import write_shards
-    from convnets.data_pipelines.sources import ImageFolderSource
+    from convnets.data_pipelines.shards.writer import write_shards
+    from convnets.data_pipelines.shards.sources import ImageFolderSource
 
     base = tmp_path_factory.mktemp("evaluate")
     _png_tree(shared_data("imagenette"), base / "tree")
@@ -74,7 +74,7 @@ def evaluated(trained, tmp_path_factory):
 
 
 def _evaluate(ckpt: Path, shards: Path, out: Path, **kw) -> tuple[dict, dict]:
-    from convnets.platform.evaluate import EvalConfig, evaluate
+    from convnets.platform.evaluation.evaluate import EvalConfig, evaluate
 
     result = evaluate(EvalConfig(ckpt=ckpt, data=shards, split="val", out=out, wandb=False, batch=8, num_threads=1, **kw))
     return result, dict(np.load(out / "predictions.npz"))
@@ -84,9 +84,9 @@ def _hand_crops(shards: Path, mean, std) -> tuple[torch.Tensor, np.ndarray]:
     """(N, 10, 3, 64, 64) crops cut by numpy slicing, in sample order, and the labels."""
     from PIL import Image
 
-    from convnets.data_pipelines.shard_format import read_labels
-    from convnets.data_pipelines.shard_reader import ShardFiles
-    from convnets.data_pipelines.shard_format import load_sample_index
+    from convnets.data_pipelines.shards.format import read_labels
+    from convnets.data_pipelines.shards.reader import ShardFiles
+    from convnets.data_pipelines.shards.format import load_sample_index
 
     index = load_sample_index(shards / "val")
     files = ShardFiles(index)
@@ -111,7 +111,7 @@ def _probs(logits: torch.Tensor, crops: list[int], average: str) -> np.ndarray:
 
 
 def test_multi_crop_equals_crops_cut_by_hand(trained, evaluated):
-    from convnets.platform.checkpoints import build_module, read_checkpoint
+    from convnets.platform.training.restore import build_module, read_checkpoint
 
     ckpt, shards = trained
     module = build_module(read_checkpoint(ckpt))
@@ -222,8 +222,8 @@ def test_bad_checkpoints_and_shards_are_one_line_errors(trained, tmp_path, capsy
 
 def test_invariance_curves_start_at_the_plain_prediction(trained, evaluated, tmp_path):
     """At magnitude 0 the distance is 0 and P(true class) is the centre-crop evaluation's own."""
-    from convnets.platform.analyze import AnalyzeConfig
-    from convnets.platform.invariance import run_invariance
+    from convnets.platform.analysis.analyze import AnalyzeConfig
+    from convnets.platform.analysis.invariance import run_invariance
 
     ckpt, shards = trained
     result = run_invariance(AnalyzeConfig(ckpt=ckpt, data=shards, samples=12, batch=12, num_threads=1,
@@ -242,8 +242,8 @@ def test_invariance_curves_start_at_the_plain_prediction(trained, evaluated, tmp
 
 
 def test_layer_probes_cover_every_layer(trained, evaluated, tmp_path):
-    from convnets.platform.analyze import AnalyzeConfig
-    from convnets.platform.probes import run_layer_probes
+    from convnets.platform.analysis.analyze import AnalyzeConfig
+    from convnets.platform.analysis.probes import run_layer_probes
 
     ckpt, shards = trained
     result = run_layer_probes(AnalyzeConfig(ckpt=ckpt, data=shards, samples=33, train_samples=36, batch=36,
@@ -262,7 +262,7 @@ def test_layer_probes_cover_every_layer(trained, evaluated, tmp_path):
 
 def test_evaluation_logs_to_the_training_runs_wandb_run(trained, tmp_path, monkeypatch):
     """A checkpoint in its run folder: outputs go to RUN/eval and W&B resumes the run's stored id."""
-    from convnets.platform.evaluate import EvalConfig, evaluate
+    from convnets.platform.evaluation.evaluate import EvalConfig, evaluate
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     ckpt, shards = trained

@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from convnets.data_pipelines.imagenet import ImagenetSource
-from convnets.data_pipelines.shard_format import ShardError, load_sample_index, read_labels, read_manifest
-from convnets.data_pipelines.shard_verify import verify_shards
-from convnets.data_pipelines.shard_writer import write_shards
+from convnets.data_pipelines.shards.imagenet import ImagenetSource
+from convnets.data_pipelines.shards.format import ShardError, load_sample_index, read_labels, read_manifest
+from convnets.data_pipelines.shards.verify import verify_shards
+from convnets.data_pipelines.shards.writer import write_shards
 from tests.conftest import shared_data
 from tests.integration.cli_helpers import REPO
 

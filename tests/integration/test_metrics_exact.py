@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.dali, pytest.mark.slow]
 
 def test_ddp_val_metrics_equal_a_plain_recount(digits_shards, tmp_path):
     """359 held-out digits over 2 ranks x 7 per batch: padding on one rank, nothing counted twice."""
-    from convnets.data_pipelines.datamodule import ShardDataModule
-    from convnets.platform.module import ClassifierModule
+    from convnets.data_pipelines.loading.datamodule import ShardDataModule
+    from convnets.platform.training.module import ClassifierModule
 
     fit = convnets("fit", "--config", "lenet5_digits", "--data.data_dir", digits_shards, "--runs_dir", tmp_path,
                    "--run_name", "ddp", "--trainer.logger", "false", "--trainer.max_epochs", "2",

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from convnets.data_pipelines.epoch_plan import plan_rank
-from convnets.data_pipelines.shard_format import load_sample_index
+from convnets.data_pipelines.loading.epoch_plan import plan_rank
+from convnets.data_pipelines.shards.format import load_sample_index
 from tests.integration.cli_helpers import REPO, last_line
 from tests.integration.test_rank_death import BATCH, EXIT_BOUND_S, RANKS, SHORT, TRAIN_BATCHES, children, env, fit_cmd
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from convnets.models import create_model
-from convnets.platform.sweep import VARIANTS
+from convnets.platform.experiments.sweep import VARIANTS
 from tests.integration.cli_helpers import convnets
 
 VARIANT_NAMES = ("full", "no_fc7")  # two children keep the suite short; every norm option builds in tests/unit/test_alexnet.py

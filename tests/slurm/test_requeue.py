@@ -41,7 +41,7 @@ def _loader_resumes_mid_epoch() -> bool:
     """Whether the data module carries the loader's position (the data_pipelines part of issue 7)."""
     import pytorch_lightning as pl
 
-    from convnets.data_pipelines.datamodule import ShardDataModule
+    from convnets.data_pipelines.loading.datamodule import ShardDataModule
 
     return ShardDataModule.state_dict is not pl.LightningDataModule.state_dict
 

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from scipy.stats import ks_2samp
 
-from convnets.data_pipelines.augment import PCA_EIGVAL, PCA_EIGVEC, InputSpec
-from convnets.data_pipelines.datamodule import ShardDataModule
-from convnets.data_pipelines.sources import Sample, encode_gray_png, load_mnist_set
+from convnets.data_pipelines.loading.augment import PCA_EIGVAL, PCA_EIGVEC, InputSpec
+from convnets.data_pipelines.loading.datamodule import ShardDataModule
+from convnets.data_pipelines.shards.sources import Sample, encode_gray_png, load_mnist_set
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.dali
@@ -57,7 +57,7 @@ def _png(pixels: np.ndarray) -> tuple[bytes, str]:
 
 
 def _shards(source: ArraySource, out: Path) -> Path:
-    from convnets.data_pipelines.shard_writer import write_shards
+    from convnets.data_pipelines.shards.writer import write_shards
 
     write_shards(source, out, shard_size=64, seed=0)
     return out
@@ -90,7 +90,7 @@ def test_color_twist_matrix_is_dalis():
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from convnets.data_pipelines.augment import color_twist_matrix
+    from convnets.data_pipelines.loading.augment import color_twist_matrix
 
     pixels = np.random.default_rng(0).integers(0, 256, (1, 500, 3), dtype=np.uint8)
     factors = dict(brightness=0.8, contrast=1.3, saturation=1.4, hue=-50.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 import statistics
 
-from convnets.platform.bench_report import median_ci95
+from convnets.platform.bench.report import median_ci95
 
 
 def _plain_bootstrap(values: list[float], n: int = 20_000) -> tuple[float, float]:

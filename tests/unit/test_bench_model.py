@@ -6,7 +6,7 @@ import time
 from pytorch_lightning.loggers import CSVLogger
 
 from convnets.models import get_model_info
-from convnets.platform import bench
+from convnets.platform.bench import model as bench
 
 BARE_SLEEP_S = 0.4  # added to every bare step: far more than a whole LeNet-5 step at batch 8
 

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from convnets.data_pipelines.errors import CheckpointError
-from convnets.platform.checkpoint_io import (
+from convnets.errors import CheckpointError
+from convnets.platform.training.checkpoint_io import (
     AtomicCheckpointIO,
     CheckpointWriteError,
     atomic_torch_save,
@@ -24,7 +24,7 @@ from convnets.platform.checkpoint_io import (
 # A child that saves ~16 MB checkpoints in a loop through the real plugin, numbering each one.
 SAVER = """
 import sys, torch
-from convnets.platform.checkpoint_io import AtomicCheckpointIO
+from convnets.platform.training.checkpoint_io import AtomicCheckpointIO
 io, path = AtomicCheckpointIO(), sys.argv[1]
 weights = torch.arange(4 * 1024 * 1024, dtype=torch.float32)
 for n in range(10**6):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from convnets.platform import children
+from convnets.utils import children
 
 # A "rank" that never reacts to SIGTERM (as one blocked inside a collective does not).
 DEAF = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"

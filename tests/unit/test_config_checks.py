@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-from convnets.data_pipelines.errors import ConfigError, ConvnetsInputError
+from convnets.errors import ConfigError, ConvnetsInputError
 from convnets.models import create_model, get_model_info, list_models
-from convnets.platform.config_checks import check_config, check_crop, check_model, world_size_of
+from convnets.platform.training.config_checks import check_config, check_crop, check_model, world_size_of
 
 
 @pytest.mark.parametrize("arch", list_models())

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from convnets.data_pipelines.augment import InputSpec
-from convnets.data_pipelines.datamodule import ShardDataModule
-from convnets.data_pipelines.epoch_plan import plan_rank
-from convnets.data_pipelines.shard_reader import ShardFiles
-from convnets.data_pipelines.shard_format import load_sample_index
+from convnets.data_pipelines.loading.augment import InputSpec
+from convnets.data_pipelines.loading.datamodule import ShardDataModule
+from convnets.data_pipelines.loading.epoch_plan import plan_rank
+from convnets.data_pipelines.shards.reader import ShardFiles
+from convnets.data_pipelines.shards.format import load_sample_index
 
 pytestmark = pytest.mark.dali
 

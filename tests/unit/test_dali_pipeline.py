@@ -6,11 +6,11 @@ import shutil
 import pytest
 import torch
 
-from convnets.data_pipelines.augment import InputSpec
-from convnets.data_pipelines.dali_loader import DataError
-from convnets.data_pipelines.datamodule import ShardDataModule
-from convnets.data_pipelines.shard_format import ShardError, load_sample_index, read_labels
-from convnets.data_pipelines.shards_cli import verify_output
+from convnets.data_pipelines.loading.augment import InputSpec
+from convnets.data_pipelines.loading.dali_loader import DataError
+from convnets.data_pipelines.loading.datamodule import ShardDataModule
+from convnets.data_pipelines.shards.format import ShardError, load_sample_index, read_labels
+from convnets.data_pipelines.shards.cli import verify_output
 
 pytestmark = pytest.mark.dali
 
@@ -200,7 +200,7 @@ def test_cpu_train_view_kernel_gives_dali_operators_pixels(imagenette_small_shar
     level on average (the mean error of that rounding; measured 0.21-0.30)."""
     import nvidia.dali.fn as fn
 
-    from convnets.data_pipelines import dali_pipeline
+    from convnets.data_pipelines.loading import dali_pipeline
 
     ours = dali_pipeline._train_view
     monkeypatch.setattr(dali_pipeline, "_train_view", lambda images, *args: fn.cat(
@@ -229,8 +229,8 @@ def test_cpu_colour_twist_gives_color_twists_pixels(imagenette_small_tree):
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from convnets.data_pipelines import dali_pipeline
-    from convnets.data_pipelines.augment import Jitter, preset_spec
+    from convnets.data_pipelines.loading import dali_pipeline
+    from convnets.data_pipelines.loading.augment import Jitter, preset_spec
 
     aug = preset_spec("pad", SMALL_RGB, flip=False, jitter=Jitter(0.4, 0.4, 0.4, 0.1))
     files = sorted(imagenette_small_tree.rglob("*.JPEG"))[:16]
@@ -258,8 +258,8 @@ def test_without_numba_the_cpu_graph_runs_on_dalis_operators(imagenette_small_sh
     random draws: the graph differs)."""
     import sys
 
-    import convnets.data_pipelines
-    from convnets.data_pipelines import dali_pipeline
+    import convnets.data_pipelines.loading
+    from convnets.data_pipelines.loading import dali_pipeline
 
     def first_batch():
         dm = datamodule(imagenette_small_shards, SMALL_RGB, preset="inception", jitter=0.4, hue=0.1, batch_size=16)
@@ -268,8 +268,8 @@ def test_without_numba_the_cpu_graph_runs_on_dalis_operators(imagenette_small_sh
 
     index, with_kernels = first_batch()
     dali_pipeline._cpu_kernels.cache_clear()
-    monkeypatch.setitem(sys.modules, "convnets.data_pipelines.cpu_kernels", None)  # the import fails
-    monkeypatch.delattr(convnets.data_pipelines, "cpu_kernels", raising=False)
+    monkeypatch.setitem(sys.modules, "convnets.data_pipelines.loading.cpu_kernels", None)  # the import fails
+    monkeypatch.delattr(convnets.data_pipelines.loading, "cpu_kernels", raising=False)
     try:
         index_without, without = first_batch()
         first_batch()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convnets.data_pipelines.epoch_plan import plan_rank
+from convnets.data_pipelines.loading.epoch_plan import plan_rank
 
 
 def plans(n, world, batch, epoch=0, seed=0, shuffle=True):

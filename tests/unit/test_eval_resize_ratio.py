@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from convnets.platform.evaluate import eval_crop_fraction
+from convnets.platform.evaluation.evaluate import eval_crop_fraction
 
 
 @pytest.mark.parametrize("data_hparams,expected", [

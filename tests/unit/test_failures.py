@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convnets.data_pipelines.dali_loader import DataError
-from convnets.data_pipelines.errors import CheckpointError, ConfigError, ConvnetsInputError
-from convnets.data_pipelines.shard_format import ShardError
-from convnets.platform.failures import dead_rank, exit_code, failure_summary, one_line
-from convnets.platform.rank_watchdog import describe_exit
+from convnets.data_pipelines.loading.dali_loader import DataError
+from convnets.errors import CheckpointError, ConfigError, ConvnetsInputError
+from convnets.data_pipelines.shards.format import ShardError
+from convnets.platform.training.failures import dead_rank, exit_code, failure_summary, one_line
+from convnets.platform.training.rank_watchdog import describe_exit
 
 
 def raised(fn) -> BaseException:
@@ -29,7 +29,7 @@ def test_input_error_classes_share_one_base():
 
 
 def test_any_value_error_subclass_defined_in_convnets_is_input():
-    Local = type("UnsafeMemberError", (ValueError,), {"__module__": "convnets.data_pipelines.tar_members"})
+    Local = type("UnsafeMemberError", (ValueError,), {"__module__": "convnets.data_pipelines.shards.tar_members"})
     assert exit_code(Local("member '../x'")) == 2
     Foreign = type("SomeLibError", (ValueError,), {"__module__": "torchmetrics.utilities"})
     assert exit_code(Foreign("x")) == 1

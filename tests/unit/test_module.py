@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from convnets.platform.module import ClassifierModule, OptimConfig, lr_factor, masked_cross_entropy
+from convnets.platform.training.module import ClassifierModule, OptimConfig, lr_factor, masked_cross_entropy
 
 
 def test_padding_does_not_count_in_the_loss():
@@ -99,7 +99,7 @@ def test_confusion_plot_stays_small_at_a_thousand_classes(tmp_path):
     """ImageNet's 1,000 classes: only the most confused are drawn, the PNG stays a normal size."""
     from PIL import Image
 
-    from convnets.platform.plots import confusion_matrix, most_confused
+    from convnets.platform.training.plots import confusion_matrix, most_confused
 
     rng = np.random.default_rng(0)
     matrix = np.diag(rng.integers(40, 50, 1000))

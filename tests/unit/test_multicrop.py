@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from convnets.platform.calibration import Calibration
-from convnets.platform.multicrop import average_crops, dropout_sampling, mc_dropout_probs
+from convnets.platform.training.calibration import Calibration
+from convnets.platform.training.multicrop import average_crops, dropout_sampling, mc_dropout_probs
 
 
 def test_softmax_and_logit_averaging_are_different_rules():
@@ -77,10 +77,10 @@ def test_ten_crops_of_a_hand_built_image_equal_numpy_slices(tmp_path):
     shorter side is already the resize, so the crops are plain slices: anchors round half up."""
     from PIL import Image
 
-    from convnets.data_pipelines.augment import InputSpec
-    from convnets.data_pipelines.datamodule import ShardDataModule
-    from convnets.data_pipelines.shard_writer import write_shards
-    from convnets.data_pipelines.sources import ImageFolderSource
+    from convnets.data_pipelines.loading.augment import InputSpec
+    from convnets.data_pipelines.loading.datamodule import ShardDataModule
+    from convnets.data_pipelines.shards.writer import write_shards
+    from convnets.data_pipelines.shards.sources import ImageFolderSource
 
     rng = np.random.default_rng(0)
     pixels = {}

@@ -27,9 +27,9 @@ class BetweenSteps(SyncRecorder):
 
 def test_no_sync_between_steps_and_the_bar_shows_the_loss(tmp_path):
     from convnets.models import get_model_info
-    from convnets.platform.bench import SyntheticBatches, synthetic_batch
-    from convnets.platform.callbacks import PlatformProgressBar, platform_callbacks
-    from convnets.platform.module import ClassifierModule
+    from convnets.platform.bench.model import SyntheticBatches, synthetic_batch
+    from convnets.platform.training.callbacks import PlatformProgressBar, platform_callbacks
+    from convnets.platform.training.module import ClassifierModule
 
     torch.manual_seed(0)
     batch = synthetic_batch(8, get_model_info("lenet5").input_size, 10, torch.device("cpu"))

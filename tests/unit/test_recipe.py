@@ -6,9 +6,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from convnets.platform.bench import SyntheticBatches, synthetic_batch
-from convnets.platform.module import ClassifierModule, masked_cross_entropy
-from convnets.platform.recipe import OptimConfig, PlateauState, lr_factor, parameter_groups, scaled
+from convnets.platform.bench.model import SyntheticBatches, synthetic_batch
+from convnets.platform.training.module import ClassifierModule, masked_cross_entropy
+from convnets.platform.training.recipe import OptimConfig, PlateauState, lr_factor, parameter_groups, scaled
 
 
 def test_plateau_divides_after_patience_and_at_most_max_drops():

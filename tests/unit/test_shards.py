@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnets.data_pipelines.shard_format import ShardError, load_sample_index, parse_idx, read_labels, read_manifest
-from convnets.data_pipelines.shard_verify import verify_shards
-from convnets.data_pipelines.shard_writer import write_shards
-from convnets.data_pipelines.shards_cli import add_shards_subcommands, run_shards_command, verify_output
-from convnets.data_pipelines.sources import DigitsSource, ImageFolderSource, MnistSource, Sample, encode_gray_png
+from convnets.data_pipelines.shards.format import ShardError, load_sample_index, parse_idx, read_labels, read_manifest
+from convnets.data_pipelines.shards.verify import verify_shards
+from convnets.data_pipelines.shards.writer import write_shards
+from convnets.data_pipelines.shards.cli import add_shards_subcommands, run_shards_command, verify_output
+from convnets.data_pipelines.shards.sources import DigitsSource, ImageFolderSource, MnistSource, Sample, encode_gray_png
 from tests.conftest import shared_data
 
 MNIST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # ../shared/data/README.md
@@ -410,7 +410,7 @@ def test_resize_on_write_shrinks_the_shorter_side_and_normalizes_cmyk(tmp_path):
 
     from PIL import Image
 
-    from convnets.data_pipelines.sources import ImageFolderSource
+    from convnets.data_pipelines.shards.sources import ImageFolderSource
     from tests.conftest import shared_data
 
     real = sorted((shared_data("imagenette") / "train").iterdir())[0]

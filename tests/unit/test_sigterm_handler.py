@@ -10,7 +10,7 @@ import torch.distributed as dist
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from convnets.platform.sigterm_sync import SigtermSync
+from convnets.platform.training.sigterm_sync import SigtermSync
 
 
 @pytest.fixture

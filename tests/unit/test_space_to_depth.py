@@ -9,7 +9,7 @@ from torch import nn
 
 from convnets.models import create_model
 from convnets.models.space_to_depth import SpaceToDepthConv2d, use_space_to_depth_stem
-from convnets.platform.module import ClassifierModule, PerfConfig
+from convnets.platform.training.module import ClassifierModule, PerfConfig
 
 
 @pytest.mark.parametrize("in_ch,kernel,stride,padding,size", [

@@ -1,1 +1,1 @@
-"""Images -> webdataset shards (+ DALI .idx + manifest.json) -> DALI pipeline -> DataModule."""
+"""Images -> webdataset shards (+ DALI .idx + manifest.json) -> DALI or torch pipeline -> DataModule."""

@@ -1,1 +1,1 @@
-"""Training platform: LightningModule, callbacks, the LightningCLI subclass, demo, evaluate, bench."""
+"""Training, evaluation, analysis, benchmarks and experiments over the models and data pipelines."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from convnets.platform.tracking import write_json
+from convnets.platform.training.tracking import write_json
 from convnets.slurm.request import SlurmRequest
 from convnets.slurm.submit import PlannedRun, resolve_run, submit_jobs
 
@@ -104,7 +104,7 @@ def array_script(folder: Path, request: SlurmRequest, *, job_name: str, count: i
 
 def run_ablation_on_slurm(args: argparse.Namespace) -> int:
     """`convnets sweep ablation ... --slurm.*`: the variants' fit + test as one array, then the table."""
-    from convnets.platform import sweep
+    from convnets.platform.experiments import sweep
     from convnets.slurm.request import request_from_args
     from convnets.slurm.status import wait_for
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from convnets.platform.tracking import own_wandb_service, write_json
+from convnets.platform.training.tracking import own_wandb_service, write_json
 
 log = logging.getLogger(__name__)
 RECORD = "slurm.json"  # in the run folder: job ids, requeues, log folder (read by `convnets status`)
@@ -66,7 +66,7 @@ class TrainingJob:
     def __call__(self) -> dict:
         import submitit
 
-        from convnets.platform.lightning_cli import run_lightning
+        from convnets.platform.training.lightning_cli import run_lightning
 
         own_wandb_service()  # the job inherits the submitting shell's environment, W&B service included
         rank = submitit.JobEnvironment().global_rank

@@ -52,7 +52,7 @@ def submit_parser() -> argparse.ArgumentParser:
 def resolve_run(fit_args: list[str], request: SlurmRequest, *, default_name: str | None = None,
                 need_data: bool = True) -> PlannedRun:
     """Parse and check the fit flags, fix the run name and folder (absolute), add the derived geometry."""
-    from convnets.platform.lightning_cli import resolve_fit_config
+    from convnets.platform.training.lightning_cli import resolve_fit_config
 
     user = resolve_fit_config(fit_args)  # ValueError: one line from the parser
     check_trainer(user, request)

@@ -1,0 +1,1 @@
+"""`convnets analyze`: Zeiler & Fergus analyses of a trained network (invariance, layer probes)."""

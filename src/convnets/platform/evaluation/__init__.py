@@ -1,0 +1,1 @@
+"""`convnets evaluate`: multi-crop test of a checkpoint, its report and plots."""

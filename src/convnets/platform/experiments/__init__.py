@@ -1,0 +1,1 @@
+"""Runs built from many fits: sweeps, the ablation study and the demo."""
