@@ -136,7 +136,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"segments_ms": out, **vars(args), "json": str(args.json),
                                          "hardware": bench.hardware(cfg.torch_device),
-                                         "versions": bench.versions()}, indent=2) + "\n")
+                                         "versions": bench.runtime_versions()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

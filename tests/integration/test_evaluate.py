@@ -222,7 +222,7 @@ def test_bad_checkpoints_and_shards_are_one_line_errors(trained, tmp_path, capsy
 
 def test_invariance_curves_start_at_the_plain_prediction(trained, evaluated, tmp_path):
     """At magnitude 0 the distance is 0 and P(true class) is the centre-crop evaluation's own."""
-    from convnets.platform.analysis.analyze import AnalyzeConfig
+    from convnets.platform.analysis.common import AnalyzeConfig
     from convnets.platform.analysis.invariance import run_invariance
 
     ckpt, shards = trained
@@ -242,7 +242,7 @@ def test_invariance_curves_start_at_the_plain_prediction(trained, evaluated, tmp
 
 
 def test_layer_probes_cover_every_layer(trained, evaluated, tmp_path):
-    from convnets.platform.analysis.analyze import AnalyzeConfig
+    from convnets.platform.analysis.common import AnalyzeConfig
     from convnets.platform.analysis.probes import run_layer_probes
 
     ckpt, shards = trained

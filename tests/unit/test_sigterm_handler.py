@@ -5,7 +5,6 @@ import signal
 
 import pytest
 import pytorch_lightning as pl
-import torch
 import torch.distributed as dist
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException

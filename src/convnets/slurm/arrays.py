@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from convnets.platform.training.tracking import write_json
+from convnets.utils.files import write_json
 from convnets.slurm.request import SlurmRequest
 from convnets.slurm.submit import PlannedRun, resolve_run, submit_jobs
 

@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from convnets.platform.training.tracking import own_wandb_service, write_json
+from convnets.platform.training.tracking import own_wandb_service
+
+from convnets.utils.files import write_json
 
 log = logging.getLogger(__name__)
 RECORD = "slurm.json"  # in the run folder: job ids, requeues, log folder (read by `convnets status`)

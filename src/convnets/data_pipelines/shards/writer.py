@@ -18,14 +18,11 @@ import io
 import json
 import logging
 import multiprocessing
-import os
 import re
 import tarfile
 import time
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -50,44 +47,11 @@ from convnets.data_pipelines.shards.format import (
     labels_dtype,
 )
 from convnets.data_pipelines.shards.sources import Sample, Source, UnreadableImage
+from convnets.utils.files import atomic_file, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 _SHARD_FILE = re.compile(r"shard-(\d{6})\.(tar|idx|done)")
-
-# ---------------------------------------------------------------- atomic files (the one writer of the data layer)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename is only durable once the directory entry is on disk too.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Write `path` through "<name>.tmp" + fsync + rename: readers see the old file or the whole new one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_file(path) as f:
-        f.write(data)
-
 
 # ---------------------------------------------------------------- one tar
 

@@ -12,10 +12,10 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from convnets.platform.evaluation import plots as eval_plots
-from convnets.platform.analysis.analyze import (AnalyzeConfig, centre_crops, choose_layers, features, load_setup, output_folder,
+from convnets.platform.analysis.common import (AnalyzeConfig, centre_crops, choose_layers, features, load_setup, output_folder,
                                        publish, tapped_layers)
-from convnets.platform.bench.report import markdown_table
-from convnets.platform.training.plots import _save, plt
+from convnets.utils.tables import markdown_table
+from convnets.utils.figures import plt, save_figure
 
 # name -> (magnitudes, unit); translation in fractions of the image height (ZF: -60..60 px of 224)
 TRANSFORMS: dict[str, tuple[np.ndarray, str]] = {
@@ -74,7 +74,7 @@ def plot_invariance(curves: dict, layers: list[str], path):
                           xlabel=cur["unit"], ylabel="probability", title=f"{name}: output", ax=axes[-1, c])
         axes[-1, c].set_ylim(0, 1)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_invariance(cfg: AnalyzeConfig) -> dict:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from convnets.platform.analysis.analyze import AnalyzeConfig, centre_crops, choose_layers, features, load_setup, output_folder, publish
-from convnets.platform.bench.report import markdown_table
-from convnets.platform.training.plots import _save, plt
+from convnets.platform.analysis.common import AnalyzeConfig, centre_crops, choose_layers, features, load_setup, output_folder, publish
+from convnets.utils.tables import markdown_table
+from convnets.utils.figures import plt, save_figure
 
 POOL = 2  # conv maps -> POOL x POOL per channel
 L2 = 1e-4
@@ -62,7 +62,7 @@ def plot_probes(rows: list[dict], model_top1: float, path):
     ax.set(ylabel="top-1 accuracy", ylim=(0, 1.02), title="linear classifier on each layer's frozen features")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_layer_probes(cfg: AnalyzeConfig) -> dict:

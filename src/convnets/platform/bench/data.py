@@ -34,7 +34,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from convnets.platform.bench.report import Timing, hardware, markdown_table, versions
+from convnets.platform.bench.report import Timing
+
+from convnets.utils.environment import hardware, runtime_versions
+
+from convnets.utils.tables import markdown_table
 
 
 @dataclass(frozen=True)
@@ -226,7 +230,7 @@ def bench_data(cfg: DataBench) -> dict:
         # processes): images per CPU-second hardly depends on what else runs on a shared machine,
         # unlike images/s; 2 x this is the rate 2 free cores could reach.
         "cpu_seconds": cpu, "images_per_cpu_second": sum(counts) / max(cpu, 1e-9), "cpu_includes_children": True,
-        "hardware": hardware_cpu(), "versions": {**versions(), "nvidia_dali": _dali_version()},
+        "hardware": hardware_cpu(), "versions": {**runtime_versions(), "nvidia_dali": _dali_version()},
     }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from convnets.platform.bench.model import ModelBench, _sync, bare_loop, synthetic_batch
-from convnets.platform.bench.report import hardware, versions
+from convnets.utils.environment import hardware, runtime_versions
 
 
 def _loader(args, cfg: ModelBench, total_batches: int):
@@ -102,5 +102,5 @@ def bench_e2e(args: argparse.Namespace) -> dict:
         "channels_last": cfg.channels_last, "decode": "mixed (nvJPEG)" if cfg.torch_device.type == "cuda" else "cpu",
         "hw_decoder_load": args.hw_decoder_load, "num_threads": args.num_threads, "steps": cfg.steps,
         "data_images_per_s": data, "model_images_per_s": model, "both_images_per_s": both,
-        "bottleneck": "data" if data < model else "model", "hardware": hardware(cfg.torch_device), "versions": versions(),
+        "bottleneck": "data" if data < model else "model", "hardware": hardware(cfg.torch_device), "versions": runtime_versions(),
     }

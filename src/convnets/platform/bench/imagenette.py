@@ -28,7 +28,7 @@ def bench_imagenette(args: argparse.Namespace) -> dict:
     from convnets.data_pipelines.shards.writer import write_shards
     from convnets.data_pipelines.shards.sources import ImageFolderSource
     from convnets.platform.training import plots
-    from convnets.platform.bench.report import hardware, versions
+    from convnets.utils.environment import hardware, runtime_versions
     from convnets.utils.children import run_convnets
 
     import torch
@@ -57,7 +57,7 @@ def bench_imagenette(args: argparse.Namespace) -> dict:
         "train_images_per_s": m.get("images_per_s"), "target_top1": TARGET_TOP1, "budget_s": BUDGET_S,
         "met": m["test_top1"] >= TARGET_TOP1 and wall <= BUDGET_S,
         "curve": [{"wall_s": t, "val_top1": a} for t, a in curve],
-        "hardware": hardware(torch.device("cpu")), "versions": versions(),
+        "hardware": hardware(torch.device("cpu")), "versions": runtime_versions(),
     }
     plots.time_to_accuracy(curve, (wall, m["test_top1"]), TARGET_TOP1, BUDGET_S, out / "time_to_accuracy.png",
                            title=f"Imagenette, {args.config}, {hardware(torch.device('cpu'))}")
@@ -66,7 +66,7 @@ def bench_imagenette(args: argparse.Namespace) -> dict:
 
 
 def format_imagenette_table(results: list[dict]) -> str:
-    from convnets.platform.bench.report import markdown_table, yes_no
+    from convnets.utils.tables import markdown_table, yes_no
 
     return markdown_table(
         ["recipe", "top-1 10-crop", "top-1 centre", "wall (shards + fit + test)", "target met"],

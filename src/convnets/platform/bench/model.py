@@ -33,7 +33,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from convnets.platform.bench.report import Timing, hardware, median_ci95, versions
+from convnets.platform.bench.report import Timing, median_ci95
+
+from convnets.utils.environment import hardware, runtime_versions
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +290,7 @@ def _logger(run_dir: Path):
 def bench_model(cfg: ModelBench) -> dict:
     from convnets.models import get_model_info
     from convnets.platform.training.callbacks import peak_flops
-    from convnets.models.table import forward_flops
+    from convnets.models.flops import forward_flops
 
     info = get_model_info(cfg.arch)
     if cfg.torch_device.type == "cuda":
@@ -322,7 +324,7 @@ def bench_model(cfg: ModelBench) -> dict:
         "peak_tflops": peak / 1e12 if peak else None,
         "per_round": rounds,
         "hardware": hardware(cfg.torch_device),
-        "versions": versions(),
+        "versions": runtime_versions(),
     }
 
 
@@ -363,7 +365,7 @@ def bench_eval(cfg: ModelBench, *, crops: int) -> dict:
         "channels_last": cfg.channels_last, "steps": cfg.steps, "rounds": cfg.rounds, "images_per_s": rate,
         "crops_per_s": rate * crops, "single_images_per_s": statistics.median(r["single_images_per_s"] for r in rounds),
         "cost_ratio": statistics.median(r["cost_ratio"] for r in rounds), "target_cost_ratio": EVAL_COST_TARGET * crops / 10,
-        "per_round": rounds, "hardware": hardware(cfg.torch_device), "versions": versions(),
+        "per_round": rounds, "hardware": hardware(cfg.torch_device), "versions": runtime_versions(),
     }
 
 

@@ -1,20 +1,16 @@
-"""The benchmarks' results side: timings, intervals, versions and hardware, markdown tables.
+"""The benchmarks' results side: timings, intervals and their tables.
 
-Light to import (numpy only; torch inside the two functions that read it): the command line, the
-evaluation tables and `scripts/gpu_check.sh`'s summary use it without loading torch and Lightning.
+Light to import (numpy only): the command line and `scripts/gpu_check.sh`'s summary use it without
+loading torch and Lightning.
 """
 from __future__ import annotations
 
-import platform
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
+from convnets.utils.tables import markdown_table, yes_no
 
 
 @dataclass(frozen=True)
@@ -60,59 +56,6 @@ def format_e2e_table(results: list[dict]) -> str:
         ["arch", "batch", "decode", "data img/s", "model img/s", "both img/s", "bottleneck"],
         [[r["arch"], str(r["batch"]), r["decode"], f"{r['data_images_per_s']:.1f}", f"{r['model_images_per_s']:.1f}",
           f"{r['both_images_per_s']:.1f}", r["bottleneck"]] for r in results])
-
-
-def hardware(device: torch.device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, {torch.get_num_threads()} CPU threads"
-    return f"{_cpu_name()}, {torch.get_num_threads()} threads"
-
-
-def _cpu_name() -> str:
-    try:  # Linux names the model; platform.processor() is often empty there
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict[str, str]:
-    import torch
-
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "pytorch_lightning": _installed("pytorch-lightning")}
-    if torch.cuda.is_available():
-        out["cuda"] = str(torch.version.cuda)
-        out["cudnn"] = str(torch.backends.cudnn.version())
-    return out
-
-
-def _installed(distribution: str) -> str | None:
-    """A distribution's version from its metadata, without importing it (Lightning takes seconds)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A markdown table, every column padded to its widest cell (first column left, others right)."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
-def yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
 
 
 def _ratio_cell(r: dict) -> str:

@@ -86,6 +86,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 def run_evaluate_command(args: argparse.Namespace) -> int:
     result = evaluate(config_from_args(args))
     if result:  # rank 0
+        from convnets.platform.evaluation.report import summary_table
+
         print(summary_table(result))
         print(f"wrote {result['out']}")
     return 0
@@ -198,15 +200,3 @@ def evaluate(cfg: EvalConfig) -> dict:
               "arch": ckpt.hparams["arch"], "data": str(cfg.data), "resize": dm.augment_spec(split).resize,
               "mc_dropout_samples": cfg.mc_dropout}
     return write_outputs(result, collector, dm, out, cfg=cfg, logger=logger)
-
-
-def summary_table(result: dict) -> str:
-    from convnets.platform.bench.report import markdown_table
-
-    rows = [[f"{result['crops']} crops ({result['average']})", f"{result['top1']:.4f}", f"{result['top5']:.4f}",
-             f"{1 - result['top1']:.4f}", f"{1 - result['top5']:.4f}"],
-            ["centre crop", f"{result['top1_1crop']:.4f}", f"{result['top5_1crop']:.4f}",
-             f"{1 - result['top1_1crop']:.4f}", f"{1 - result['top5_1crop']:.4f}"]]
-    table = markdown_table(["prediction", "top-1", "top-5", "top-1 error", "top-5 error"], rows)
-    return (f"{result['arch']} on {result['split']} ({result['n']} images, {result['images_per_s']:.1f} images/s, "
-            f"{result['world_size']} process(es))\n{table}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnets.platform.training.plots import _save, plt
+from convnets.utils.figures import plt, save_figure
 
 
 def reliability_diagram(calibrations: dict[str, dict], path: Path) -> Path:
@@ -28,7 +28,7 @@ def reliability_diagram(calibrations: dict[str, dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     hist.set(xlabel="confidence (top probability)", ylabel="images")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _thumbnail(data: bytes, side: int = 160) -> np.ndarray:
@@ -77,7 +77,7 @@ def prediction_grid(rows: np.ndarray, split_dir: Path, classes: list[str], path:
                 axes[2 * r + 1, c].axis("off")
     fig.subplots_adjust(hspace=0.45, wspace=0.75)  # room for the class-name ticks and the titles
     fig.suptitle("top-5 predictions (true class in red)", fontsize=10, y=0.92)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def curves(x: np.ndarray, series: dict[str, np.ndarray], *, xlabel: str, ylabel: str, title: str, ax) -> None:

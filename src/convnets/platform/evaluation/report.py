@@ -9,8 +9,9 @@ import numpy as np
 from convnets.platform.evaluation import plots as eval_plots
 
 from convnets.platform.training import plots
-from convnets.platform.bench.report import markdown_table
-from convnets.platform.training.tracking import package_versions, write_json
+from convnets.utils.tables import markdown_table
+from convnets.utils.environment import package_versions
+from convnets.utils.files import write_json
 
 log = logging.getLogger(__name__)
 CONFUSED_PAIRS = 10  # most confused (true, predicted) pairs listed in the report
@@ -44,8 +45,6 @@ def write_predictions(rows: np.ndarray, path: Path) -> None:
 
 
 def markdown_report(result: dict) -> str:
-    from convnets.platform.evaluation.evaluate import summary_table
-
     parts = [f"# Evaluation of {result['ckpt']}", "", summary_table(result), ""]
     cal = [("option 2: all units (inverted dropout)", {"top1": result["top1"], **result["calibration"]})]
     if "mc_dropout" in result:
@@ -102,3 +101,13 @@ def _log_wandb(logger, result: dict, pngs: dict[str, Path]) -> None:
     for key, path in pngs.items():
         logger.log_image(key=f"{prefix}/{key}", images=[str(path)])
     logger.experiment.summary.update({f"{prefix}/{k}": v for k, v in scalars.items()})
+
+
+def summary_table(result: dict) -> str:
+    rows = [[f"{result['crops']} crops ({result['average']})", f"{result['top1']:.4f}", f"{result['top5']:.4f}",
+             f"{1 - result['top1']:.4f}", f"{1 - result['top5']:.4f}"],
+            ["centre crop", f"{result['top1_1crop']:.4f}", f"{result['top5_1crop']:.4f}",
+             f"{1 - result['top1_1crop']:.4f}", f"{1 - result['top5_1crop']:.4f}"]]
+    table = markdown_table(["prediction", "top-1", "top-5", "top-1 error", "top-5 error"], rows)
+    return (f"{result['arch']} on {result['split']} ({result['n']} images, {result['images_per_s']:.1f} images/s, "
+            f"{result['world_size']} process(es))\n{table}")

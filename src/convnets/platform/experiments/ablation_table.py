@@ -10,7 +10,8 @@ import os
 import shlex
 from pathlib import Path
 from convnets.platform.experiments.ablation_variants import PlannedVariant
-from convnets.platform.training.tracking import wandb_offline, write_json
+from convnets.platform.training.tracking import wandb_offline
+from convnets.utils.files import write_json
 
 STATES = {"done": "finished (skip)", "test": "test only", "resume": "resume fit + test", "fit": "fit + test"}
 COLUMNS = ["variant", "change", "params", "test_top1", "test_top5", "delta_top1_err_pts", "delta_top5_err_pts",
@@ -80,7 +81,7 @@ def bar_chart(rows: list[dict], path: Path, title: str) -> Path:
     """Top-1 and top-5 test error (%) per variant, side by side."""
     import numpy as np
 
-    from convnets.platform.training.plots import plt  # Agg backend: files only
+    from convnets.utils.figures import plt  # Agg backend: files only
 
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.2))

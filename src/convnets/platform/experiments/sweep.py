@@ -35,7 +35,7 @@ from convnets.platform.experiments import ablation_table
 from convnets.platform.experiments.ablation_variants import VARIANTS, PlannedVariant, Variant, select_variants
 from convnets.utils.children import ChildFailed, run_convnets
 from convnets.platform.training.failures import one_line
-from convnets.platform.training.tracking import write_json
+from convnets.utils.files import write_json
 
 log = logging.getLogger(__name__)
 

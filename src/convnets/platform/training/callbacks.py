@@ -14,7 +14,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from typing_extensions import override
 
 from convnets.platform.training import plots
-from convnets.platform.training.tracking import run_info, write_json
+from convnets.platform.training.tracking import run_info
+from convnets.utils.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class ThroughputMonitor(pl.Callback):
 
     @override
     def on_fit_start(self, trainer, pl_module) -> None:
-        from convnets.models.table import forward_flops
+        from convnets.models.flops import forward_flops
 
         spec = pl_module.input_spec
         size = (spec.channels, spec.image_size, spec.image_size)

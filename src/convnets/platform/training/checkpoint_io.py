@@ -12,7 +12,6 @@ checkpoint cannot run code; the platform stores only tensors, numbers, strings, 
 from __future__ import annotations
 
 import errno
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,23 +21,11 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
 from convnets.errors import CheckpointError
-
-TMP_SUFFIX = ".tmp"
+from convnets.utils.files import atomic_file
 
 
 class CheckpointWriteError(OSError):
     """The checkpoint could not be written (disk full, read-only folder); the previous one is intact."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems do not open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _disk_full(exc: BaseException | None) -> bool:
@@ -53,23 +40,16 @@ def _disk_full(exc: BaseException | None) -> bool:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to `path` through `path.tmp` + fsync + rename: readers see the old file or the new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        tmp.unlink(missing_ok=True)
         if isinstance(exc, RuntimeError) and not _disk_full(exc):
             raise  # not an I/O problem: torch could not serialize the object
         reason = "no space left on the device" if _disk_full(exc) else str(exc).splitlines()[0]
         raise CheckpointWriteError(errno.ENOSPC if _disk_full(exc) else getattr(exc, "errno", None),
                                    f"cannot write checkpoint {path}: {reason}; the previous checkpoint (if any) "
                                    f"is intact. Free space in {path.parent}, then resume with --ckpt_path last") from exc
-    _fsync_dir(path.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -4,19 +4,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # files only: no display on cluster nodes
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+from convnets.utils.figures import plt, save_figure
 
 
 def learning_curves(history: list[dict], path: Path) -> Path:
@@ -31,7 +22,7 @@ def learning_curves(history: list[dict], path: Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def time_to_accuracy(curve: list[tuple[float, float]], final: tuple[float, float], target: float, budget_s: float,
@@ -46,7 +37,7 @@ def time_to_accuracy(curve: list[tuple[float, float]], final: tuple[float, float
     ax.set(xlabel="wall time, minutes (shard writing included)", ylabel="top-1 accuracy", title=title, ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 MAX_CONFUSION_CLASSES = 20  # beyond this a full matrix is unreadable (and 1,000 classes would be ~50k px square)
@@ -77,7 +68,7 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path
         ax.text(j, i, int(v), ha="center", va="center", fontsize=7, color="white" if v > matrix.max() / 2 else "black")
     shown = "" if n == n_all else f", the {n} most confused of {n_all} classes"
     ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({total} test images{shown})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _grid(tiles: np.ndarray, columns: int) -> np.ndarray:
@@ -104,7 +95,7 @@ def conv_filters(weight: torch.Tensor, path: Path, title: str = "conv1 filters")
     ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
     ax.set(title=f"{title} ({w.shape[0]} x {w.shape[1]}x{w.shape[2]}x{w.shape[3]})")
     ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def input_samples(images: torch.Tensor, labels: torch.Tensor, classes: list[str], mean, std, path: Path) -> Path:
@@ -120,4 +111,4 @@ def input_samples(images: torch.Tensor, labels: torch.Tensor, classes: list[str]
         ax.set_title(classes[label][:14], fontsize=7)
     for ax in np.atleast_1d(axes).flat:
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,41 +1,12 @@
 """What every run records about itself: resolved config, package versions, git revision."""
 from __future__ import annotations
 
-import json
 import netrc
 import os
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("convnets", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "nvidia-dali-cuda130",
-            "webdataset", "wandb", "submitit", "jsonargparse", "numpy")
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
-def git_revision(where: Path | None = None) -> str:
-    """`<sha>` or `<sha>-dirty` of the checkout holding the code, or "unknown" outside git."""
-    cwd = where or Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
+from convnets.utils.environment import git_revision, package_versions
 
 def wandb_offline() -> bool:
     """Offline unless the user asked for online or has credentials (env var or ~/.netrc)."""
@@ -53,14 +24,6 @@ def wandb_offline() -> bool:
 def run_info(config: dict) -> dict:
     return {"config": config, "versions": package_versions(), "git_revision": git_revision(),
             "argv": sys.argv, "cwd": os.getcwd()}
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Atomic JSON write: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 WANDB_ID_FILE = "wandb_id"  # in the run folder: every fit, requeue, resume, test and evaluation appends to this run
