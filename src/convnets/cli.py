@@ -4,13 +4,16 @@
     convnets models [--json]               # registered models: parameters, GFLOPs, input size
     convnets shards digits|mnist|imagefolder|imagenet|verify ...   # write or check webdataset shards
     convnets fit|validate|test|predict --config configs/X.yaml [--key value ...]   # LightningCLI
-    convnets sweep ablation --config configs/X.yaml        # the seed's ablation study
+    convnets sweep ablation --config configs/X.yaml        # the lecture slides' ablation study
     convnets bench model --arch alexnet --batch 64 --json OUT   # Lightning loop vs bare PyTorch
     convnets submit --config configs/X.yaml --slurm.nodes 2 --slurm.gpus_per_node 8 [--dry-run]  # Slurm
     convnets status runs/NAME               # Slurm job state, requeues, latest metrics, logs
     convnets slurm template --slurm.gpus_per_node 8 -- --config configs/X.yaml   # a plain sbatch script
     convnets evaluate --ckpt runs/NAME/checkpoints/last.ckpt --data SHARDS [--crops 10] [--mc-dropout N]
     convnets analyze invariance|layers --ckpt CKPT --data SHARDS          # Zeiler & Fergus's analyses
+
+`convnets --verbose COMMAND ...` (or CONVNETS_DEBUG=1) shows what third-party libraries print and
+full tracebacks; by default the console holds the platform's own lines.
 
 Exit codes: 0 success, 2 bad input or configuration (one line on stderr), 1 failure during a run.
 """
@@ -43,6 +46,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     from convnets.platform.experiments.sweep import add_sweep_subcommands
 
     parser = argparse.ArgumentParser(prog="convnets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show what third-party libraries print, and full tracebacks (as CONVNETS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI `{name}` (see `convnets {name} --help`)", add_help=False)
@@ -140,15 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     from convnets.platform.training.failures import exit_code, failure_summary, one_line
     from convnets.platform.training.tracking import own_wandb_service
 
+    from convnets.utils.console import DEBUG_ENV, quiet_console, verbose
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--verbose"]:  # everything third-party libraries print, and tracebacks (as CONVNETS_DEBUG=1)
+        argv = argv[1:]
+        os.environ[DEBUG_ENV] = "1"  # inherited by DDP ranks and child commands
+    quiet_console()
     own_wandb_service()  # each command its own W&B service (see tracking.own_wandb_service)
     try:
         return _dispatch(argv)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if os.environ.get("CONVNETS_DEBUG"):
+        if verbose():
             raise
         code = exit_code(exc, value_error_is_input=not argv or argv[0] not in STRICT_INPUT_ERRORS)
         if code == 2:  # bad input or configuration: one line naming it, no traceback

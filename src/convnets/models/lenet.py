@@ -18,7 +18,7 @@ penalty; we return its negative as the logit so cross-entropy over classes is th
 bitmaps of the digits; with no bitmaps for other class sets we start them at random +-1 codes
 (the same value range) and let them train.
 
-The seed slides quote "about 187,000 connections, about 14,000 trainable weights": those are the
+The lecture slides quote "about 187,000 connections, about 14,000 trainable weights": those are the
 figures of LeNet-1-era networks, not of LeNet-5 (340,908 connections, 60,000 weights in the
 paper); we follow the paper and test its count exactly.
 

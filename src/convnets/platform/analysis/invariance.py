@@ -1,4 +1,4 @@
-"""`convnets analyze invariance`: Zeiler & Fergus 2013, Figure 5 (and the seed's three slides).
+"""`convnets analyze invariance`: Zeiler & Fergus 2013, Figure 5 (and the lecture slides' three slides on it).
 
 For each transform (vertical translation, scale, rotation) and each magnitude, every sampled image
 is transformed; per tapped layer the normalized distance ||f(x) - f(T x)|| / ||f(x)|| and the

@@ -279,10 +279,12 @@ def _logger(run_dir: Path):
     """The platform's logger where wandb is installed (offline), else Lightning's CSV logger."""
     import importlib.util
 
-    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+    from pytorch_lightning.loggers import CSVLogger
+
+    from convnets.platform.training.tracking import wandb_logger
 
     if importlib.util.find_spec("wandb") is not None:
-        return WandbLogger(project="convnets-bench", save_dir=str(run_dir), offline=True, log_model=False)
+        return wandb_logger(project="convnets-bench", save_dir=str(run_dir), offline=True, log_model=False)
     return CSVLogger(str(run_dir))
 
 

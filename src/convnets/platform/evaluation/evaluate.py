@@ -5,7 +5,7 @@ come from the checkpoint; only the data and how to test are flags:
 
     convnets evaluate --ckpt runs/NAME/checkpoints/last.ckpt --data runs/shards/imagenette --crops 10
     convnets evaluate --ckpt CKPT --data SHARDS --split val --crops 1 --average logits --json OUT.json
-    convnets evaluate --ckpt CKPT --data SHARDS --mc-dropout 10          # + the seed's dropout option 1
+    convnets evaluate --ckpt CKPT --data SHARDS --mc-dropout 10          # + the lecture slides' dropout option 1
     convnets evaluate --ckpt CKPT --data SHARDS --devices 8              # 8 GPUs (or 2 CPU processes)
 
 It runs the module's own test step (the code `convnets test` runs) through a Trainer: under DDP
@@ -144,8 +144,7 @@ def wandb_logger(enabled: bool, ckpt: Checkpoint, out: Path, job_type: str = "ev
     """The training run's W&B run (resumed by its stored id) when known, else a new run beside the outputs."""
     if not enabled:
         return None
-    from pytorch_lightning.loggers import WandbLogger
-
+    from convnets.platform.training.tracking import wandb_logger as new_wandb_logger
     from convnets.platform.training.tracking import wandb_offline
 
     run_dir = ckpt.run_dir
@@ -156,7 +155,7 @@ def wandb_logger(enabled: bool, ckpt: Checkpoint, out: Path, job_type: str = "ev
         kw.update(id=id_file.read_text().strip(), resume="allow")
     else:
         kw["name"] = f"{job_type}-{run_dir.name if run_dir else ckpt.path.stem}"
-    return WandbLogger(**kw)
+    return new_wandb_logger(**kw)
 
 
 def _project(run_dir: Path | None) -> str:

@@ -72,7 +72,7 @@ def markdown_table(rows: list[dict], title: str) -> str:
     epochs = sorted({r["epochs"] for r in rows})
     lines += ["", f"Test accuracy of the last checkpoint (multi-crop where the data allows flips) after "
                   f"{'/'.join(map(str, epochs))} epoch(s); Δ: error minus `full`'s error, positive = worse. "
-                  "Reported: Zeiler & Fergus 2013 (18.1% top-5 baseline, as on the seed slides) and "
+                  "Reported: Zeiler & Fergus 2013 (18.1% top-5 baseline, as on the lecture slides) and "
                   "Krizhevsky et al. 2012, on full ImageNet at 224 px."]
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from convnets.data_pipelines.shards.writer import write_shards
 from convnets.data_pipelines.shards.sources import DigitsSource, ImageFolderSource, MnistSource
 from convnets.utils.children import run_convnets
+from convnets.utils.console import verbose
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # package data: works from a wheel too
 DEFAULT_EPOCHS = {"digits": 40, "mnist": 12, "imagefolder": 10}
@@ -70,8 +71,10 @@ def run_demo(args: argparse.Namespace) -> int:
     run_convnets(["fit", *common, "--trainer.max_epochs", str(epochs), "--trainer.devices", str(args.devices),
                "--trainer.strategy", strategy, "--trainer.accelerator", args.accelerator])
     print("[3/3] test: last checkpoint, single crop and multi-crop")
+    # Lightning's own test table repeats the results table below, less readably
+    quiet = [] if verbose() else ["--verbose", "false"]
     run_convnets(["test", *common, "--trainer.devices", "1", "--trainer.accelerator", args.accelerator,
-               "--ckpt_path", str(out / "checkpoints" / "last.ckpt")])
+                  "--ckpt_path", str(out / "checkpoints" / "last.ckpt"), *quiet])
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["demo_wall_s"] = time.perf_counter() - start
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

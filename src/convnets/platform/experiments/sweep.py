@@ -1,4 +1,4 @@
-"""`convnets sweep ablation`: the seed's ablation study, one `convnets fit` + `convnets test` per variant.
+"""`convnets sweep ablation`: the lecture slides' ablation study, one `convnets fit` + `convnets test` per variant.
 
     convnets sweep ablation --config configs/alexnet_small_imagenette.yaml           # all 8 variants
     convnets sweep ablation --config configs/alexnet_small_imagenette.yaml --dry-run # plan, params, commands

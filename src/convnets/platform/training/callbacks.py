@@ -9,12 +9,14 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from typing_extensions import override
 
 from convnets.platform.training import plots
 from convnets.platform.training.tracking import run_info
+from convnets.utils.console import wandb_line
 from convnets.utils.files import write_json
 
 log = logging.getLogger(__name__)
@@ -178,6 +180,7 @@ class RunRecorder(pl.Callback):
                     {"versions": info["versions"], "git_revision": info["git_revision"], "resolved": self.config},
                     allow_val_change=True,
                 )
+                log.info(wandb_line(logger.experiment))
 
     @override
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -281,6 +284,15 @@ class PlatformProgressBar(TQDMProgressBar):
         self.min_interval_s = min_interval_s
         self._last_refresh = 0.0
         self._train_loss: str | None = None  # the last refresh's loss, also shown at the epoch's end
+
+    @override
+    def init_sanity_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)  # the sanity check's two batches are not worth a line
+
+    @override
+    def init_validation_tqdm(self) -> Tqdm:
+        # One line per run, not one per validation: the epoch's val_top1 shows in the training bar.
+        return Tqdm(disable=True)
 
     @override
     def on_train_epoch_start(self, trainer, *args) -> None:

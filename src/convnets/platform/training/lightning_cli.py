@@ -23,7 +23,6 @@ from pathlib import Path
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.loggers import WandbLogger
 from typing_extensions import override
 
 from convnets.data_pipelines.loading.datamodule import ShardDataModule
@@ -33,7 +32,7 @@ from convnets.platform.training.checkpoint_io import with_atomic_io
 from convnets.platform.training.module import ClassifierModule
 from convnets.platform.training.rank_watchdog import RankWatchdog, ddp_strategy
 from convnets.platform.training.sigterm_sync import SigtermSync
-from convnets.platform.training.tracking import run_wandb_id, wandb_offline
+from convnets.platform.training.tracking import run_wandb_id, wandb_logger, wandb_offline
 
 RUN_NAME_ENV = "CONVNETS_RUN_NAME"  # DDP ranks re-run the command line: they must agree on the folder
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -145,7 +144,7 @@ class ConvnetsCLI(LightningCLI):
         try:
             if trainer_cfg.get("logger") in (None, True):
                 # One W&B run per run folder: resumed fits, requeued jobs and tests append to it.
-                kwargs["logger"] = WandbLogger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),
+                kwargs["logger"] = wandb_logger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),
                                                offline=wandb_offline(), log_model=False,
                                                id=run_wandb_id(run_dir), resume="allow")
             return super().instantiate_trainer(**kwargs)

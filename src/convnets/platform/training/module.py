@@ -68,7 +68,7 @@ class EvalOptions:
     """How the test step predicts (set by `convnets evaluate`; not a hyperparameter of the model)."""
 
     average: Average = "softmax"  # multi-crop: mean of the crops' softmax, or softmax of the mean logit
-    mc_dropout: int = 0  # > 0: also the seed's option 1, this many dropout masks per image
+    mc_dropout: int = 0  # > 0: also the lecture slides' option 1, this many dropout masks per image
     keep_topk: bool = False  # keep each sample's top-5 classes and probabilities (the example grid)
 
 

@@ -1,4 +1,4 @@
-"""Test-time prediction rules: multi-crop averaging and dropout sampling (the seed's option 1).
+"""Test-time prediction rules: multi-crop averaging and dropout sampling (the lecture slides' option 1).
 
 Shared by `convnets test` (the module's test step) and `convnets evaluate`, so both compute the
 same numbers. Everything here is batched tensor arithmetic: no per-sample Python.

@@ -62,3 +62,13 @@ def own_wandb_service() -> None:
     without the address it starts its own service. Call before anything initialises wandb.
     """
     os.environ.pop("WANDB_SERVICE", None)
+
+
+def wandb_logger(**kwargs):
+    """Lightning's WandbLogger, less the `anonymous` setting it always passes: W&B >= 0.19 warns that
+    the setting has no effect on every run, a line no user can act on."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    logger = WandbLogger(**kwargs)
+    logger._wandb_init.pop("anonymous", None)  # read by wandb.init() when the run starts, not before
+    return logger
