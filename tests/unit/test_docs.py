@@ -48,7 +48,7 @@ def split_page(text: str) -> tuple[list[str], list[list[str]]]:
 
 def slug(heading: str) -> str:
     """A heading's anchor as Python-Markdown's toc (MkDocs) and GitHub both make it for plain headings."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    text = re.sub(r"[`*]", "", heading.strip().lower())
     text = re.sub(r"[^\w\- ]", "", text)
     return re.sub(r"[ ]+", "-", text.strip())
 
@@ -142,13 +142,12 @@ def parse_lightning(argv: list[str]) -> None:
         raise ValueError(err.getvalue().strip() or f"exit {exc.code}") from None
 
 
-def parse_light(argv: list[str]) -> argparse.Namespace:
-    from convnets.cli import _parser
-
+def parse_argparse(parser: argparse.ArgumentParser, argv: list[str], *, known: bool = False):
+    """argparse's result, or ValueError with its message instead of its exit."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            return _parser(argv[0]).parse_args(argv)
+            return parser.parse_known_args(argv) if known else parser.parse_args(argv)
     except SystemExit as exc:
         raise ValueError(err.getvalue().strip() or f"exit {exc.code}") from None
 
@@ -158,17 +157,24 @@ def parse_command(argv: list[str]) -> None:
     argv = [NUMBER_PLACEHOLDERS.get(word, word) for word in argv]
     if argv and argv[0] in LIGHTNING:
         return parse_lightning(argv)
+    from convnets.slurm.request import request_from_args  # values and the cluster fragment, no sbatch
+
     if argv and argv[0] == "submit":
         from convnets.slurm.submit import submit_parser
 
-        _, fit_args = submit_parser().parse_known_args(argv[1:])
+        args, fit_args = parse_argparse(submit_parser(), argv[1:], known=True)
+        request_from_args(args)
         return parse_lightning(["fit", *fit_args])
-    args = parse_light(argv)
+    from convnets.cli import _parser
+
+    args = parse_argparse(_parser(argv[0] if argv else None), argv)
     if args.command == "slurm":
+        request_from_args(args)
         parse_lightning(["fit", *[a for a in args.fit_args if a != "--"]])
     if args.command == "sweep":
         if not (REPO / args.config).exists():
             raise ValueError(f"--config {args.config}: no such file")
+        request_from_args(args)
         parse_lightning(["fit", "--config", str(args.config), *args.extra])
 
 
@@ -204,12 +210,12 @@ def test_relative_links_resolve(page):
 
 def test_links_are_found_and_checked(tmp_path):
     """The checker itself: a broken file link and a broken anchor are reported, good ones are not."""
-    (tmp_path / "other.md").write_text("# Other page\n\n## A `code` heading, with commas\n")
+    (tmp_path / "other.md").write_text("# Other page\n\n## A `code_name` heading, with commas\n")
     page = tmp_path / "page.md"
-    page.write_text("[ok](other.md) [ok](other.md#a-code-heading-with-commas) `[no](inline.md)`\n"
+    page.write_text("[ok](other.md) [ok](other.md#a-code_name-heading-with-commas) `[no](inline.md)`\n"
                     "```\n[no](in-a-code-block.md)\n```\n[bad](missing.md) [bad](other.md#nope)\n")
     links = relative_links(page)
-    assert links == ["other.md", "other.md#a-code-heading-with-commas", "missing.md", "other.md#nope"]
+    assert links == ["other.md", "other.md#a-code_name-heading-with-commas", "missing.md", "other.md#nope"]
     assert [t for t in links if link_problem(page, t)] == ["missing.md", "other.md#nope"]
 
 
@@ -227,6 +233,9 @@ def test_a_broken_command_fails(monkeypatch):
     monkeypatch.chdir(REPO)
     for argv in (["shards", "digits", "OUT", "--no-such-flag"], ["bench", "nope"], ["fit", "--config", "no_such_recipe"],
                  ["fit", "--config", "lenet5_digits", "--model.no_such_key", "1"],
-                 ["submit", "--config", "lenet5_digits", "--slurm.nodes", "2", "--trainer.no_such", "1"]):
+                 ["submit", "--config", "lenet5_digits", "--slurm.nodes", "2", "--trainer.no_such", "1"],
+                 ["submit", "--config", "lenet5_digits", "--slurm.nodes", "two"],
+                 ["slurm", "template", "--", "--config", "lenet5_digits", "--data.no_such", "1"],
+                 ["sweep", "ablation", "--config", "configs/no_such.yaml"]):
         with pytest.raises((ValueError, argparse.ArgumentError)):
             parse_command(argv)
