@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast setup clean bench-imagenette
+.PHONY: demo test test-fast docs setup clean bench-imagenette
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,17 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/convnets demo
 
-test: $(STAMP)
+test: $(STAMP) docs
 	$(BIN)/python -m pytest -q tests --durations=30
+
+# The docs/ pages as a site, --strict: a broken link or anchor fails. Built into a temporary folder
+# (never into the repository) and removed; its log is shown only on failure (--quiet would also
+# silence the warnings --strict turns into errors). ~2 s.
+docs: $(STAMP)
+	@site=$$(mktemp -d); \
+	if NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$site" >"$$site.log" 2>&1; \
+	then rm -rf "$$site" "$$site.log"; echo "docs: mkdocs build --strict passed"; \
+	else cat "$$site.log"; rm -rf "$$site" "$$site.log"; exit 1; fi
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m "not slow"
