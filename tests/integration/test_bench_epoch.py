@@ -127,3 +127,17 @@ def test_bench_epoch_on_cpu_counts_every_image_and_accounts_for_the_wall_time(sc
         epochs=p["epochs"], train_images=1_281_167, train_images_per_s=p["train_images_per_s"], val_images=50_000,
         val_images_per_s=phases["validation"]["images_per_s"], startup_s=phases["startup"]["seconds"])["total_s"])
     assert "| alexnet_small |" in result.stdout and "8 GPUs (linear)" in result.stdout
+
+
+@pytest.mark.dali
+def test_bench_epoch_data_only_reads_every_image_of_each_epoch_through_the_fits_loader(scale, tmp_path):
+    out, _ = scale
+    result = convnets("bench", "epoch", "--shards", out, "--recipe", "alexnet_small_imagenette", "--arch",
+                      "alexnet_small", "--batch", 8, "--epochs", 2, "--data-only", "--device", "cpu",
+                      "--json", tmp_path / "data.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads((tmp_path / "data.json").read_text())
+    assert r["mode"] == "data" and r["data_device"] == "cpu" and r["num_threads"] == 2  # the recipe's threads
+    assert r["train_images"] == TRAIN * 2 and r["phases"]["startup"]["images"] == 8
+    assert sum(p["seconds"] for p in r["phases"].values()) == pytest.approx(r["wall_s"], rel=1e-6)
+    assert "| alexnet_small loader |" in result.stdout

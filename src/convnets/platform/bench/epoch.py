@@ -66,6 +66,8 @@ def add_epoch_arguments(p: argparse.ArgumentParser) -> None:
                    help="after the fit, evaluate the val split with this many crops per image (default 0: no)")
     p.add_argument("--num-threads", type=int, default=None, help="DALI threads (default: the recipe's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="auto: gpu where CUDA is visible")
+    p.add_argument("--data-only", action="store_true",
+                   help="the fit's train loader alone (same data module, device and threads), no model: the data path's rate")
     p.add_argument("--blocks", type=int, default=10, help="steady blocks per epoch, for the interval (default 10)")
     p.add_argument("--train-images", type=int, default=IMAGENET_TRAIN, help="projection: images per epoch (default ImageNet's)")
     p.add_argument("--val-images", type=int, default=IMAGENET_VAL, help="projection: images per validation (default ImageNet's)")
@@ -328,10 +330,12 @@ def check_args(args: argparse.Namespace) -> None:
 
 def bench_epoch(args: argparse.Namespace) -> dict:
     check_args(args)
+    if args.data_only and (args.val or args.test_crops):
+        raise ValueError("bench epoch: --data-only times the train loader alone; drop --val and --test-crops")
     run_dir = Path(tempfile.mkdtemp(prefix="convnets-bench-epoch-")) / "run" if args.runs_dir is None else \
         Path(args.runs_dir) / f"bench-epoch-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        return _measure(args, run_dir)
+        return (_measure_data if args.data_only else _measure)(args, run_dir)
     finally:
         if args.runs_dir is None:
             shutil.rmtree(run_dir.parent, ignore_errors=True)
@@ -357,6 +361,58 @@ def _measure(args: argparse.Namespace, run_dir: Path) -> dict:
             test_wall = time.perf_counter() - t0
     return summarize(args, trainer, clock, sampler, wall_s=t_return - clock.t_call, test_wall_s=test_wall,
                      run_dir=run_dir)
+
+
+def _measure_data(args: argparse.Namespace, run_dir: Path) -> dict:
+    """The fit's own train loader, iterated for --epochs epochs with nothing consuming its batches."""
+    import numpy as np
+    import torch
+
+    from convnets.platform.bench.report import hardware, versions
+
+    cli = _build_cli(fit_argv(args, run_dir))
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    data.trainer, data.input_spec = trainer, module.input_spec  # what fit attaches: the device, the input facts
+    device = trainer.strategy.root_device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    spans = {k: Span() for k in ("startup", "steady", "tail")}
+    blocks: list[Span] = []
+    start = last = time.perf_counter()
+    loader = data.loader("train", train=True)
+    for epoch in range(args.epochs):
+        loader.epoch_fn = lambda e=epoch: e
+        n, pending = len(loader), 0
+        edges = {int(round(x)) for x in np.linspace(0, n - 2, max(1, min(args.blocks, n - 2)) + 1)} if n >= 3 else set()
+        for i, batch in enumerate(loader):
+            pending += int(batch["n_valid"])
+            if i not in edges:
+                continue
+            sync()
+            now = time.perf_counter()
+            phase = "steady" if i else ("startup" if epoch == 0 else "tail")
+            if i:
+                blocks.append(Span(now - last, pending))
+            spans[phase].seconds += now - last
+            spans[phase].images += pending
+            last, pending = now, 0
+        if n < 3:
+            raise ValueError(f"bench epoch: {n} batches per epoch; >= 3 needed (lower --batch or use a larger split)")
+        sync()
+        spans["tail"].images += pending
+    now = time.perf_counter()
+    spans["tail"].seconds += now - last
+    rates = [b.images / b.seconds for b in blocks]
+    phases = {k: v.as_dict() for k, v in spans.items()}
+    phases["steady"].update(blocks=[b.as_dict() for b in blocks], block_median_images_per_s=statistics.median(rates),
+                            block_ci95=median_ci95(rates))
+    steady, tail = spans["steady"], spans["tail"]
+    return {"bench": "epoch", "mode": "data", "recipe": args.recipe, "arch": args.arch,
+            "batch": int(data.hparams.batch_size), "device": device.type, "data_device": "gpu" if data._device_id() is not None else "cpu",
+            "num_threads": int(data.hparams.num_threads), "hw_decoder_load": float(data.hparams.hw_decoder_load),
+            "epochs": args.epochs, "shards": str(args.shards), "fit_args": fit_argv(args, run_dir), "wall_s": now - start,
+            "phases": phases, "train_images": sum(v.images for v in spans.values()),
+            "epoch_images_per_s": (steady.images + tail.images) / (steady.seconds + tail.seconds),
+            "steady_images_per_s": phases["steady"]["images_per_s"], "hardware": hardware(device), "versions": versions()}
 
 
 def _recipe_epochs(trainer_max_epochs: int, args: argparse.Namespace) -> int:
@@ -392,7 +448,7 @@ def summarize(args, trainer, clock, sampler: DeviceSampler, *, wall_s: float, te
     project = dict(epochs=recipe_epochs, train_images=args.train_images, train_images_per_s=train_rate,
                    val_images=args.val_images, val_images_per_s=val_rate, startup_s=clock.phases["startup"].seconds)
     result = {
-        "bench": "epoch", "recipe": args.recipe, "arch": args.arch, "batch": int(data.hparams.batch_size),
+        "bench": "epoch", "mode": "fit", "recipe": args.recipe, "arch": args.arch, "batch": int(data.hparams.batch_size),
         "precision": str(trainer.precision), "channels_last": args.channels_last, "compile": args.compile,
         "space_to_depth": args.space_to_depth, "epochs": args.epochs, "val": args.val, "device": trainer.strategy.root_device.type,
         "num_threads": int(data.hparams.num_threads), "hw_decoder_load": float(data.hparams.hw_decoder_load),
@@ -436,7 +492,21 @@ def _steady_cell(r: dict) -> str:
 
 
 def format_epoch_table(results: list[dict]) -> str:
-    """Two tables: the phases, rates and utilization of each run; then each run's projection with its inputs."""
+    """The fits (phases, rates, utilization), their projections with the inputs, and the data-only runs."""
+    data = [r for r in results if r.get("mode") == "data"]
+    fits = [r for r in results if r.get("mode") != "data"]
+    tables = [_fit_tables(fits)] if fits else []
+    if data:
+        tables.append(markdown_table(
+            ["data path alone", "batch", "decode", "threads", "images", "wall s", "start-up s", "steady img/s [95% CI]",
+             "tail img/s", "epoch img/s"],
+            [[r["arch"] + " loader", str(r["batch"]), r["data_device"], str(r["num_threads"]), f"{r['train_images']:,}",
+              f"{r['wall_s']:.1f}", f"{r['phases']['startup']['seconds']:.1f}", _steady_cell(r),
+              _rate(r["phases"]["tail"]["images_per_s"]), _rate(r["epoch_images_per_s"])] for r in data]))
+    return "\n\n".join(tables)
+
+
+def _fit_tables(results: list[dict]) -> str:
     runs = markdown_table(
         ["arch", "batch", "precision", "compile", "s2d", "images", "wall s", "start-up s", "steady img/s [95% CI]",
          "tail img/s", "epoch img/s", "val img/s", "data wait", "MFU", "GPU util", "decoder util", "JPEG util",
