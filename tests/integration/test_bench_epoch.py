@@ -141,3 +141,13 @@ def test_bench_epoch_data_only_reads_every_image_of_each_epoch_through_the_fits_
     assert r["train_images"] == TRAIN * 2 and r["phases"]["startup"]["images"] == 8
     assert sum(p["seconds"] for p in r["phases"].values()) == pytest.approx(r["wall_s"], rel=1e-6)
     assert "| alexnet_small loader |" in result.stdout
+
+
+def test_bench_epoch_names_a_bad_recipe_or_fit_flag_in_one_line(scale):
+    out, _ = scale
+    bad = convnets("bench", "epoch", "--shards", out, "--recipe", "nope")
+    assert bad.returncode == 2 and last_line(bad.stderr).startswith("convnets: error: --recipe nope: no such file")
+    flag = convnets("bench", "epoch", "--shards", out, "--recipe", "alexnet_small_imagenette", "--arch", "alexnet_small",
+                    "--device", "cpu", "--", "--data.nonsense", "1")
+    assert flag.returncode == 2
+    assert last_line(flag.stderr) == "convnets: error: bench epoch: the fit refused its flags: unrecognized arguments: --data.nonsense 1"

@@ -305,9 +305,13 @@ def _build_cli(argv: list[str]):
     from convnets.platform.training.lightning_cli import CLI_DEFAULTS, ConvnetsCLI, resolve_config_args
     from convnets.platform.training.module import ClassifierModule
 
+    import warnings
+
     err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
+        with contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # The flags are built here on purpose, beside the `convnets bench` command line: not a mistake.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             return ConvnetsCLI(ClassifierModule, ShardDataModule, args=resolve_config_args(argv), run=False,
                                save_config_kwargs={"overwrite": True}, **CLI_DEFAULTS)
     except (_argparse.ArgumentError, SystemExit) as exc:
@@ -321,6 +325,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("bench epoch: --epochs, --blocks and --batch must be >= 1")
     if min(args.train_images, args.val_images) < 1:
         raise ValueError("bench epoch: --train-images and --val-images must be >= 1")
+    from convnets.platform.training.lightning_cli import packaged_configs, resolve_config_args
+
+    try:
+        resolve_config_args(["--config", args.recipe])
+    except ValueError:
+        raise ValueError(f"--recipe {args.recipe}: no such file, nor a packaged recipe ({', '.join(packaged_configs())})") from None
     if not (args.shards / "train" / "manifest.json").is_file():
         raise ValueError(f"--shards {args.shards}: no train/manifest.json (write shards with `convnets shards` "
                          "or scripts/make_scale_shards.py)")
