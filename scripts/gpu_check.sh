@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared check of the GPU path, for a single-GPU machine, in under 8 minutes:
-#   scripts/gpu_check.sh OUT_DIR
+# One prepared check of the GPU path, for a single-GPU machine, each part in under 8 minutes:
+#   scripts/gpu_check.sh OUT_DIR            # part "core": items 1-5 below
+#   scripts/gpu_check.sh OUT_DIR epoch      # part "epoch": item 6, in its own device call
 # 1. the GPU and versions; 2. the GPU tests (pytest -m gpu: NCCL world-size-1 DDP fit, bf16,
 # channels_last, no CUDA syncs in the step); 3. `convnets bench model` for alexnet and alexnet2012
 # at batch 256, bf16, channels_last, with and without torch.compile, and alexnet at batch 2048
@@ -11,7 +12,9 @@
 # Runs from a source checkout with only torch, Lightning and torchmetrics installed (no install
 # needed: src/ goes on PYTHONPATH). Without a GPU it runs the CPU-only parts, small, and says so.
 set -uo pipefail
-OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR}
+OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR [core|epoch]}
+PART=${2:-core}
+case "$PART" in core|epoch) ;; *) echo "gpu_check: part '$PART': expected core or epoch" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
@@ -46,7 +49,49 @@ json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(" ".join(f"{k}={v}" for k, v in info.items()))
 PYEOF
 
-if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+# The 500 real photos the scale shards repeat: the shared data beside the checkout, or inside it.
+photos() {
+    for d in "${CONVNETS_SHARED_DATA:-}" ../shared/data shared/data; do
+        [ -n "$d" ] && [ -d "$d/imagenet-sample" ] && { echo "$d/imagenet-sample"; return 0; }
+    done
+    return 1
+}
+
+epoch_part() {  # epoch_part SAMPLES VAL_SAMPLES FLAGS...: scale shards, then the epoch and its data path alone
+    local samples=$1 val=$2; shift 2
+    local scale=${CONVNETS_SCALE_DIR:-/tmp/convnets-scale} src
+    # One budget for the three steps (default 450 s: the device call stays under 8 minutes with the
+    # set-up above); each step gets its own limit or what is left, whichever is smaller.
+    local end=$((SECONDS + ${CONVNETS_EPOCH_BUDGET_S:-450}))
+    left() { local l=$((end - SECONDS)); echo $((l < $1 ? l : $1)); }
+    if ! src=$(photos); then
+        echo "no imagenet-sample folder (set CONVNETS_SHARED_DATA): epoch benchmark skipped"; STATUS=1; return
+    fi
+    # Expected on 16 cores: ~1-2 min for 1.33 M samples (the writer's tar and hashing work, ~40 GB of
+    # writes). Resumable: a rerun on the same machine keeps the finished shards.
+    step make_scale_shards "$(left 200)" $PY scripts/make_scale_shards.py "$scale" --from "$src" --samples "$samples" \
+        --val-samples "$val" --resize 256 --quality 90
+    [ -f "$scale/train/manifest.json" ] || return
+    # The training epoch first (the row the targets are about), then the same loader alone.
+    step bench_epoch_fit "$(left 300)" $PY -m convnets.cli bench epoch --shards "$scale" --val --test-crops 10 "$@" \
+        --json "$OUT/bench_epoch_fit.json"
+    if [ $((end - SECONDS)) -lt 30 ]; then
+        echo "   epoch budget spent: the data path alone was not measured"; STATUS=1; return
+    fi
+    step bench_epoch_data_alone "$(left 150)" $PY -m convnets.cli bench epoch --shards "$scale" --data-only "$@" \
+        --json "$OUT/bench_epoch_data_alone.json"
+}
+
+if [ "$PART" = epoch ]; then
+    if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+        # alexnet, bf16, NHWC, compiled, space-to-depth stem, batch 2048; 12 of 16 cores for DALI.
+        epoch_part 1281167 50000 --arch alexnet --precision bf16-mixed --channels-last --compile --space-to-depth \
+            --batch 2048 --num-threads "${CONVNETS_EPOCH_THREADS:-12}"
+    else
+        echo "no GPU: the epoch benchmark runs small on the CPU (alexnet_small, 64 + 32 images)"
+        epoch_part 64 32 --recipe alexnet_small_imagenette --arch alexnet_small --batch 8 --device cpu
+    fi
+elif ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "no GPU: GPU tests and GPU benchmarks skipped; exercising the CPU-only parts"
     step bench_model_cpu 300 $PY -m convnets.cli bench model --arch lenet5 --batch 32 --steps 3 --warmup 1 --rounds 1 \
         --device cpu --json "$OUT/bench_model_cpu.json"
@@ -92,13 +137,20 @@ fi
 $PY - "$OUT" <<'PYEOF'
 import json, pathlib, sys
 from convnets.platform.bench.report import format_eval_table, format_table, format_e2e_table
+from convnets.platform.bench.epoch import format_epoch_table
 out = pathlib.Path(sys.argv[1])
 results = [json.loads(p.read_text()) for p in sorted(out.glob("bench_*.json"))]
 tables = []
-for kind, fmt in (("model", format_table), ("eval", format_eval_table), ("e2e", format_e2e_table)):
+for kind, fmt in (("model", format_table), ("eval", format_eval_table), ("e2e", format_e2e_table),
+                  ("epoch", format_epoch_table)):
     rows = [r for r in results if r.get("bench") == kind]
     if rows:
         tables.append(fmt(rows))
+fit = [r for r in results if r.get("bench") == "epoch" and r.get("mode") == "fit"]
+alone = [r for r in results if r.get("bench") == "epoch" and r.get("mode") == "data"]
+if fit and alone:  # the same shards, the same session: how close training runs to its data path
+    tables.append(f"epoch images/s, training / data path alone: {fit[0]['epoch_images_per_s']:.0f} / "
+                  f"{alone[0]['epoch_images_per_s']:.0f} = {fit[0]['epoch_images_per_s'] / alone[0]['epoch_images_per_s']:.3f}")
 text = "\n\n".join(tables) or "(no benchmark results)"
 (out / "summary.md").write_text(text + "\n")
 print(text)

@@ -33,6 +33,9 @@ def add_bench_subcommands(sub) -> None:
     from convnets.platform.bench.data import add_data_arguments
 
     add_data_arguments(sub.add_parser("data", help="data path alone: bytes fed, decode-only, the train loader"))
+    from convnets.platform.bench.epoch import add_epoch_arguments
+
+    add_epoch_arguments(sub.add_parser("epoch", help="whole epochs of `convnets fit` by phase, and the recipe's wall time"))
     ev = sub.add_parser("eval", help="multi-crop test images/s through the platform's test step")
     _add_common(ev)
     ev.add_argument("--crops", type=int, default=10, choices=[1, 5, 10], help="crops per image (default 10)")
@@ -54,6 +57,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
         from convnets.platform.bench.data import bench_data, config_from_args, format_data_table
 
         return _report(bench_data(config_from_args(args)), format_data_table, args.json)
+    if args.bench_command == "epoch":
+        from convnets.platform.bench.epoch import bench_epoch, format_epoch_table
+
+        return _report(bench_epoch(args), format_epoch_table, args.json)
     if args.bench_command == "e2e":
         from convnets.platform.bench.e2e import bench_e2e
 
