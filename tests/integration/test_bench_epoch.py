@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from convnets.data_pipelines.shards.format import load_sample_index, read_manifest
+from convnets.data_pipelines.shards.format import read_manifest
 from convnets.data_pipelines.shards.sources import Encoding, read_image_file
 from convnets.platform.bench.epoch import project_recipe
 from tests.conftest import REPO, shared_data

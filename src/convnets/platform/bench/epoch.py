@@ -39,7 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from convnets.platform.bench.report import markdown_table, median_ci95, yes_no
+from convnets.platform.bench.report import median_ci95
+from convnets.utils.tables import markdown_table, yes_no
 
 log = logging.getLogger(__name__)
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000  # ILSVRC-2012's split sizes: the projection's default
@@ -378,7 +379,7 @@ def _measure_data(args: argparse.Namespace, run_dir: Path) -> dict:
     import numpy as np
     import torch
 
-    from convnets.platform.bench.report import hardware, versions
+    from convnets.utils.environment import hardware, runtime_versions
 
     cli = _build_cli(fit_argv(args, run_dir))
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
@@ -422,7 +423,7 @@ def _measure_data(args: argparse.Namespace, run_dir: Path) -> dict:
             "epochs": args.epochs, "shards": str(args.shards), "fit_args": fit_argv(args, run_dir), "wall_s": now - start,
             "phases": phases, "train_images": sum(v.images for v in spans.values()),
             "epoch_images_per_s": (steady.images + tail.images) / (steady.seconds + tail.seconds),
-            "steady_images_per_s": phases["steady"]["images_per_s"], "hardware": hardware(device), "versions": versions()}
+            "steady_images_per_s": phases["steady"]["images_per_s"], "hardware": hardware(device), "versions": runtime_versions()}
 
 
 def _recipe_epochs(trainer_max_epochs: int, args: argparse.Namespace) -> int:
@@ -437,7 +438,7 @@ def _recipe_epochs(trainer_max_epochs: int, args: argparse.Namespace) -> int:
 
 def summarize(args, trainer, clock, sampler: DeviceSampler, *, wall_s: float, test_wall_s: float | None,
               run_dir: Path) -> dict:
-    from convnets.platform.bench.report import hardware, versions
+    from convnets.utils.environment import hardware, runtime_versions
     from convnets.platform.training.callbacks import RunReport, ThroughputMonitor, peak_flops
 
     monitor = next(c for c in trainer.callbacks if isinstance(c, ThroughputMonitor))
@@ -473,7 +474,7 @@ def summarize(args, trainer, clock, sampler: DeviceSampler, *, wall_s: float, te
         "test": _test_result(clock, args, test_wall_s) if args.test_crops else None,
         "projection": {"recipe": args.recipe, **project_recipe(**project),
                        "gpus_8": project_recipe(**project, gpus=8), "scaling_caveat": SCALING_CAVEAT},
-        "hardware": hardware(trainer.strategy.root_device), "versions": versions(),
+        "hardware": hardware(trainer.strategy.root_device), "versions": runtime_versions(),
         "run_dir": str(run_dir) if args.runs_dir is not None else None,
     }
     return result
