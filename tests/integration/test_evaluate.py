@@ -274,3 +274,27 @@ def test_evaluation_logs_to_the_training_runs_wandb_run(trained, tmp_path, monke
         (run_dir / "wandb_id").unlink()
     assert Path(result["out"]) == run_dir / "eval" and (run_dir / "eval" / "eval.json").exists()
     assert list((run_dir / "wandb").glob("offline-run-*-evaltest01"))
+
+
+def test_reports_name_classes_as_a_person_does_and_keep_ids_in_the_json(trained, tmp_path):
+    """Shards that carry human class names (as `shards imagenet` writes from synset_words.txt): the report and
+    the pictures say "tench", the JSON keeps n01440764 beside it."""
+    ckpt, shards = trained
+    named = tmp_path / "shards"
+    shutil.copytree(shards, named)
+    words = dict(line.split(" ", 1) for line in (shared_data("imagenet-meta") / "synset_words.txt").read_text().splitlines())
+    for split in ("train", "val"):
+        path = named / split / "manifest.json"
+        raw = json.loads(path.read_text())
+        raw["class_names"] = [words[c].strip() for c in raw["classes"]]
+        path.write_text(json.dumps(raw))
+    result, _ = _evaluate(ckpt, named, tmp_path / "out")
+    classes = json.loads((named / "val" / "manifest.json").read_text())["classes"]
+    expected = {c: words[c].split(",")[0].strip() for c in classes}  # "tench, Tinca tinca" -> "tench"
+    assert "tench" in expected.values()
+    assert {r["class"]: r["name"] for r in result["per_class"]} == expected
+    assert all(p["true_name"] == expected[p["true"]] and p["predicted_name"] == expected[p["predicted"]]
+               for p in result["most_confused"])
+    report = (tmp_path / "out" / "eval.md").read_text()
+    worst = min(result["per_class"], key=lambda r: r["top1"])
+    assert f"| {worst['name']} ({worst['class']})" in report

@@ -126,6 +126,11 @@ class ShardDataModule(pl.LightningDataModule):
         return list(self.manifest(self.class_split).classes)
 
     @property
+    def display_names(self) -> list[str]:
+        """The classes as a person names them (see Manifest.display_names): for plots, not for matching."""
+        return list(self.manifest(self.class_split).display_names)
+
+    @property
     def test_split_name(self) -> str:
         if self.hparams.test_split:
             return self.hparams.test_split

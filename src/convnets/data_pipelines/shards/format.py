@@ -88,6 +88,14 @@ class Manifest:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def display_names(self) -> tuple[str, ...]:
+        """What a person calls each class: the first synonym of its human-readable name ("tench" for
+        n01440764's "tench, Tinca tinca"), else its id. For plots and reports; ids stay in the JSON."""
+        if len(self.class_names) != len(self.classes):
+            return self.classes
+        return tuple(name.split(",")[0].strip() or cid for cid, name in zip(self.classes, self.class_names))
+
     def to_json(self) -> str:
         fields = asdict(self)
         fields["num_classes"] = self.num_classes

@@ -17,21 +17,22 @@ log = logging.getLogger(__name__)
 CONFUSED_PAIRS = 10  # most confused (true, predicted) pairs listed in the report
 
 
-def per_class(confusion: np.ndarray, classes: list[str]) -> list[dict]:
-    """Top-1 accuracy of each class (its diagonal over its row), with the class's image count."""
+def per_class(confusion: np.ndarray, classes: list[str], names: list[str]) -> list[dict]:
+    """Top-1 accuracy of each class (its diagonal over its row), with the class's image count; each
+    class by id (`class`) and by the name a person reads (`name`)."""
     counts = confusion.sum(1)
     acc = np.diag(confusion) / np.maximum(counts, 1)
-    return [{"class": c, "n": int(n), "top1": float(a)} for c, n, a in zip(classes, counts, acc)]
+    return [{"class": c, "name": m, "n": int(n), "top1": float(a)} for c, m, n, a in zip(classes, names, counts, acc)]
 
 
-def confused_pairs(confusion: np.ndarray, classes: list[str], k: int = CONFUSED_PAIRS) -> list[dict]:
-    """The k largest off-diagonal cells: (true class, predicted class, count)."""
+def confused_pairs(confusion: np.ndarray, classes: list[str], names: list[str], k: int = CONFUSED_PAIRS) -> list[dict]:
+    """The k largest off-diagonal cells: (true class, predicted class, count), by id and by name."""
     off = confusion.copy()
     np.fill_diagonal(off, 0)
     flat = np.argsort(-off, axis=None, kind="stable")[:k]
     rows, cols = np.unravel_index(flat, off.shape)
-    return [{"true": classes[r], "predicted": classes[c], "count": int(off[r, c])}
-            for r, c in zip(rows, cols) if off[r, c] > 0]
+    return [{"true": classes[r], "true_name": names[r], "predicted": classes[c], "predicted_name": names[c],
+             "count": int(off[r, c])} for r, c in zip(rows, cols) if off[r, c] > 0]
 
 
 def write_predictions(rows: np.ndarray, path: Path) -> None:
@@ -44,6 +45,10 @@ def write_predictions(rows: np.ndarray, path: Path) -> None:
     tmp.replace(path)
 
 
+def _label(name: str, class_id: str) -> str:
+    return name if name == class_id else f"{name} ({class_id})"
+
+
 def markdown_report(result: dict) -> str:
     parts = [f"# Evaluation of {result['ckpt']}", "", summary_table(result), ""]
     cal = [("option 2: all units (inverted dropout)", {"top1": result["top1"], **result["calibration"]})]
@@ -54,31 +59,35 @@ def markdown_report(result: dict) -> str:
         [[name, f"{c['top1']:.4f}", f"{c['nll']:.4f}", f"{c['ece']:.4f}"] for name, c in cal]), ""]
     worst = sorted(result["per_class"], key=lambda r: r["top1"])[:20]
     parts += ["## Per-class top-1 (the 20 worst)", "", markdown_table(
-        ["class", "images", "top-1"], [[r["class"], str(r["n"]), f"{r['top1']:.3f}"] for r in worst]), ""]
+        ["class", "images", "top-1"], [[_label(r["name"], r["class"]), str(r["n"]), f"{r['top1']:.3f}"] for r in worst]),
+        ""]
     if result["most_confused"]:
         parts += ["## Most confused pairs", "", markdown_table(
             ["true", "predicted as", "images"],
-            [[p["true"], p["predicted"], str(p["count"])] for p in result["most_confused"]]), ""]
+            [[_label(p["true_name"], p["true"]), _label(p["predicted_name"], p["predicted"]), str(p["count"])]
+             for p in result["most_confused"]]), ""]
     return "\n".join(parts)
 
 
 def write_outputs(result: dict, collector, dm, out: Path, *, cfg, logger) -> dict:
     """Complete the result with per-class figures and plots; write and log everything; return it."""
     split = result["split"]
-    classes = list(dm.manifest(split).classes)
+    manifest = dm.manifest(split)
+    classes, names = list(manifest.classes), list(manifest.display_names)  # ids in the JSON, names in pictures
     confusion = collector.confusion
-    result.update(per_class=per_class(confusion, classes), most_confused=confused_pairs(confusion, classes),
+    result.update(per_class=per_class(confusion, classes, names),
+                  most_confused=confused_pairs(confusion, classes, names),
                   top1_error=1 - result["top1"], top5_error=1 - result["top5"], versions=package_versions(),
                   out=str(out))
     pngs = {
-        "confusion_matrix": plots.confusion_matrix(confusion, classes, out / "plots" / "confusion_matrix.png"),
+        "confusion_matrix": plots.confusion_matrix(confusion, names, out / "plots" / "confusion_matrix.png"),
         "reliability": eval_plots.reliability_diagram(
             {"all units": result["calibration"], **({"MC dropout": result["mc_dropout"]} if "mc_dropout" in result else {})},
             out / "plots" / "reliability.png"),
     }
     if collector.topk is not None and len(collector.topk):
         pngs["predictions"] = eval_plots.prediction_grid(
-            collector.topk[: cfg.grid_images], dm.data_dir / split, classes, out / "plots" / "predictions.png")
+            collector.topk[: cfg.grid_images], dm.data_dir / split, names, out / "plots" / "predictions.png")
     if collector.topk is not None:
         write_predictions(collector.topk, out / "predictions.npz")
     result["plots"] = {k: str(v) for k, v in pngs.items()}

@@ -209,7 +209,7 @@ class RunReport(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Once per run, after the first step (the picture reads the batch back to the host).
         if batch_idx == 0 and trainer.current_epoch == 0 and trainer.is_global_zero:  # cheapest test first
-            spec, classes = pl_module.input_spec, getattr(trainer.datamodule, "classes", None)
+            spec, classes = pl_module.input_spec, getattr(trainer.datamodule, "display_names", None)
             classes = classes or [str(i) for i in range(int(batch["labels"].max()) + 1)]
             plots.input_samples(batch["images"], batch["labels"], classes, spec.mean, spec.std,
                                 self.run_dir / "plots" / "train_samples.png")
@@ -245,7 +245,7 @@ class RunReport(pl.Callback):
         if not trainer.is_global_zero:
             return
         self.metrics.update({k: v for k, v in _float_metrics(trainer).items() if k.startswith("test_")})
-        classes = getattr(trainer.datamodule, "classes", None) or [str(i) for i in range(len(matrix))]
+        classes = getattr(trainer.datamodule, "display_names", None) or [str(i) for i in range(len(matrix))]
         path = plots.confusion_matrix(matrix, classes, self.run_dir / "plots" / "confusion_matrix.png")
         self._log_image(trainer, "confusion_matrix", path)
         self._write()
