@@ -56,12 +56,16 @@ def executor_parameters(request: SlurmRequest, *, job_name: str) -> dict:
     return {"job_name": job_name, **request.sbatch_parameters()}
 
 
+# Each task's process runs under task_guard, which names the rank, its host and the cause when it dies.
+PYTHON = f"{shlex.quote(sys.executable)} -m convnets.slurm.task_guard {shlex.quote(sys.executable)}"
+
+
 def make_executor(folder: Path, request: SlurmRequest, *, job_name: str):
     """submitit's executor: it needs Slurm's `srun` on PATH (a dry run uses batch_script instead)."""
     import submitit
 
     # submitit's own timeout budget is set above ours: TrainingJob.checkpoint() enforces max_requeues.
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=request.max_requeues + 1)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=request.max_requeues + 1, python=PYTHON)
     executor.update_parameters(**executor_parameters(request, job_name=job_name))
     return executor
 
@@ -75,7 +79,7 @@ def batch_script(folder: Path, request: SlurmRequest, *, job_name: str, count: i
     from submitit.slurm.slurm import _make_sbatch_string
 
     folder = Path(folder).expanduser().absolute()  # as SlurmExecutor stores it
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    command = " ".join([PYTHON, "-u -m submitit.core._submit", shlex.quote(str(folder))])  # as SlurmExecutor's
     return _make_sbatch_string(command=command, folder=folder, map_count=count,
                                **executor_parameters(request, job_name=job_name))
 
