@@ -66,5 +66,5 @@ def test_template_without_a_run_name_is_one_line(no_slurm_env, tmp_path):
     made = _convnets(no_slurm_env, tmp_path, "slurm", "template", "--slurm.cluster", "local", "--", "--config", "lenet5_digits")
     assert made.returncode == 2 and made.stdout == ""
     assert made.stderr.strip().splitlines() == [
-        "convnets: error: --run_name NAME is required (after `--`): a requeued job finds its checkpoint "
-        "(runs/NAME/checkpoints/last.ckpt) and its W&B run by that name"]
+        ("convnets: error: --run_name NAME is required (after `--`): a requeued job finds its checkpoint "
+         "(runs/NAME/checkpoints/last.ckpt) and its W&B run by that name")]

@@ -82,8 +82,8 @@ def test_a_run_whose_job_is_live_is_not_submitted_again(slurm_cluster, digits_sh
         again = run_convnets(slurm_cluster, "submit", *flags, timeout=120)
         assert again.returncode == 2 and again.stdout == ""
         assert again.stderr.strip().splitlines() == [
-            f"convnets: error: run twice: its job {job_id} is still PENDING ({tmp_path}/twice/slurm.json); wait "
-            f"for it to end, or `scancel {job_id}`, before submitting this run again"]
+            (f"convnets: error: run twice: its job {job_id} is still PENDING ({tmp_path}/twice/slurm.json); wait "
+             f"for it to end, or `scancel {job_id}`, before submitting this run again")]
         assert json.loads((tmp_path / "twice" / "slurm.json").read_text())["job_id"] == job_id  # record untouched
     finally:
         subprocess.run(["scancel", job_id], env=env, check=True, timeout=30)

@@ -34,7 +34,7 @@ class ScontrolRequeue(pl.Callback):
 
     def requeue(self, signum: int, frame) -> None:
         job_id = os.environ["SLURM_JOB_ID"]
-        done = int(os.environ.get("SLURM_RESTART_COUNT", 0))
+        done = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         if done >= self.max_requeues:
             log.error("job %s: not requeued again: %d requeues done (--slurm.max_requeues %d); sbatch the same "
                       "script again to resume from the run's checkpoints/last.ckpt", job_id, done, self.max_requeues)
