@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast docs setup clean bench-imagenette
+.PHONY: demo test test-fast docs setup slurm clean bench-imagenette
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/convnets demo
 
-test: $(STAMP) docs
+# The slurm tests start a real one-node cluster: Debian's slurm-wlm, installed here when missing.
+slurm:
+	scripts/install_slurm.sh
+
+test: $(STAMP) slurm docs
 	$(BIN)/python -m pytest -q tests --durations=30
 
 # The docs/ pages as a site, --strict: a broken link or anchor fails. Built into a temporary folder

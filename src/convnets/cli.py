@@ -63,7 +63,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     from convnets.slurm.request import add_slurm_arguments
 
     add_slurm_arguments(sweeps.choices["ablation"])  # --slurm.*: the variants as a Slurm job array
-    _add_slurm_commands(sub)
+    from convnets.slurm.cli import add_slurm_commands
+
+    add_slurm_commands(sub)
     add_bench_subcommands(sub.add_parser("bench", help="benchmarks: JSON + a table").add_subparsers(
         dest="bench_command", metavar="BENCH", required=True))
     _add_evaluation_subcommands(sub, command)
@@ -84,7 +86,7 @@ def _add_evaluation_subcommands(sub, command: str | None) -> None:
 
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "submit":  # its unknown flags are `convnets fit` flags
-        from convnets.slurm.submit import run_submit
+        from convnets.slurm.cli import run_submit
 
         return run_submit(argv[1:])
     if argv and argv[0] in LIGHTNING_COMMANDS:
@@ -116,10 +118,9 @@ def _dispatch(argv: list[str]) -> int:
 
         return run_bench_command(args)
     if args.command in ("status", "slurm"):
-        from convnets.slurm.status import run_status
-        from convnets.slurm.template import run_template
+        from convnets.slurm.cli import run_slurm_command
 
-        return run_status(args) if args.command == "status" else run_template(args)
+        return run_slurm_command(args)
     if any(value is not None for key, value in vars(args).items() if key.startswith("slurm_")):
         from convnets.slurm.arrays import run_ablation_on_slurm
 
@@ -127,18 +128,6 @@ def _dispatch(argv: list[str]) -> int:
     from convnets.platform.experiments.sweep import run_sweep_command
 
     return run_sweep_command(args)
-
-
-def _add_slurm_commands(sub) -> None:
-    from convnets.slurm.status import add_status_arguments
-    from convnets.slurm.template import add_template_arguments
-
-    sub.add_parser("submit", help="submit a fit (or a sweep as a job array) to Slurm (see `convnets submit --help`)",
-                   add_help=False)
-    add_status_arguments(sub.add_parser("status", help="a run's Slurm job state, requeues, metrics and logs"))
-    slurm = sub.add_parser("slurm", help="Slurm helpers").add_subparsers(dest="slurm_command", metavar="SLURM", required=True)
-    add_template_arguments(slurm.add_parser("template", help="print a plain sbatch script (srun + convnets fit)",
-                                            formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def main(argv: list[str] | None = None) -> int:

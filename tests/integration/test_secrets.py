@@ -40,7 +40,6 @@ def test_a_real_run_writes_no_secret_anywhere(digits_shards, tmp_path):
     assert b"WANDB_API_KEY" not in (runs / "r" / "run_info.json").read_bytes()
 
 
-@pytest.mark.slurm
 def test_a_dry_run_submission_prints_and_writes_no_secret(digits_shards, tmp_path, monkeypatch, capfd):
     from convnets.cli import _parser, main
 

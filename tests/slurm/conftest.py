@@ -1,6 +1,7 @@
 """A real one-node Slurm cluster on localhost for the `slurm` tests, started once per session.
 
-Debian's slurm-wlm is installed when missing (root only; .ci/run installs it up front). The
+Debian's slurm-wlm is installed when missing (`make test` installs it up front: scripts/install_slurm.sh;
+this fixture does the same for a bare `pytest`). Without root the tests skip, saying why. The
 controller and the node daemon run from a generated slurm.conf with every state file in a tmp
 folder and free ports, so a stale cluster elsewhere on the machine does not interfere; both are
 stopped at the end. Client commands (sbatch, squeue, scancel, and submitit's calls to them) find
@@ -28,15 +29,16 @@ def _free_port() -> int:
 
 
 def _install_slurm() -> None:
+    """Skips only where nothing could install it (no root); for root a failed install fails the tests."""
     if all(shutil.which(d) for d in (*DAEMONS, "sbatch")):
         return
     if os.geteuid() != 0:
-        pytest.skip("slurm-wlm is not installed and installing it needs root (apt-get install slurm-wlm)")
+        pytest.skip("slurm-wlm is not installed and installing it needs root (sudo apt-get install slurm-wlm)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "slurm-wlm"]):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if result.returncode != 0:
-            pytest.skip(f"could not install slurm-wlm: {result.stderr.strip()[-300:]}")
+            pytest.fail(f"`{' '.join(cmd)}` failed as root: {result.stderr.strip()[-300:]}")
 
 
 def slurm_conf(state: Path, *, memory_mb: int) -> str:

@@ -5,6 +5,7 @@ import argparse
 import json
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -74,10 +75,47 @@ def test_template_quotes_user_strings_for_the_shell(tmp_path):
     script = template(fit, _request("--slurm.gpus_per_node", "8", "--slurm.partition", "a b"), job_name=name,
                       logs="runs/x-%j")
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
-    srun = next(line for line in script.splitlines() if line.startswith("srun "))
-    assert shlex.split(srun)[1:] == ["convnets", "fit", *fit, "--trainer.devices", "8", "--trainer.num_nodes", "1",
-                                     "--trainer.accelerator", "gpu", "--trainer.strategy", "ddp", "--ckpt_path", "last"]
+    srun = shlex.split(next(line for line in script.splitlines() if line.startswith("srun ")))
+    assert srun[:4] == ["srun", "--kill-on-bad-exit=1", "convnets", "fit"] and srun[4:8] == fit
+    assert srun[8:16] == ["--trainer.devices", "8", "--trainer.num_nodes", "1", "--trainer.accelerator", "gpu",
+                          "--trainer.strategy", "ddp"]
     assert f"#SBATCH --job-name={shlex.quote(name)}" in script and "#SBATCH --partition='a b'" in script
+
+
+def test_template_requeues_through_the_platforms_own_preemption_path():
+    """USR2 (not Lightning's USR1 and its hpc_ckpt), the agreeing callback, scontrol's hand-over, last.ckpt."""
+    script = template(["--config", "c.yaml", "--run_name=r"], _request("--slurm.signal_delay_s", "120",
+                      "--slurm.max_requeues", "4"), job_name="j", logs="runs/x-%j")
+    sbatch = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert "#SBATCH --signal=USR2@120" in sbatch and "#SBATCH --requeue" in sbatch
+    assert not [line for line in sbatch if "USR1" in line]
+    srun = shlex.split(next(line for line in script.splitlines() if line.startswith("srun ")))
+    assert srun[-2:] == ["--ckpt_path", "last"]
+    plugins = [json.loads(a.split("=", 1)[1]) for a in srun if a.startswith("--trainer.plugins=")]
+    assert plugins == [{"class_path": "pytorch_lightning.plugins.environments.SLURMEnvironment",
+                        "init_args": {"auto_requeue": False}}]
+    callbacks = [json.loads(a.split("=", 1)[1])["class_path"] for a in srun if a.startswith("--trainer.callbacks+=")]
+    # The hand-over first: RequeueOnSignal keeps the USR2 handler it finds when it is set up.
+    assert callbacks == ["convnets.slurm.scontrol_requeue.ScontrolRequeue", "convnets.slurm.requeue_signal.RequeueOnSignal"]
+    handover = next(json.loads(a.split("=", 1)[1]) for a in srun if "ScontrolRequeue" in a)
+    assert handover["init_args"] == {"max_requeues": 4}
+
+
+@pytest.mark.parametrize("fit", [["--config", "c.yaml"], ["--config", "c.yaml", "--run_name"],
+                                 ["--config", "c.yaml", "--run_name="]])
+def test_template_without_a_run_name_is_refused(fit):
+    with pytest.raises(ValueError, match="--run_name NAME is required"):
+        template(fit, _request(), job_name="j", logs="runs/x-%j")
+
+
+def test_the_batch_script_requeues_and_ends_the_step_when_a_task_dies():
+    from convnets.slurm.submit import batch_script
+
+    script = batch_script(Path("/shared/runs/r/slurm"), _request("--slurm.additional_parameters", '{"mail-type": "END"}'),
+                          job_name="r")
+    assert "#SBATCH --requeue" in script.splitlines() and "#SBATCH --mail-type=END" in script.splitlines()
+    srun = shlex.split(next(line for line in script.splitlines() if line.startswith("srun ")))
+    assert "--kill-on-bad-exit=1" in srun and srun[-1] == "/shared/runs/r/slurm"
 
 
 def test_requeues_are_bounded_with_a_clear_failure(tmp_path):

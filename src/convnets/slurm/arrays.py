@@ -19,7 +19,7 @@ import yaml
 
 from convnets.utils.files import write_json
 from convnets.slurm.request import SlurmRequest
-from convnets.slurm.submit import PlannedRun, resolve_run, submit_jobs
+from convnets.slurm.submit import PlannedRun, batch_script, resolve_run, submit_jobs
 
 SUMMARY_KEYS = ("val_top1", "val_top5", "test_top1", "test_top5")
 
@@ -49,11 +49,12 @@ def _owned(fit_args: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in fit_args)
 
 
-def plan_sweep_file(path: Path, fit_args: list[str], request: SlurmRequest) -> list[PlannedRun]:
+def plan_sweep_file(path: Path, fit_args: list[str], request: SlurmRequest, *, need_data: bool = True) -> list[PlannedRun]:
     if _owned(fit_args, "--run_name"):
         raise ValueError("--run_name: each job of a sweep is named by its override set (`name:`), not the command line")
     base = fit_args if _owned(fit_args, "--runs_dir") else [*fit_args, "--runs_dir", str(Path("runs") / path.stem)]
-    return [resolve_run([*base, *override_flags(s), "--run_name", s["name"]], request) for s in load_sweep(path)]
+    return [resolve_run([*base, *override_flags(s), "--run_name", s["name"]], request, need_data=need_data)
+            for s in load_sweep(path)]
 
 
 def summary(runs: list[PlannedRun], jobs: list, out: Path) -> str:
@@ -73,11 +74,11 @@ def summary(runs: list[PlannedRun], jobs: list, out: Path) -> str:
 
 
 def run_sweep_file(args: argparse.Namespace, fit_args: list[str], request: SlurmRequest) -> int:
-    runs = plan_sweep_file(args.sweep, fit_args, request)
+    runs = plan_sweep_file(args.sweep, fit_args, request, need_data=not args.dry_run)
     out = runs[0].run_dir.parent
     folder = out / f"slurm-{args.sweep.stem}"
     if args.dry_run:
-        print(array_script(folder, request, job_name=args.sweep.stem, count=len(runs)))
+        print(batch_script(folder, request, job_name=args.sweep.stem, count=len(runs)))
         for r in runs:
             print(f"# {r.name}: {shlex.join(['convnets', 'fit', *r.fit_args])}")
         return 0
@@ -90,16 +91,6 @@ def run_sweep_file(args: argparse.Namespace, fit_args: list[str], request: Slurm
     failed = wait_for(jobs)
     print(summary(runs, jobs, out))
     return 1 if failed else 0
-
-
-def array_script(folder: Path, request: SlurmRequest, *, job_name: str, count: int) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    from convnets.slurm.submit import make_executor
-
-    executor = make_executor(folder, request, job_name=job_name)
-    return _make_sbatch_string(command=executor._submitit_command_str, folder=folder, map_count=count,
-                               **executor.parameters)
 
 
 def run_ablation_on_slurm(args: argparse.Namespace) -> int:
@@ -120,7 +111,7 @@ def run_ablation_on_slurm(args: argparse.Namespace) -> int:
         run = resolve_run(fit, request, need_data=not args.dry_run)  # a plan may precede the data
         runs.append(PlannedRun(name=run.name, run_dir=run.run_dir, fit_args=run.fit_args, test_args=test))
     if args.dry_run:
-        print(array_script(settings.out / "slurm", request, job_name=f"ablation-{settings.out.name}", count=len(runs)))
+        print(batch_script(settings.out / "slurm", request, job_name=f"ablation-{settings.out.name}", count=len(runs)))
         for r in runs:
             print(f"# {r.name}: {shlex.join(['convnets', 'fit', *r.fit_args])}; then {shlex.join(['convnets', 'test', *r.test_args])}")
         return 0

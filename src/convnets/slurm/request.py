@@ -11,6 +11,9 @@ from pathlib import Path
 import yaml
 
 CLUSTER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cluster"  # package data
+# A task that dies (SIGKILL by the OOM-killer, a segfault, an error) ends the whole step at once:
+# without it the other ranks wait in their next collective until the process group's timeout (900 s).
+SRUN_ARGS = ("--kill-on-bad-exit=1",)
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,10 @@ class SlurmRequest:
                 params[key] = getattr(self, key)
         if self.exclusive:
             params["exclusive"] = True
-        if self.additional_parameters:
-            params["additional_parameters"] = dict(self.additional_parameters)
+        # --requeue: the job may go back in the queue (its own `scontrol requeue` before the time limit, or a
+        # preemption) also where slurm.conf's JobRequeue=0 makes jobs non-requeueable by default.
+        params["additional_parameters"] = {"requeue": True, **self.additional_parameters}
+        params["srun_args"] = list(SRUN_ARGS)
         return params
 
 

@@ -1,29 +1,25 @@
-"""`convnets submit`: one training run (or a sweep as a job array) on Slurm through submitit.
-
-    convnets submit --config configs/alexnet2012_imagenet.yaml --slurm.nodes 2 --slurm.gpus_per_node 8 \\
-        --slurm.partition gpu --slurm.time 2-00:00:00 --run_name alexnet-2n   # 16 ranks, 1 per GPU
-    convnets submit --config C --slurm.cluster mycluster --dry-run        # print the sbatch script only
-    convnets submit --config C --sweep sweep.yaml --slurm.cluster mycluster --wait   # a job array + table
+"""Submitting runs to Slurm through submitit: the run's fixed name and folder, the batch script, sbatch.
 
 Everything is checked before anything is queued: the fit config is parsed as `convnets fit` would
 (unknown keys, types), the Trainer's devices/num_nodes/accelerator are derived from the request
-(an override that contradicts it is an error), and sbatch's own refusal is one line. The run name is
-fixed here, so a requeued job finds runs/<name>/checkpoints/last.ckpt and the run's W&B id.
+(an override that contradicts it is an error), a run whose job is still queued or running is refused,
+and sbatch's own refusal is one line. The run name is fixed here, so a requeued job finds
+runs/<name>/checkpoints/last.ckpt and the run's W&B id. Shared by single runs and arrays (arrays.py).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from convnets.slurm.job import LOG_DIR, TrainingJob, job_fit_args, update_record
-from convnets.slurm.request import SlurmRequest, add_slurm_arguments, check_trainer, request_from_args
+from convnets.slurm.job import LOG_DIR, TrainingJob, job_fit_args, read_record, update_record
+from convnets.slurm.request import SlurmRequest, check_trainer
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +32,6 @@ class PlannedRun:
     run_dir: Path
     fit_args: list[str]
     test_args: list[str]
-
-
-def submit_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convnets submit", description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Any other flag is a `convnets fit` flag (--config, --model.*, ...).")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and the fit command; submit nothing")
-    parser.add_argument("--sweep", type=Path, default=None, help="YAML list of override sets: one array job each")
-    parser.add_argument("--wait", action="store_true", help="wait for the job(s) to end; print the summary table")
-    add_slurm_arguments(parser)
-    return parser
 
 
 def resolve_run(fit_args: list[str], request: SlurmRequest, *, default_name: str | None = None,
@@ -67,24 +52,63 @@ def resolve_run(fit_args: list[str], request: SlurmRequest, *, default_name: str
     return PlannedRun(name=name, run_dir=runs_dir / name, fit_args=args, test_args=[])
 
 
+def executor_parameters(request: SlurmRequest, *, job_name: str) -> dict:
+    return {"job_name": job_name, **request.sbatch_parameters()}
+
+
+# Each task's process runs under task_guard, which names the rank, its host and the cause when it dies.
+PYTHON = f"{shlex.quote(sys.executable)} -m convnets.slurm.task_guard {shlex.quote(sys.executable)}"
+
+
 def make_executor(folder: Path, request: SlurmRequest, *, job_name: str):
+    """submitit's executor: it needs Slurm's `srun` on PATH (a dry run uses batch_script instead)."""
     import submitit
 
     # submitit's own timeout budget is set above ours: TrainingJob.checkpoint() enforces max_requeues.
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=request.max_requeues + 1)
-    executor.update_parameters(job_name=job_name, **request.sbatch_parameters())
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=request.max_requeues + 1, python=PYTHON)
+    executor.update_parameters(**executor_parameters(request, job_name=job_name))
     return executor
 
 
-def sbatch_script(executor) -> str:
-    """The script sbatch would get (submitit writes the same text at submission)."""
-    return executor._make_submission_file_text(executor._submitit_command_str, uid="dry-run")
+def batch_script(folder: Path, request: SlurmRequest, *, job_name: str, count: int | None = None) -> str:
+    """The script sbatch gets (one job, or an array of COUNT), as submitit writes it at submission.
+
+    Built from submitit's own writer without its executor, which refuses to exist where `srun` is
+    missing: a dry run works on a laptop without Slurm.
+    """
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = Path(folder).expanduser().absolute()  # as SlurmExecutor stores it
+    command = " ".join([PYTHON, "-u -m submitit.core._submit", shlex.quote(str(folder))])  # as SlurmExecutor's
+    return _make_sbatch_string(command=command, folder=folder, map_count=count,
+                               **executor_parameters(request, job_name=job_name))
+
+
+# Squeue's states of a job that has not ended (a requeued job is PENDING or REQUEUE_HOLD again).
+LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+               "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "SUSPENDED", "SPECIAL_EXIT")
+
+
+def refuse_live_runs(runs: list[PlannedRun]) -> None:
+    """A run whose recorded job is still queued or running is refused: two jobs would share its
+    last.ckpt and W&B id. A finished job (any final state) may be resubmitted: it resumes."""
+    from convnets.slurm.status import job_state
+
+    for run in runs:
+        job_id = read_record(run.run_dir).get("job_id")
+        if not job_id:
+            continue
+        state = job_state(str(job_id))
+        if state in LIVE_STATES:
+            raise ValueError(f"run {run.name}: its job {job_id} is still {state} ({run.run_dir}/slurm.json); "
+                             f"wait for it to end, or `scancel {job_id}`, before submitting this run again")
 
 
 def submit_jobs(runs: list[PlannedRun], request: SlurmRequest, *, folder: Path, job_name: str) -> list:
     """One job, or one array for several runs; sbatch's refusal becomes a one-line ValueError."""
     import submitit
 
+    refuse_live_runs(runs)
     executor = make_executor(folder, request, job_name=job_name)
     jobs_in = [TrainingJob(fit_args=tuple(job_fit_args(r.fit_args, request.preempt_check_steps)), run_dir=str(r.run_dir),
                            max_requeues=request.max_requeues, test_args=tuple(r.test_args)) for r in runs]
@@ -119,19 +143,13 @@ def _sbatch_reason(exc: BaseException) -> str:
     return (errors[-1] if errors else lines[-1] if lines else type(exc).__name__).split("error:", 1)[-1].strip()
 
 
-def run_submit(argv: list[str]) -> int:
-    args, fit_args = submit_parser().parse_known_args(argv)
-    request = request_from_args(args)
-    if args.sweep is not None:
-        from convnets.slurm.arrays import run_sweep_file
-
-        return run_sweep_file(args, fit_args, request)
-    run = resolve_run(fit_args, request)
+def run_one(args, fit_args: list[str], request: SlurmRequest) -> int:
+    """`convnets submit` of one run: print the script (--dry-run), or submit it (and --wait)."""
+    run = resolve_run(fit_args, request, need_data=not args.dry_run)  # the shards may exist only on the cluster
     folder = run.run_dir / LOG_DIR
-    executor = make_executor(folder, request, job_name=run.name)
     command = shlex.join(["convnets", "fit", *job_fit_args(run.fit_args, request.preempt_check_steps), "--ckpt_path", "last"])
     if args.dry_run:
-        print(sbatch_script(executor))
+        print(batch_script(folder, request, job_name=run.name))
         print(f"# each of the {request.world_size} tasks runs (in process, through submitit):\n# {command}")
         return 0
     (job,) = submit_jobs([run], request, folder=folder, job_name=run.name)

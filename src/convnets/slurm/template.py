@@ -1,15 +1,28 @@
 """`convnets slurm template`: a plain sbatch script (srun + `convnets fit`) for users without submitit.
 
-Lightning reads the ranks from srun's SLURM_* variables; requeueing is Lightning's own here
-(SIGUSR1 90 s ahead: it saves an hpc checkpoint and runs `scontrol requeue`), since no submitit
-runs in the job. Every user string is shell-quoted.
+    convnets slurm template --slurm.gpus_per_node 8 --slurm.nodes 2 -- --config C --run_name alexnet-2n > job.sbatch
+
+The job preempts and resumes the way `convnets submit` does: Slurm sends USR2 to every task
+`--slurm.signal_delay_s` seconds before the time limit (`#SBATCH --signal=USR2@90`), or on
+`scancel --signal=USR2 JOB`; every rank notes it, the ranks agree at the next check and all save
+runs/<name>/checkpoints/last.ckpt between two steps (no collective inside a signal handler), then
+rank 0 runs `scontrol requeue` (`#SBATCH --requeue`), up to --slurm.max_requeues times. The
+requeued job runs the same script: `--ckpt_path last` loads that checkpoint, which is why the run
+name is required. Lightning's own Slurm requeue (USR1, an hpc_ckpt_N.ckpt that `--ckpt_path last`
+would not load) is off. A task that dies ends the whole job at once (`srun --kill-on-bad-exit=1`).
+Every user string is shell-quoted.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 
-from convnets.slurm.request import add_slurm_arguments, request_from_args
+from convnets.slurm.job import job_fit_args
+from convnets.slurm.request import SRUN_ARGS, add_slurm_arguments, request_from_args
+
+# Rank 0's hand-over after the preemption save, for jobs that submitit does not run (slurm/scontrol_requeue.py).
+REQUEUE = "convnets.slurm.scontrol_requeue.ScontrolRequeue"
 
 
 def add_template_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,14 +30,23 @@ def add_template_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job-name", default="convnets", help="sbatch --job-name")
     parser.add_argument("--logs", default="runs/slurm-%j", help="sbatch --output prefix (%%j = job id)")
     add_slurm_arguments(parser)
-    parser.add_argument("fit_args", nargs=argparse.REMAINDER, help="`convnets fit` flags, e.g. --config X")
+    parser.add_argument("fit_args", nargs=argparse.REMAINDER, help="`convnets fit` flags, e.g. --config X --run_name NAME")
 
 
-def template(fit_args: list[str], request, *, job_name: str, logs: str) -> str:
+def run_name(fit_args: list[str]) -> str | None:
+    for i, arg in enumerate(fit_args):
+        if arg.startswith("--run_name="):
+            return arg.split("=", 1)[1] or None
+        if arg == "--run_name" and i + 1 < len(fit_args):
+            return fit_args[i + 1]
+    return None
+
+
+def sbatch_lines(request, *, job_name: str, logs: str) -> list[str]:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={shlex.quote(job_name)}", f"#SBATCH --nodes={request.nodes}",
              f"#SBATCH --ntasks-per-node={request.ntasks_per_node}", f"#SBATCH --time={request.time}",
              f"#SBATCH --output={shlex.quote(logs + '.out')}", f"#SBATCH --error={shlex.quote(logs + '.err')}",
-             f"#SBATCH --signal=USR1@{request.signal_delay_s}", "#SBATCH --requeue"]
+             f"#SBATCH --signal=USR2@{request.signal_delay_s}", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
     if request.gpus_per_node:
         lines.append(f"#SBATCH --gpus-per-node={request.gpus_per_node}")
     for key in ("cpus_per_task", "mem", "partition", "account", "qos", "constraint"):
@@ -32,11 +54,21 @@ def template(fit_args: list[str], request, *, job_name: str, logs: str) -> str:
             lines.append(f"#SBATCH --{key.replace('_', '-')}={shlex.quote(str(getattr(request, key)))}")
     if request.exclusive:
         lines.append("#SBATCH --exclusive")
-    lines += [f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in request.additional_parameters.items()]
-    fit = ["convnets", "fit", *fit_args, *request.trainer_flags(), "--ckpt_path", "last"]
-    lines += ["", "# One task per GPU; Lightning takes each rank from SLURM_PROCID / SLURM_NTASKS.",
-              "# Give --run_name so a requeued job finds runs/<name>/checkpoints/last.ckpt.",
-              "srun " + shlex.join(fit), ""]
+    return lines + [f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in request.additional_parameters.items()]
+
+
+def template(fit_args: list[str], request, *, job_name: str, logs: str) -> str:
+    if run_name(fit_args) is None:
+        raise ValueError("--run_name NAME is required (after `--`): a requeued job finds its "
+                         "checkpoint (runs/NAME/checkpoints/last.ckpt) and its W&B run by that name")
+    requeue = {"class_path": REQUEUE, "init_args": {"max_requeues": request.max_requeues}}
+    # The hand-over goes first: the preemption callback keeps the USR2 handler it finds at setup.
+    fit = ["convnets", "fit", *fit_args, *request.trainer_flags(), f"--trainer.callbacks+={json.dumps(requeue)}"]
+    fit = [*job_fit_args(fit, request.preempt_check_steps), "--ckpt_path", "last"]
+    lines = sbatch_lines(request, job_name=job_name, logs=logs)
+    lines += ["", "# One task per GPU; Lightning takes each rank from SLURM_PROCID / SLURM_NTASKS. A requeued job",
+              "# runs this script again and resumes from runs/<run_name>/checkpoints/last.ckpt.",
+              shlex.join(["srun", *SRUN_ARGS, *fit]), ""]
     return "\n".join(lines)
 
 
