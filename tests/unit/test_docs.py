@@ -160,7 +160,7 @@ def parse_command(argv: list[str]) -> None:
     from convnets.slurm.request import request_from_args  # values and the cluster fragment, no sbatch
 
     if argv and argv[0] == "submit":
-        from convnets.slurm.submit import submit_parser
+        from convnets.slurm.cli import submit_parser
 
         args, fit_args = parse_argparse(submit_parser(), argv[1:], known=True)
         request_from_args(args)
