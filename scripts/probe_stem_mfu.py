@@ -1,6 +1,6 @@
 """AlexNet bf16 channels_last SGD step on one GPU: plain stem vs space-to-depth stem, eager and compiled (issue 8 MFU).
 
-Run: PYTHONPATH=src python3 scripts/probe_stem_mfu.py OUT.json  (results: results/h100-2026-11-26/stop13/s2d_probe*)"""
+Run: PYTHONPATH=src python3 scripts/probe_stem_mfu.py OUT.json  (results: results/h100-2026-11-26/stem-eval-data/s2d_probe*)"""
 import json, sys, time
 import torch
 from torch.profiler import profile, ProfilerActivity

@@ -2,7 +2,7 @@
 
 An 11x11 stride-4 convolution of a 3-channel image maps badly onto tensor cores: cuDNN pads the
 channels to 8 in an extra kernel and runs a slow small-channel kernel (on an H100 these two took
-~21% of AlexNet's bf16 training step; results/h100-2026-11-26/stop13/alexnet_step_profile.txt).
+~21% of AlexNet's bf16 training step; results/h100-2026-11-26/stem-eval-data/alexnet_step_profile.txt).
 Rearranging the padded image into s x s blocks (3 -> 48 channels at s=4) and the kernel likewise
 (11x11 zero-padded to 12x12 -> 3x3 over 48 channels) gives the SAME output with a dense stride-1
 convolution (MLPerf's ResNet "space-to-depth" trick). The parameter keeps its original shape, so
