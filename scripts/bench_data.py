@@ -1,4 +1,4 @@
-"""The README's data-path table: `convnets bench data` for every row below on each shard folder, the
+"""The data-path table of docs/benchmarks.md: `convnets bench data` for every row below on each shard folder, the
 whole list `--reps` times in turn (so a burst on a shared machine hits one run of a row, not all),
 all in one process (no interpreter start per run), then the median of each row.
 

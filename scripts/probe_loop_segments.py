@@ -6,7 +6,7 @@
 callbacks, logger and progress bar, the bare blocks between Lightning's), with time stamps at the
 module's hooks and between the bare step's forward, backward and optimizer.
 Segments are medians over the timed steps, so they need not add up to the whole step exactly.
-A diagnostic for the README's loop-overhead notes, not a benchmark with a target.
+A diagnostic for the loop-overhead notes in docs/benchmarks.md, not a benchmark with a target.
 """
 from __future__ import annotations
 
