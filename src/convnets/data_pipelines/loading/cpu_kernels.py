@@ -1,6 +1,6 @@
 """The per-pixel steps of the CPU training graph that DALI's CPU operators make slow, as Numba kernels.
 
-Measured on ImageNet photos, 2-core x86_64 VM, DALI 2.4.0 (README, "The data path on 2 CPU cores"):
+Measured on ImageNet photos, 2-core x86_64 VM, DALI 2.4.0 (docs/benchmarks.md, "The data path on 2 CPU cores"):
 DALI's CPU `resize` of the random crop to 224 px costs ~1.1-1.5 ms of CPU an image (linear, no
 antialiasing; ~2 ms antialiased), and its CPU `color_twist` 1.1-2 ms: each about half the decode of
 the whole photo, so a CPU pipeline ran at ~0.5-0.7x the decode-only rate. Both are scalar per-pixel
