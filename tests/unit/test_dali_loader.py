@@ -105,11 +105,12 @@ def _same(a, b) -> bool:
     return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
+@pytest.mark.parametrize("backend", ["dali", "torch"])
 @pytest.mark.parametrize("where", ["mid-epoch", "epoch end", "next epoch start"])
-def test_resume_continues_the_batches_and_the_random_crops_exactly(digits_shards, where):
-    reference = _run(train_loader(digits_shards), [0, 1])
+def test_resume_continues_the_batches_and_the_random_crops_exactly(digits_shards, where, backend):
+    reference = _run(train_loader(digits_shards, backend=backend), [0, 1])
     steps = len(reference) // 2
-    run = train_loader(digits_shards)
+    run = train_loader(digits_shards, backend=backend)
     it = iter(run)
     if where == "mid-epoch":
         epoch, trained, done = 0, 3, 3
@@ -124,8 +125,8 @@ def test_resume_continues_the_batches_and_the_random_crops_exactly(digits_shards
         epoch, trained, done = 1, 0, steps
     run.consumed_fn = lambda: trained
     state = run.state_dict()
-    assert (state["epoch"], state["next_step"]) == (epoch, trained)
-    resumed = train_loader(digits_shards)
+    assert (state["epoch"], state["samples"]) == (epoch, min(trained * 128, len(run.labels)))
+    resumed = train_loader(digits_shards, backend=backend)
     resumed.load_state_dict(state)
     rest = _run(resumed, [0, 1] if done < steps else [1])
     assert _same(rest, reference[done:])
@@ -168,14 +169,31 @@ def test_without_the_dali_state_the_crops_differ(digits_shards):
     assert not _same(rest, reference[3:])  # not the same crops
 
 
-def test_a_state_from_another_world_size_is_refused(digits_shards):
+def test_a_state_from_another_global_batch_is_refused(digits_shards):
     run = train_loader(digits_shards)
     next(iter(run))
     state = run.state_dict()
-    with pytest.raises(ValueError, match="from 1 ranks, this run has 2"):
+    with pytest.raises(ValueError, match="global batch of 128, this loader reads 2 x 128 = 256"):
         other = train_loader(digits_shards)
         other.cfg = type(other.cfg)(**{**other.cfg.__dict__, "world_size": 2})
         other.load_state_dict(state)
+
+
+def test_a_state_written_before_the_position_counted_samples_still_resumes(digits_shards):
+    """Checkpoints whose loader state named the next batch (version 1) resume at the same place."""
+    reference = _run(train_loader(digits_shards), [0])
+    run = train_loader(digits_shards)
+    it = iter(run)
+    for _ in range(4):
+        next(it)
+    run.consumed_fn = lambda: 3
+    state = run.state_dict()
+    old = {"version": 1, "epoch": 0, "next_step": 3, "rank_count": 1, "dali": state["dali"]}
+    resumed = train_loader(digits_shards)
+    resumed.load_state_dict(old)
+    assert _same(_run(resumed, [0]), reference[3:])
+    with pytest.raises(ValueError, match="version 7; this code reads 1 and 2"):
+        resumed.load_state_dict({**state, "version": 7})
 
 
 @pytest.mark.gpu
