@@ -208,3 +208,46 @@ def test_a_held_gpu_batch_is_unchanged_while_the_next_ones_are_fetched(digits_sh
     torch.cuda.synchronize()
     assert torch.equal(held["images"], copy)
     assert not torch.equal(held["images"], later[0]["images"])
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_state_from_2_ranks_resumes_on_3_with_each_remaining_sample_once(digits_shards, backend):
+    """Rank 0's state after 4 of 15 steps on 2 ranks x 48, loaded by 3 ranks x 32 (global batch 96)."""
+    def ranks(world: int):
+        out = []
+        for rank in range(world):
+            loader = train_loader(digits_shards, batch_size=96 // world, backend=backend)
+            loader.cfg = type(loader.cfg)(**{**loader.cfg.__dict__, "rank": rank, "world_size": world})
+            out.append(loader)
+        return out
+
+    seen = []
+    two = ranks(2)
+    for loader in two:
+        it = iter(loader)
+        batches = [next(it) for _ in range(5)]  # 4 trained, 1 fetched ahead
+        seen += [i for b in batches[:4] for i in b["index"][b["valid"]].tolist()]
+    two[0].consumed_fn = lambda: 4
+    state = two[0].state_dict()
+    assert (state["samples"], state["global_batch"], state["rank_count"]) == (384, 96, 2)
+    for loader in ranks(3):
+        loader.load_state_dict(state)
+        assert len(loader) == 15
+        batches = list(loader)
+        assert len(batches) == 11 and {len(b["valid"]) for b in batches[:-1]} == {32}
+        seen += [i for b in batches for i in b["index"][b["valid"]].tolist()]
+    assert sorted(seen) == list(range(len(two[0].labels)))
+
+
+def test_a_resumed_run_keeps_its_global_batch_on_any_number_of_processes(digits_shards):
+    from types import SimpleNamespace
+
+    dm = ShardDataModule(data_dir=str(digits_shards), batch_size=48, input_spec=LENET)
+    dm.load_state_dict({"train_loader": {"version": 2, "epoch": 0, "samples": 384, "global_batch": 96,
+                                         "rank_count": 2, "engine": "torch", "dali": None}})
+    for world, per_rank in ((2, 48), (3, 32), (1, 96), (4, 24)):
+        dm.trainer = SimpleNamespace(world_size=world)
+        assert dm.train_batch_size() == per_rank
+    dm.trainer = SimpleNamespace(world_size=5)
+    with pytest.raises(ValueError, match="global batch of 96, which does not divide over 5 processes"):
+        dm.train_batch_size()
