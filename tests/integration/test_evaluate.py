@@ -21,7 +21,7 @@ from tests.integration.cli_helpers import convnets
 
 pytestmark = [pytest.mark.integration, pytest.mark.dali, pytest.mark.slow]
 SIDE, CROP = 73, 64  # alexnet_small: 64 px crops of images resized to 64 / 0.875 = 73 px
-PER_CLASS = {"train": 12, "val": 11}  # 33 val images: uneven over 2 ranks x 4 per batch
+PER_CLASS = {"train": 12, "val": 11}  # 33 val images: uneven over 2 ranks
 
 
 def _png_tree(root: Path, tree: Path) -> None:
@@ -146,12 +146,15 @@ def _shift_centre(centre: np.ndarray) -> np.ndarray:
     return np.roll(centre, 1, axis=-1)  # a crop one pixel to the left (edge column wrapped)
 
 
-def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, evaluated, tmp_path):
-    """33 images over 2 ranks x 4 per batch: rank 1 pads; the counts must equal one process's exactly."""
+# 33 images over 2 ranks: rank 1 reads 16 and one padding. Batch 3: its last batch is one real
+# image and the padding (a mixed batch); batch 4: its last batch is the padding alone (skipped).
+@pytest.mark.parametrize("batch", [3, 4], ids=["last_batch_mixed", "last_batch_all_padding"])
+def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, evaluated, tmp_path, batch):
+    """An uneven split over 2 ranks: the counts and numbers must equal one process's exactly."""
     ckpt, shards = trained
     single, pred1 = evaluated(crops=10, average="softmax")
     run = convnets("evaluate", "--ckpt", ckpt, "--data", shards / "val", "--devices", "2", "--accelerator", "cpu",
-                   "--batch", "4", "--num-threads", "1", "--no-wandb", "--out", tmp_path / "ddp")
+                   "--batch", str(batch), "--num-threads", "1", "--no-wandb", "--out", tmp_path / "ddp")
     assert run.returncode == 0, run.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "eval.json").read_text())
     assert ddp["world_size"] == 2 and ddp["n"] == single["n"] == 33

@@ -137,6 +137,26 @@ def test_every_sample_gets_its_wnids_sorted_position(ilsvrc: dict, label_file: s
         assert "devkit" in source.description
 
 
+def test_caffe_indices_are_into_sorted_wnids_whatever_the_synset_files_order(ilsvrc: dict, tmp_path: Path) -> None:
+    """val.txt's indices point into the sorted wnids, not into the synset file's line order."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("train", "val", "val.txt"):
+        (root / name).symlink_to(ilsvrc["root"] / name)
+    lines = (ilsvrc["root"] / "synset_words.txt").read_text().splitlines()
+    shuffled = [lines[i] for i in np.random.default_rng(3).permutation(len(lines))]
+    (root / "synset_words.txt").write_text("\n".join(shuffled) + "\n")
+    file_order = [line.split()[0] for line in shuffled]
+    caffe = [int(line.split()[1]) for line in (root / "val.txt").read_text().splitlines()]
+    assert [file_order[i] for i in caffe] != [ilsvrc["truth"][n] for n in sorted(ilsvrc["truth"])]  # a misreading shows
+    source = ImagenetSource(root=root, val_labels=root / "val.txt")
+    splits = source.splits()
+    assert source.classes == ilsvrc["wnids"] and source.class_names[0] == "tench, Tinca tinca"
+    assert len(splits["val"]) == 8
+    for sample in splits["val"]:
+        assert sample.label == _expected_label(sample.key, ilsvrc), sample.key
+
+
 def test_meta_mat_order_is_not_sorted_order(ilsvrc: dict, tmp_path: Path) -> None:
     """The devkit's ids are meta.mat positions: reading them as sorted-wnid indices would mislabel val."""
     root = ilsvrc["root"]

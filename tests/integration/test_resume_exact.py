@@ -1,6 +1,7 @@
 """A plain `convnets fit` killed mid-epoch and resumed with --ckpt_path ends bit-equal to an
 uninterrupted run: continuous global step, every step trained on the same samples (so none twice
-after the checkpoint, none skipped), the same random crops (DALI state restored), same weights."""
+after the checkpoint, none skipped), the same random crops (DALI: its RNG state restored; torch:
+a batch's draws are a function of its position), same weights."""
 from __future__ import annotations
 
 import json
@@ -10,19 +11,19 @@ import torch
 
 from tests.integration.cli_helpers import REPO, convnets
 
-pytestmark = [pytest.mark.integration, pytest.mark.dali, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROBE = "tests.integration.resume_probe"
 
 
-def _fit(tmp_path, data, name: str, *extra: str, devices: int = 1):
+def _fit(tmp_path, data, name: str, *extra: str, devices: int = 1, backend: str = "dali"):
     ckpts = tmp_path / name / "mid"
     args = [
         "fit", "--config", REPO / "configs" / "lenet5_digits.yaml", "--data.data_dir", data,
         "--data.batch_size", str(128 // devices), "--runs_dir", tmp_path, "--run_name", name,
         "--trainer.logger", "false", "--trainer.max_epochs", "2", "--trainer.deterministic", "true",
         "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
-        "--trainer.devices", str(devices), *(["--trainer.strategy", "ddp"] if devices > 1 else []),
+        "--data.backend", backend, "--trainer.devices", str(devices), *(["--trainer.strategy", "ddp"] if devices > 1 else []),
         # A checkpoint every 4 steps (12 steps per epoch), all kept: step=24.ckpt is the final state
         # (Lightning 2.6 writes the platform's last.ckpt only when val_top1 improves).
         "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={ckpts}",
@@ -43,17 +44,20 @@ def _steps(path) -> dict[int, list[int]]:
     return out
 
 
-# DDP only: one process takes the same save/restore path minus the cross-rank gather (suite time).
-@pytest.mark.parametrize("devices", [2], ids=["ddp_2_processes"])
-def test_fit_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(digits_shards, tmp_path, devices):
-    whole, _ = _fit(tmp_path, digits_shards, "whole", devices=devices)
+# DALI: DDP only (one process takes the same save/restore path minus the cross-rank gather; suite
+# time). Torch: its state is the position alone, on 1 process and on 2.
+@pytest.mark.parametrize("backend,devices", [pytest.param("dali", 2, marks=pytest.mark.dali), ("torch", 1), ("torch", 2)],
+                         ids=["dali_ddp_2_processes", "torch_1_process", "torch_ddp_2_processes"])
+def test_fit_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(digits_shards, tmp_path, backend, devices):
+    whole, _ = _fit(tmp_path, digits_shards, "whole", devices=devices, backend=backend)
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed, ckpts = _fit(tmp_path, digits_shards, "cut", f"--trainer.callbacks+={PROBE}.KillAtStep",
                          "--trainer.callbacks.step=6", f"--trainer.callbacks.after={tmp_path / 'cut' / 'mid' / 'step=4.ckpt'}",
-                         devices=devices)
+                         devices=devices, backend=backend)
     assert killed.returncode != 0 and (ckpts / "step=4.ckpt").exists()
     assert not (ckpts / "step=8.ckpt").exists()  # it really died in epoch 0
-    resumed, _ = _fit(tmp_path, digits_shards, "cut", "--ckpt_path", ckpts / "step=4.ckpt", devices=devices)
+    resumed, _ = _fit(tmp_path, digits_shards, "cut", "--ckpt_path", ckpts / "step=4.ckpt", devices=devices,
+                      backend=backend)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     a = torch.load(tmp_path / "whole" / "mid" / "step=24.ckpt", weights_only=False)

@@ -105,11 +105,12 @@ def _same(a, b) -> bool:
     return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
+@pytest.mark.parametrize("backend", ["dali", "torch"])
 @pytest.mark.parametrize("where", ["mid-epoch", "epoch end", "next epoch start"])
-def test_resume_continues_the_batches_and_the_random_crops_exactly(digits_shards, where):
-    reference = _run(train_loader(digits_shards), [0, 1])
+def test_resume_continues_the_batches_and_the_random_crops_exactly(digits_shards, where, backend):
+    reference = _run(train_loader(digits_shards, backend=backend), [0, 1])
     steps = len(reference) // 2
-    run = train_loader(digits_shards)
+    run = train_loader(digits_shards, backend=backend)
     it = iter(run)
     if where == "mid-epoch":
         epoch, trained, done = 0, 3, 3
@@ -124,8 +125,8 @@ def test_resume_continues_the_batches_and_the_random_crops_exactly(digits_shards
         epoch, trained, done = 1, 0, steps
     run.consumed_fn = lambda: trained
     state = run.state_dict()
-    assert (state["epoch"], state["next_step"]) == (epoch, trained)
-    resumed = train_loader(digits_shards)
+    assert (state["epoch"], state["samples"]) == (epoch, min(trained * 128, len(run.labels)))
+    resumed = train_loader(digits_shards, backend=backend)
     resumed.load_state_dict(state)
     rest = _run(resumed, [0, 1] if done < steps else [1])
     assert _same(rest, reference[done:])
@@ -168,14 +169,31 @@ def test_without_the_dali_state_the_crops_differ(digits_shards):
     assert not _same(rest, reference[3:])  # not the same crops
 
 
-def test_a_state_from_another_world_size_is_refused(digits_shards):
+def test_a_state_from_another_global_batch_is_refused(digits_shards):
     run = train_loader(digits_shards)
     next(iter(run))
     state = run.state_dict()
-    with pytest.raises(ValueError, match="from 1 ranks, this run has 2"):
+    with pytest.raises(ValueError, match="global batch of 128, this loader reads 2 x 128 = 256"):
         other = train_loader(digits_shards)
         other.cfg = type(other.cfg)(**{**other.cfg.__dict__, "world_size": 2})
         other.load_state_dict(state)
+
+
+def test_a_state_written_before_the_position_counted_samples_still_resumes(digits_shards):
+    """Checkpoints whose loader state named the next batch (version 1) resume at the same place."""
+    reference = _run(train_loader(digits_shards), [0])
+    run = train_loader(digits_shards)
+    it = iter(run)
+    for _ in range(4):
+        next(it)
+    run.consumed_fn = lambda: 3
+    state = run.state_dict()
+    old = {"version": 1, "epoch": 0, "next_step": 3, "rank_count": 1, "dali": state["dali"]}
+    resumed = train_loader(digits_shards)
+    resumed.load_state_dict(old)
+    assert _same(_run(resumed, [0]), reference[3:])
+    with pytest.raises(ValueError, match="version 7; this code reads 1 and 2"):
+        resumed.load_state_dict({**state, "version": 7})
 
 
 @pytest.mark.gpu
@@ -190,3 +208,46 @@ def test_a_held_gpu_batch_is_unchanged_while_the_next_ones_are_fetched(digits_sh
     torch.cuda.synchronize()
     assert torch.equal(held["images"], copy)
     assert not torch.equal(held["images"], later[0]["images"])
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_state_from_2_ranks_resumes_on_3_with_each_remaining_sample_once(digits_shards, backend):
+    """Rank 0's state after 4 of 15 steps on 2 ranks x 48, loaded by 3 ranks x 32 (global batch 96)."""
+    def ranks(world: int):
+        out = []
+        for rank in range(world):
+            loader = train_loader(digits_shards, batch_size=96 // world, backend=backend)
+            loader.cfg = type(loader.cfg)(**{**loader.cfg.__dict__, "rank": rank, "world_size": world})
+            out.append(loader)
+        return out
+
+    seen = []
+    two = ranks(2)
+    for loader in two:
+        it = iter(loader)
+        batches = [next(it) for _ in range(5)]  # 4 trained, 1 fetched ahead
+        seen += [i for b in batches[:4] for i in b["index"][b["valid"]].tolist()]
+    two[0].consumed_fn = lambda: 4
+    state = two[0].state_dict()
+    assert (state["samples"], state["global_batch"], state["rank_count"]) == (384, 96, 2)
+    for loader in ranks(3):
+        loader.load_state_dict(state)
+        assert len(loader) == 15
+        batches = list(loader)
+        assert len(batches) == 11 and {len(b["valid"]) for b in batches[:-1]} == {32}
+        seen += [i for b in batches for i in b["index"][b["valid"]].tolist()]
+    assert sorted(seen) == list(range(len(two[0].labels)))
+
+
+def test_a_resumed_run_keeps_its_global_batch_on_any_number_of_processes(digits_shards):
+    from types import SimpleNamespace
+
+    dm = ShardDataModule(data_dir=str(digits_shards), batch_size=48, input_spec=LENET)
+    dm.load_state_dict({"train_loader": {"version": 2, "epoch": 0, "samples": 384, "global_batch": 96,
+                                         "rank_count": 2, "engine": "torch", "dali": None}})
+    for world, per_rank in ((2, 48), (3, 32), (1, 96), (4, 24)):
+        dm.trainer = SimpleNamespace(world_size=world)
+        assert dm.train_batch_size() == per_rank
+    dm.trainer = SimpleNamespace(world_size=5)
+    with pytest.raises(ValueError, match="global batch of 96, which does not divide over 5 processes"):
+        dm.train_batch_size()

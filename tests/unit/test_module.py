@@ -108,3 +108,29 @@ def test_confusion_plot_stays_small_at_a_thousand_classes(tmp_path):
     width, height = Image.open(path).size
     assert width < 2000 and height < 2000
     assert {3, 7, 500, 999} <= set(most_confused(matrix).tolist()) and len(most_confused(matrix)) == 20
+
+
+@pytest.mark.parametrize("with_count", [True, False], ids=["n_valid_from_the_plan", "counted_from_valid"])
+def test_the_test_step_counts_only_the_real_samples_of_a_mixed_batch(with_count):
+    """A rank's last test batch: two real images and one padding (a repeat, here of another class)."""
+    torch.manual_seed(0)
+    module = ClassifierModule(arch="lenet5_modern", num_classes=10).eval()
+    module.log = lambda *a, **k: None  # no Trainer here: metrics are read back directly
+    module.eval_options.keep_topk = True
+    module.on_test_start()
+    images, labels = torch.randn(3, 5, 1, 32, 32), torch.tensor([1, 2, 3])
+    batch = {"images": images, "labels": labels, "valid": torch.tensor([True, True, False]),
+             "index": torch.tensor([7, 8, 7])}
+    if with_count:
+        batch["n_valid"] = 2
+    with torch.no_grad():
+        module.test_step(batch, 0)
+        probs = module(images[:2].flatten(0, 1)).softmax(-1).view(2, 5, -1).mean(1)
+    for name in ("test_top1", "test_top5", "test_top1_1crop", "test_top5_1crop"):
+        assert int(getattr(module, name).total) == 2, name
+    assert math.isclose(module.test_top1.compute().item(), (probs.argmax(-1) == labels[:2]).float().mean().item())
+    confusion = module.test_confusion.compute()
+    assert int(confusion.sum()) == 2 and int(confusion[3].sum()) == 0  # the padding's class never counted
+    assert int(module.test_calibration.count.sum()) == 2
+    (rows,) = module.test_topk
+    assert rows[:, 0].tolist() == [7, 8] and rows[:, 1].tolist() == [1, 2]

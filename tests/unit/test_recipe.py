@@ -85,3 +85,21 @@ def test_schedule_horizon_is_max_steps_when_it_ends_training_first(tmp_path):
 def test_schedule_horizon_is_max_epochs(tmp_path):
     lrs = _fit_lr_trace(tmp_path, max_epochs=3)
     assert len(lrs) == 30 and lrs[15] == pytest.approx(0.05, rel=0.1) and lrs[-1] < 0.1 * 0.01
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_the_optimizer_gives_each_group_its_decay(tmp_path, decay_all):
+    """What configure_optimizers hands SGD: weights decayed at model.optim.weight_decay, the spared
+    parameters (biases, RBF centres) at exactly 0, every parameter in one group."""
+    module = ClassifierModule(arch="lenet5", num_classes=10, optim=OptimConfig(weight_decay=3e-3, decay_all=decay_all))
+    batch = synthetic_batch(4, (1, 32, 32), 10, torch.device("cpu"))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         default_root_dir=str(tmp_path), enable_model_summary=False, max_steps=1)
+    trainer.fit(module, train_dataloaders=SyntheticBatches(batch, 2))
+    groups = trainer.optimizers[0].param_groups
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(decay_of) == len(list(module.net.parameters()))
+    net = module.net
+    assert decay_of[id(net.conv1.weight)] == 3e-3
+    spared = 3e-3 if decay_all else 0.0
+    assert decay_of[id(net.conv1.bias)] == spared and decay_of[id(net.output.centres)] == spared

@@ -11,13 +11,14 @@ the next one starts: the source stops, the batches DALI had already prefetched (
 `prefetch_queue_depth`) are drained and dropped, and the pipeline is reset, so nothing of the
 abandoned epoch reaches the next. Their augmentation draws are spent, like any prefetched batch's.
 
-Resuming mid-epoch (`state_dict` / `load_state_dict`, saved by Lightning's fit loop under
-"combined_loader"): the position is (epoch, next batch to train), and the augmentation RNGs are
+Resuming mid-epoch (`state_dict` / `load_state_dict`, plan_loader.py): the position is the
+samples of the epoch consumed, and, on the same number of ranks, the augmentation RNGs are
 restored from a DALI pipeline checkpoint taken right after the last trained batch was handed
 out. Lightning fetches one batch ahead of the step it trains, so the loader keeps the DALI
 checkpoint of each of the last few batches and the state names the one after the last *trained*
 batch (`consumed_fn`), not the last fetched one. Each rank's RNGs differ (seed per rank), and
 only rank 0 writes the checkpoint, so `gather_fn` collects every rank's DALI checkpoint into it.
+On another number of ranks the position alone carries over (fresh pipelines, new draws).
 """
 from __future__ import annotations
 
@@ -35,15 +36,15 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from convnets.data_pipelines.loading.augment import AugmentSpec
 from convnets.data_pipelines.loading.dali_pipeline import build_pipeline
 from convnets.data_pipelines.loading.decode_culprit import dali_culprit, pil_culprit
-from convnets.data_pipelines.loading.epoch_plan import RankPlan, plan_rank
+from convnets.data_pipelines.loading.epoch_plan import RankPlan
 from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfig, ReadAhead  # noqa: F401 (re-exported)
+from convnets.data_pipelines.loading.plan_loader import STATE_VERSION, PlanLoader  # noqa: F401 (re-exported)
 from convnets.data_pipelines.shards.format import SampleIndex
 from convnets.data_pipelines.shards.reader import ShardFiles
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ["images", "labels", "valid", "index"]
-STATE_VERSION = 1
 
 
 class ShardSource:
@@ -131,19 +132,19 @@ class _Epoch:
     # The DALI state when this epoch began (after the previous epoch's last batch, dropped
     # prefetches included); None for the pipeline's first epoch (its state is the seed's).
     start: bytes | None = None
+    first: int = 0  # the epoch's first batch in this run (> 0: resumed mid-epoch)
 
 
-class DaliLoader:
+class DaliLoader(PlanLoader):
     """Iterable of batches {"images", "labels", "valid", "index", "n_valid"}; len() = steps per epoch on every rank.
 
     "index" is each sample's position in its split (shard order), for per-sample results;
     "n_valid" is the batch's count of real samples as a host integer, read from the epoch plan,
     so the training step and the throughput counters never sync with the device to learn it.
-
-    consumed_fn: batches of the current epoch the trainer has taken (default: those handed out);
-    gather_fn: a list of every rank's value (default: [value], one process).
+    consumed_fn, gather_fn: see PlanLoader.
     """
 
+    engine = "dali"
     KEEP_CHECKPOINTS = 8  # Lightning holds 1 batch ahead; a few more cost ~0.5 kB each
 
     def __init__(
@@ -151,28 +152,10 @@ class DaliLoader:
         epoch_fn: Callable[[], int], consumed_fn: Callable[[], int] | None = None,
         gather_fn: Callable[[Any], list] | None = None,
     ) -> None:
-        self.index, self.labels, self.aug, self.cfg, self.epoch_fn = index, labels, aug, cfg, epoch_fn
-        self.consumed_fn, self.gather_fn = consumed_fn, gather_fn
+        super().__init__(index, labels, aug, cfg, epoch_fn=epoch_fn, consumed_fn=consumed_fn, gather_fn=gather_fn)
         self._source: ShardSource | None = None
         self._iterator: DALIGenericIterator | None = None
         self._epoch: _Epoch | None = None
-        self._restore: dict | None = None  # a loaded state, applied at the next __iter__
-        self._plan_cache: tuple[int, RankPlan] | None = None
-
-    def plan(self, epoch: int) -> RankPlan:
-        c = self.cfg
-        return plan_rank(
-            len(self.labels), rank=c.rank, world_size=c.world_size, batch_size=c.batch_size,
-            seed=c.seed, epoch=epoch, shuffle=c.train,
-        )
-
-    def _plan(self, epoch: int) -> RankPlan:
-        if self._plan_cache is None or self._plan_cache[0] != epoch:  # a 1.28 M permutation: ~20 ms
-            self._plan_cache = (epoch, self.plan(epoch))
-        return self._plan_cache[1]
-
-    def __len__(self) -> int:
-        return self._plan(self.epoch_fn()).steps
 
     # -- the pipeline, built once -------------------------------------------------------------
     def _build(self, checkpoint: bytes | None) -> None:
@@ -215,18 +198,18 @@ class DaliLoader:
 
     def _begin(self, epoch: int) -> RankPlan:
         """Point the pipeline at `epoch`, building or restoring it as needed; returns the plan."""
-        plan, first, offset, start, restore, reset = self._plan(epoch), 0, 0, None, self._restore, True
-        self._restore = None
+        restore, mid = self._take_resume(epoch)
+        plan, first, offset, start, reset = self._plan(epoch), 0, 0, None, True
         kept: dict[int, bytes] = {}
         if restore is not None:
-            restored = restore["dali"][self.cfg.rank] if restore.get("dali") else None
+            restored = restore.engine[self.cfg.rank] if restore.engine else None
             self._build(restored)
-            if restore["epoch"] == epoch and 0 < restore["next_step"] < plan.steps:
-                first, reset = restore["next_step"], False  # the restored source continues at this batch
+            if mid:
+                first, reset = plan.first_step, False  # the restored source continues at this batch
                 offset = 0 if restored else first  # a fresh pipeline counts from 0
                 kept = {first: restored} if restored else {}  # a checkpoint before any new batch
-            elif restore.get("dali"):  # saved between epochs: close the epoch the restored pipeline is in
-                self._epoch = _Epoch(number=restore["epoch"], next_step=restore["next_step"], checkpoints={})
+            elif restore.engine:  # saved between epochs: close the epoch the restored pipeline is in
+                self._epoch = _Epoch(number=restore.epoch, next_step=0, checkpoints={})
                 start = self._finish_epoch()
             else:
                 reset = False
@@ -238,7 +221,7 @@ class DaliLoader:
         self._source.start(plan, offset=offset)
         if reset:
             self._iterator.reset()
-        self._epoch = _Epoch(number=epoch, next_step=first, checkpoints=kept, start=start)
+        self._epoch = _Epoch(number=epoch, next_step=first, checkpoints=kept, start=start, first=first)
         return plan
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -278,32 +261,16 @@ class DaliLoader:
         state.checkpoints.pop(state.next_step - self.KEEP_CHECKPOINTS, None)
 
     # -- resuming -----------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Position of the next batch to train in this rank's plan, and every rank's DALI state there."""
+    def _engine_state(self, taken: int) -> bytes | None:
+        """The DALI state before batch `taken` of the current epoch (None: a fresh pipeline's)."""
         state = self._epoch
-        if not self.cfg.train or state is None:
-            return {}
-        taken = self.consumed_fn() if self.consumed_fn else state.next_step
-        if taken == 0:  # nothing trained yet: the state this epoch began with (None: the seed's)
-            checkpoint = state.start
-        else:
-            checkpoint = state.checkpoints.get(taken)
-            if checkpoint is None:
-                raise RuntimeError(f"no DALI checkpoint before batch {taken} of epoch {state.number} "
-                                   f"(kept: {sorted(state.checkpoints)})")
-        every = self.gather_fn(checkpoint) if self.gather_fn else [checkpoint]
-        return {"version": STATE_VERSION, "epoch": state.number, "next_step": taken, "rank_count": len(every),
-                "dali": every if checkpoint is not None else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not state:
-            return
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')!r}, this code reads {STATE_VERSION}")
-        if state["rank_count"] != self.cfg.world_size:
-            raise ValueError(f"the checkpoint's loader state is from {state['rank_count']} ranks, this run has "
-                             f"{self.cfg.world_size}: resume mid-epoch with the same number of processes")
-        self._restore = state
+        if taken == state.first:  # nothing trained in this run's part of the epoch yet
+            return state.checkpoints.get(taken, state.start)
+        checkpoint = state.checkpoints.get(taken)
+        if checkpoint is None:
+            raise RuntimeError(f"no DALI checkpoint before batch {taken} of epoch {state.number} "
+                               f"(kept: {sorted(state.checkpoints)})")
+        return checkpoint
 
     def close(self) -> None:
         if self._source is not None:

@@ -19,6 +19,7 @@ from typing_extensions import override
 from convnets.data_pipelines.loading.augment import (
     DEFAULT_PRESET, AugmentSpec, InputSpec, Jitter, Preset, eval_crop_count, preset_spec)
 from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfig
+from convnets.data_pipelines.loading.plan_loader import saved_global_batch
 from convnets.data_pipelines.shards.format import (
     Manifest, SampleIndex, check_same_classes, load_sample_index, read_labels, read_manifest)
 from convnets.data_pipelines.shards.reader import check_shard_sizes
@@ -58,7 +59,9 @@ class ShardDataModule(pl.LightningDataModule):
         """
         Args:
             data_dir: folder written by `convnets shards` (one subfolder per split).
-            batch_size: per-rank training batch (the global batch is this times the world size).
+            batch_size: per-rank training batch (the global batch is this times the world size). A
+                resumed run keeps its checkpoint's global batch: on another number of processes
+                the per-rank batch is that global batch divided by it.
             eval_batch_size: per-rank batch for validation and test (default: batch_size).
             num_threads: DALI worker threads per rank (decoding + augmentation); with the torch
                 backend, DataLoader worker processes per rank (0: decode in the training process).
@@ -101,6 +104,7 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError("data.device=gpu decodes with DALI's nvJPEG; the torch backend decodes on the CPU (use data.device=auto)")
         self._train_loader: DaliLoader | TorchLoader | None = None
         self._train_state: dict | None = None
+        self._batch_told = False
 
     # -- facts the platform reads before building the model -------------------------------------
     def manifest(self, split: str) -> Manifest:
@@ -163,18 +167,33 @@ class ShardDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         loader = self.loader("train", train=True)
         if self._train_state is not None:  # resuming: the position saved in the checkpoint
-            if not hasattr(loader, "load_state_dict"):
-                raise ValueError(f"data.backend={self.backend}: this loader cannot resume mid-epoch (use the dali backend)")
             loader.load_state_dict(self._train_state)
         self._train_loader = loader
         return loader
+
+    def train_batch_size(self) -> int:
+        """The per-rank training batch: data.batch_size, or on resume the checkpoint's global batch
+        divided over this run's ranks (a run keeps its global batch on any number of GPUs)."""
+        per_rank, world = self.hparams.batch_size, self.trainer.world_size if self.trainer else 1
+        saved = saved_global_batch(self._train_state, per_rank)
+        if saved is None or saved == per_rank * world:
+            return per_rank
+        if saved % world:
+            raise ValueError(f"the checkpoint was trained with a global batch of {saved}, which does not divide over "
+                             f"{world} processes: resume on a number of processes that divides {saved}")
+        if not self._batch_told:
+            self._batch_told = True
+            log.warning("resuming with the checkpoint's global batch %d: %d per rank on %d processes "
+                        "(data.batch_size %d is not used)", saved, saved // world, world, per_rank)
+        return saved // world
 
     # Mid-epoch resume: Lightning restores the datamodule's state before it asks for the train
     # loader. (Its fit loop also saves stateful loaders, but skips loading them when the loader
     # was requested early, e.g. by `estimated_stepping_batches` for a schedule: Lightning 2.6.)
     def state_dict(self) -> dict:
         loader = self._train_loader
-        return {"train_loader": loader.state_dict()} if hasattr(loader, "state_dict") else {}  # torch backend: epochs only
+        state = loader.state_dict() if loader is not None else {}
+        return {"train_loader": state} if state else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._train_state = state_dict.get("train_loader")
@@ -222,7 +241,7 @@ class ShardDataModule(pl.LightningDataModule):
         hp, trainer = self.hparams, self.trainer
         cfg = LoaderConfig(
             train=train, crops=crops,
-            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            batch_size=self.train_batch_size() if train else (hp.eval_batch_size or hp.batch_size),
             num_threads=hp.num_threads, device_id=self._device_id(), seed=hp.seed,
             rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
             hw_decoder_load=hp.hw_decoder_load,
@@ -231,8 +250,8 @@ class ShardDataModule(pl.LightningDataModule):
             from convnets.data_pipelines.loading.torch_loader import TorchLoader as Loader
         else:
             from convnets.data_pipelines.loading.dali_loader import DaliLoader as Loader
-        # Mid-epoch resume (DALI): the loader's state needs the fit loop's batch count and every rank's state.
-        hooks = _resume_hooks(trainer) if train and trainer and self.backend == "dali" else {}
+        # Mid-epoch resume: the loader's state needs the fit loop's batch count (and DALI every rank's state).
+        hooks = _resume_hooks(trainer) if train and trainer else {}
         return Loader(index, labels, self.augment_spec(split), cfg,
                       epoch_fn=lambda: trainer.current_epoch if trainer else 0, **hooks)
 

@@ -20,6 +20,7 @@ so a batch is the same whichever worker makes it and however many workers there 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,8 +32,9 @@ from torchvision.transforms.v2 import functional as F
 
 from convnets.data_pipelines.loading.augment import (
     CROP_POSITIONS, MID_GREY, AugmentSpec, InputSpec, Jitter, color_twist_matrix, lighting_matrix)
-from convnets.data_pipelines.loading.epoch_plan import RankPlan, plan_rank
+from convnets.data_pipelines.loading.epoch_plan import RankPlan
 from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfig
+from convnets.data_pipelines.loading.plan_loader import PlanLoader
 from convnets.data_pipelines.shards.reader import ShardFiles, describe
 
 TRAIN_ANTIALIAS = False  # as dali_pipeline.TRAIN_ANTIALIAS: the inception crop's resize
@@ -167,34 +169,39 @@ class PlanBatches(torch.utils.data.Dataset):
                 "valid": torch.from_numpy(valid.copy()), "index": torch.from_numpy(idx.copy()).long()}
 
 
-class TorchLoader:
+@dataclass
+class _Epoch:
+    """The epoch being read: which one and the next batch handed out."""
+
+    number: int
+    next_step: int
+
+
+class TorchLoader(PlanLoader):
     """Iterable of batches {"images", "labels", "valid", "index", "n_valid"}; len() = steps per epoch on every rank.
 
     The same contract as DaliLoader (see dali_loader.py); cfg.num_threads is the number of
-    DataLoader worker processes (0 = decode in the training process).
+    DataLoader worker processes (0 = decode in the training process). A batch is a pure function
+    of (seed, epoch, rank, step), so the position (plan_loader.py) is all a resume needs: on the
+    same number of ranks it continues bit for bit.
     """
 
-    def __init__(self, index, labels: np.ndarray, aug: AugmentSpec, cfg: LoaderConfig,
-                 epoch_fn: Callable[[], int]) -> None:
-        self.index, self.labels, self.aug, self.cfg, self.epoch_fn = index, labels, aug, cfg, epoch_fn
-
-    def plan(self, epoch: int) -> RankPlan:
-        c = self.cfg
-        return plan_rank(len(self.labels), rank=c.rank, world_size=c.world_size, batch_size=c.batch_size,
-                         seed=c.seed, epoch=epoch, shuffle=c.train)
-
-    def __len__(self) -> int:
-        return self.plan(0).steps
+    engine = "torch"
 
     def __iter__(self) -> Iterator[dict]:
+        # A generator: the epoch begins at the first next(), after a checkpoint's state is loaded.
         c, epoch = self.cfg, self.epoch_fn()
-        plan = self.plan(epoch)
+        self._take_resume(epoch)
+        plan = self._plan(epoch)
+        state = self._epoch = _Epoch(number=epoch, next_step=plan.first_step)
         seed = (c.seed * 1_000_003 + epoch * 7_919 + c.rank) % (2**31 - 1)  # as DaliLoader's
         batches = PlanBatches(index=self.index, labels=self.labels, aug=self.aug, plan=plan, train=c.train,
                               crops=c.crops, seed=seed)
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=c.num_threads,
+        steps = range(plan.first_step, plan.steps)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=steps, num_workers=c.num_threads,
                                              persistent_workers=False)
-        for step, batch in enumerate(loader):
+        for step, batch in zip(steps, loader):
+            state.next_step = step + 1
             batch["n_valid"] = int(plan.batch(step)[1].sum())  # numpy: host-side, no device sync
             yield batch
 

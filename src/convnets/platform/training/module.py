@@ -266,7 +266,10 @@ class ClassifierModule(pl.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------
     def global_batch(self) -> int:
         datamodule = getattr(self.trainer, "datamodule", None)
-        per_rank = getattr(getattr(datamodule, "hparams", None), "batch_size", None)
+        if hasattr(datamodule, "train_batch_size"):  # a resumed run's per-rank batch keeps its global batch
+            per_rank = datamodule.train_batch_size()
+        else:
+            per_rank = getattr(getattr(datamodule, "hparams", None), "batch_size", None)
         if per_rank is None:
             raise ValueError("model.optim.reference_batch needs the data module's batch_size to scale lr")
         return int(per_rank) * self.trainer.world_size * self.trainer.accumulate_grad_batches
