@@ -186,11 +186,12 @@ def _epoch_clock(blocks: int):
 
 # -- utilization from the driver ---------------------------------------------------------------------
 class DeviceSampler:
-    """GPU, video-decoder and JPEG-decoder utilization (%) sampled every `period_s` from NVML or nvidia-smi.
+    """GPU, video-decoder and JPEG-decoder utilization (%) sampled every `period_s` from nvidia-smi.
 
     The driver reports each as the share of its last sample period the engine was busy; the means over
-    the steady blocks are reported. Where neither NVML (pynvml) nor nvidia-smi is there, or on a CPU
-    run, nothing is sampled and the report says n/a.
+    the steady blocks are reported. nvidia-smi comes with the driver (NVML's Python binding would be
+    one more dependency for the same numbers). Without it, or on a CPU run, nothing is sampled and
+    the report says n/a.
     """
 
     FIELDS = ("gpu", "decoder", "jpeg")
@@ -199,30 +200,8 @@ class DeviceSampler:
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.source = None
         self._stop = threading.Event()
-        self._read = None if device_index is None else self._nvml(device_index) or self._smi(device_index)
+        self._read = None if device_index is None else self._smi(device_index)
         self._thread = threading.Thread(target=self._loop, args=(period_s,), daemon=True) if self._read else None
-
-    def _nvml(self, index: int):
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        except Exception:  # no pynvml, or no driver it can talk to: try nvidia-smi
-            return None
-        jpg = getattr(pynvml, "nvmlDeviceGetJpgUtilization", None)  # NVML 12.x+: the hardware JPEG engines
-
-        def read() -> dict[str, float]:
-            out = {"gpu": float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
-                   "decoder": float(pynvml.nvmlDeviceGetDecoderUtilization(handle)[0])}
-            try:
-                out["jpeg"] = float(jpg(handle)[0]) if jpg else None
-            except Exception:
-                out["jpeg"] = None
-            return out
-
-        self.source = "nvml"
-        return read
 
     def _smi(self, index: int):
         for fields in ("utilization.gpu,utilization.decoder,utilization.jpeg", "utilization.gpu,utilization.decoder"):
