@@ -14,7 +14,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from typing_extensions import override
 
 from convnets.platform.training import plots
-from convnets.platform.training.tracking import run_info, write_json
+from convnets.platform.training.tracking import logged_wandb_step, record_wandb_step, run_info, write_json
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,13 @@ class RunRecorder(pl.Callback):
 
 
 class RunReport(pl.Callback):
-    """metrics.json (plain keys: test_top1, images_per_s, ...) and the PNG plots of the run folder."""
+    """metrics.json (plain keys: test_top1, images_per_s, ...) and the PNG plots of the run folder.
+
+    The history (one entry per epoch, one per validation) and the fit time so far travel in every
+    checkpoint, so a run resumed any number of times (a requeue, `--ckpt_path`) reports each epoch
+    once: the epochs of the checkpoint it resumed from, then its own. `fit_seconds` adds up the
+    training time of every process that trained the run (not the time spent queued in between).
+    """
 
     def __init__(self, run_dir: Path, throughput: ThroughputMonitor) -> None:
         self.run_dir, self.throughput = Path(run_dir), throughput
@@ -196,10 +202,34 @@ class RunReport(pl.Callback):
         self.val_history: list[dict] = []  # one entry per validation, with its wall-clock time (time-to-accuracy)
         self.metrics: dict[str, float] = {}
         self.fit_start = 0.0
+        self.fit_seconds_before = 0.0  # trained by earlier processes of this run (from the checkpoint)
+        self._restored = False
+
+    @override
+    def state_dict(self) -> dict:
+        elapsed = time.perf_counter() - self.fit_start if self.fit_start else 0.0
+        return {"history": self.history, "val_history": self.val_history,
+                "fit_seconds": self.fit_seconds_before + elapsed}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.val_history = list(state_dict.get("val_history", []))
+        self.fit_seconds_before = float(state_dict.get("fit_seconds", 0.0))
+        self._restored = True
 
     @override
     def on_fit_start(self, trainer, pl_module) -> None:
         self.fit_start = time.perf_counter()
+        if not self._restored and trainer.ckpt_path and trainer.is_global_zero:
+            self._history_from_metrics_file(trainer.current_epoch)
+
+    def _history_from_metrics_file(self, epoch: int) -> None:
+        """A checkpoint written before histories travelled in checkpoints: take its epochs from metrics.json."""
+        path = self.run_dir / "metrics.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        self.history = [h for h in previous.get("history", []) if h.get("epoch", epoch) < epoch]
+        self.val_history = [h for h in previous.get("val_history", []) if h.get("epoch", epoch) < epoch]
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -227,7 +257,7 @@ class RunReport(pl.Callback):
             return
         self.metrics.update(_float_metrics(trainer))
         self.metrics.update(self.throughput.last)
-        self.metrics["fit_seconds"] = time.perf_counter() - self.fit_start
+        self.metrics["fit_seconds"] = self.fit_seconds_before + time.perf_counter() - self.fit_start
         plots.learning_curves(self.history, self.run_dir / "plots" / "learning_curves.png")
         conv = first_conv(pl_module.net)
         if conv is not None:
@@ -262,6 +292,40 @@ class RunReport(pl.Callback):
         if self.val_history:
             payload["val_history"] = self.val_history
         write_json(existing, payload)
+
+
+class RunWandbLogger(WandbLogger):
+    """Lightning's W&B logger with W&B's step = the trainer's step, never below one logged before.
+
+    Lightning's logger lets W&B count its own steps, which restart at 0 in every process of an
+    offline run (each requeued job, each `--ckpt_path` resume): the run's steps went backwards. Here
+    each row is logged at the trainer's step, and rows below the highest step an earlier process of
+    the run logged (a resume from an older checkpoint retrains those steps) are not logged again:
+    W&B keeps the first attempt's rows for them, metrics.json the new ones.
+    """
+
+    def __init__(self, *, run_dir: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._run_dir = Path(run_dir)
+        self._floor: int | None = None  # read at the first row: the rank-0 process only
+
+    @override
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        if step is None:
+            return super().log_metrics(metrics, step)
+        if self._floor is None:
+            self._floor = logged_wandb_step(self._run_dir)
+            if self._floor >= 0:
+                log.info("W&B run %s already holds steps up to %d: rows before it are not logged again",
+                         self.version, self._floor)
+        if step < self._floor:
+            return
+        from lightning_fabric.utilities.logger import _add_prefix
+
+        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
+        record_wandb_step(self._run_dir, step)  # a few bytes per logged row (every log_every_n_steps steps)
 
 
 class PlatformProgressBar(TQDMProgressBar):
