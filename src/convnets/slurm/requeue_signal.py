@@ -47,7 +47,16 @@ class RequeueOnSignal(pl.Callback):
     def __init__(self, check_every: int = 10) -> None:
         self.check_every = check_every
         self._val_batches = 0
-        self.saved_step: int | None = None  # for tests: the step of the preemption save
+        self._stopped_validation = False  # this save stopped the epoch's validation (in the checkpoint)
+        self._rerun_validation = False  # restored: the epoch's validation must run before anything else
+
+    @override
+    def state_dict(self) -> dict:
+        return {"stopped_validation": self._stopped_validation}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._rerun_validation = bool(state_dict.get("stopped_validation", False))
 
     @override
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -69,6 +78,14 @@ class RequeueOnSignal(pl.Callback):
             if os.environ.get("SLURM_JOB_ID"):
                 job.job_event(Path(trainer.default_root_dir), "resumed", step=trainer.global_step)
         self._check(trainer, pl_module)  # a signal that came during start-up or checkpoint loading
+
+    @override
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Before the other callbacks' epoch end (the run report, the checkpoint that monitors val_top1): this
+        # hook comes first, as the user's callbacks do, where Lightning's own validation would have run.
+        if self._rerun_validation:
+            self._rerun_validation = False
+            _run_stopped_validation(trainer)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -107,6 +124,7 @@ class RequeueOnSignal(pl.Callback):
             if getattr(callback, "save_last", False) and Path(callback.dirpath or "") == path.parent:
                 callback.last_model_path = str(path)
         where = "validation" if trainer.validating or trainer.sanity_checking else "training"
+        self._stopped_validation = trainer.validating and not trainer.sanity_checking
         trainer.save_checkpoint(path)  # every rank: it holds a barrier
         self.saved_step = trainer.global_step
         log.warning("signal received after step %d: saved %s at step %d (during %s)", job.noted_after_step(), path,
@@ -124,6 +142,23 @@ class RequeueOnSignal(pl.Callback):
         log.error("rank %d: stopped after the preemption save (see rank 0's log); resume from %s",
                   trainer.global_rank, path)
         _exit(job.INTERRUPTED_EXIT)
+
+
+def _run_stopped_validation(trainer) -> None:
+    """The validation a preemption save stopped, run again from its first batch at its epoch's end.
+
+    Lightning restores such a checkpoint as an epoch whose training is done and skips that epoch's
+    validation (no val metrics for it, ModelCheckpoint without its monitor): run it here, as
+    Lightning's training loop does at an epoch's end, with fresh metric states.
+    """
+    loop = trainer.fit_loop.epoch_loop.val_loop
+    log.warning("rerunning the validation of epoch %d that the preemption stopped", trainer.current_epoch)
+    loop.restarting = False  # from its first batch: the metric states of the stopped run were not saved
+    trainer.validating = True
+    first_loop_iter = trainer._logger_connector._first_loop_iter
+    loop.run()
+    trainer.training = True
+    trainer._logger_connector._first_loop_iter = first_loop_iter
 
 
 def _exit(code: int) -> None:
