@@ -172,6 +172,8 @@ class RunRecorder(pl.Callback):
             record[trainer.state.fn.value if trainer.state.fn else "run"] = info
             write_json(path, record)
         for logger in trainer.loggers:
+            if isinstance(logger, RunWandbLogger):
+                logger.fitting = trainer.state.fn == "fit"
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(
                     {"versions": info["versions"], "git_revision": info["git_revision"], "resolved": self.config},
@@ -299,15 +301,17 @@ class RunWandbLogger(WandbLogger):
 
     Lightning's logger lets W&B count its own steps, which restart at 0 in every process of an
     offline run (each requeued job, each `--ckpt_path` resume): the run's steps went backwards. Here
-    each row is logged at the trainer's step, and rows below the highest step an earlier process of
-    the run logged (a resume from an older checkpoint retrains those steps) are not logged again:
-    W&B keeps the first attempt's rows for them, metrics.json the new ones.
+    each row is logged at the trainer's step, and training rows below the highest step an earlier
+    process of the run logged (a resume from an older checkpoint retrains those steps) are not logged
+    again: W&B keeps the first attempt's rows for them, metrics.json the new ones. Rows of a test or
+    validation run (`convnets test` counts its own steps from 0) go at the run's latest step.
     """
 
     def __init__(self, *, run_dir: Path, **kwargs) -> None:
         super().__init__(**kwargs)
         self._run_dir = Path(run_dir)
         self._floor: int | None = None  # read at the first row: the rank-0 process only
+        self.fitting = True  # set by RunRecorder when a fit or a test starts
 
     @override
     @rank_zero_only
@@ -320,7 +324,9 @@ class RunWandbLogger(WandbLogger):
                 log.info("W&B run %s already holds steps up to %d: rows before it are not logged again",
                          self.version, self._floor)
         if step < self._floor:
-            return
+            if self.fitting:
+                return
+            step = self._floor
         from lightning_fabric.utilities.logger import _add_prefix
 
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
