@@ -235,6 +235,10 @@ class RunReport(pl.Callback):
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, RunWandbLogger):
+                    logger.commit_before(trainer.global_step)
         # Once per run, after the first step (the picture reads the batch back to the host).
         if batch_idx == 0 and trainer.current_epoch == 0 and trainer.is_global_zero:  # cheapest test first
             spec, classes = pl_module.input_spec, getattr(trainer.datamodule, "classes", None)
@@ -312,6 +316,18 @@ class RunWandbLogger(WandbLogger):
         self._run_dir = Path(run_dir)
         self._floor: int | None = None  # read at the first row: the rank-0 process only
         self.fitting = True  # set by RunRecorder when a fit or a test starts
+        self._open_step: int | None = None  # W&B holds a row open until a later step comes: see commit_before
+
+    @rank_zero_only
+    def commit_before(self, step: int) -> None:
+        """Close the row W&B holds open, once the trainer is past its step (no more values come for it).
+
+        W&B writes a row only when a later step is logged, up to log_every_n_steps steps later; a
+        SIGTERM in between (which also ends W&B's service) would lose it. One call per logged row.
+        """
+        if self._open_step is not None and self._open_step < step:
+            self.experiment.log({}, step=self._open_step, commit=True)
+            self._open_step = None
 
     @override
     @rank_zero_only
@@ -330,7 +346,8 @@ class RunWandbLogger(WandbLogger):
         from lightning_fabric.utilities.logger import _add_prefix
 
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
-        self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
+        self.experiment.log({**metrics, "trainer/global_step": step}, step=step, commit=False)
+        self._open_step = step
         record_wandb_step(self._run_dir, step)  # a few bytes per logged row (every log_every_n_steps steps)
 
 
