@@ -64,12 +64,16 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm_cluster, digits_shards
     assert job_state(slurm_cluster["env"], job_id) == "COMPLETED"
 
     record = json.loads((run_dir / "slurm.json").read_text())
-    assert [e["event"] for e in record["events"]] == ["start", "requeue", "resume after requeue 1", "finished"]
-    assert record["requeues"] == 1 and record["events"][2]["slurm_restart_count"] == 1
+    events = record["events"]
+    assert [e["event"] for e in events] == ["start", "requeue", "resume after requeue 1", "resumed", "finished"]
+    assert record["requeues"] == 1 and events[2]["slurm_restart_count"] == 1
     rank0 = (run_dir / "slurm" / f"{job_id}_0_log.err").read_text()
-    saved_at = int(re.search(r"signal received: saved .* at step (\d+)", rank0).group(1))
+    saved_at = int(re.search(r"signal received after step -?\d+: saved .* at step (\d+)", rank0).group(1))
     steps_per_epoch = train_count(digits_shards) // (2 * BATCH)
     assert 0 < saved_at < steps_per_epoch - 1, "the signal must land mid-epoch for this test to mean anything"
+    # The requeued job started from the hook's save, not from scratch (which, with the same seed and no
+    # checkpoint before the signal, would end bit-equal too).
+    assert events[1]["saved_step"] == events[3]["step"] == saved_at
 
     # One W&B run: both jobs' offline run folders carry the id stored in the run folder.
     stored = (run_dir / "wandb_id").read_text().strip()

@@ -15,14 +15,10 @@ Every user string is shell-quoted.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 
 from convnets.slurm.job import job_fit_args
 from convnets.slurm.request import SRUN_ARGS, add_slurm_arguments, request_from_args
-
-# Rank 0's hand-over after the preemption save, for jobs that submitit does not run (slurm/scontrol_requeue.py).
-REQUEUE = "convnets.slurm.scontrol_requeue.ScontrolRequeue"
 
 
 def add_template_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,10 +57,8 @@ def template(fit_args: list[str], request, *, job_name: str, logs: str) -> str:
     if run_name(fit_args) is None:
         raise ValueError("--run_name NAME is required (after `--`): a requeued job finds its "
                          "checkpoint (runs/NAME/checkpoints/last.ckpt) and its W&B run by that name")
-    requeue = {"class_path": REQUEUE, "init_args": {"max_requeues": request.max_requeues}}
-    # The hand-over goes first: the preemption callback keeps the USR2 handler it finds at setup.
-    fit = ["convnets", "fit", *fit_args, *request.trainer_flags(), f"--trainer.callbacks+={json.dumps(requeue)}"]
-    fit = [*job_fit_args(fit, request.preempt_check_steps), "--ckpt_path", "last"]
+    fit = ["convnets", "fit", *fit_args, *request.trainer_flags()]
+    fit = [*job_fit_args(fit, request.preempt_check_steps, max_requeues=request.max_requeues), "--ckpt_path", "last"]
     lines = sbatch_lines(request, job_name=job_name, logs=logs)
     lines += ["", "# One task per GPU; Lightning takes each rank from SLURM_PROCID / SLURM_NTASKS. A requeued job",
               "# runs this script again and resumes from runs/<run_name>/checkpoints/last.ckpt.",

@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from typing_extensions import override
 
 from convnets.platform.training import plots
-from convnets.platform.training.tracking import run_info
+from convnets.platform.training.tracking import logged_wandb_step, record_wandb_step, run_info
 from convnets.utils.console import wandb_line
 from convnets.utils.files import write_json
 
@@ -175,6 +175,8 @@ class RunRecorder(pl.Callback):
             record[trainer.state.fn.value if trainer.state.fn else "run"] = info
             write_json(path, record)
         for logger in trainer.loggers:
+            if isinstance(logger, RunWandbLogger):
+                logger.fitting = trainer.state.fn == "fit"
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(
                     {"versions": info["versions"], "git_revision": info["git_revision"], "resolved": self.config},
@@ -192,7 +194,13 @@ class RunRecorder(pl.Callback):
 
 
 class RunReport(pl.Callback):
-    """metrics.json (plain keys: test_top1, images_per_s, ...) and the PNG plots of the run folder."""
+    """metrics.json (plain keys: test_top1, images_per_s, ...) and the PNG plots of the run folder.
+
+    The history (one entry per epoch, one per validation) and the fit time so far travel in every
+    checkpoint, so a run resumed any number of times (a requeue, `--ckpt_path`) reports each epoch
+    once: the epochs of the checkpoint it resumed from, then its own. `fit_seconds` adds up the
+    training time of every process that trained the run (not the time spent queued in between).
+    """
 
     def __init__(self, run_dir: Path, throughput: ThroughputMonitor) -> None:
         self.run_dir, self.throughput = Path(run_dir), throughput
@@ -200,13 +208,41 @@ class RunReport(pl.Callback):
         self.val_history: list[dict] = []  # one entry per validation, with its wall-clock time (time-to-accuracy)
         self.metrics: dict[str, float] = {}
         self.fit_start = 0.0
+        self.fit_seconds_before = 0.0  # trained by earlier processes of this run (from the checkpoint)
+        self._restored = False
+
+    @override
+    def state_dict(self) -> dict:
+        elapsed = time.perf_counter() - self.fit_start if self.fit_start else 0.0
+        return {"history": self.history, "val_history": self.val_history,
+                "fit_seconds": self.fit_seconds_before + elapsed}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.val_history = list(state_dict.get("val_history", []))
+        self.fit_seconds_before = float(state_dict.get("fit_seconds", 0.0))
+        self._restored = True
 
     @override
     def on_fit_start(self, trainer, pl_module) -> None:
         self.fit_start = time.perf_counter()
+        if not self._restored and trainer.ckpt_path and trainer.is_global_zero:
+            self._history_from_metrics_file(trainer.current_epoch)
+
+    def _history_from_metrics_file(self, epoch: int) -> None:
+        """A checkpoint written before histories travelled in checkpoints: take its epochs from metrics.json."""
+        path = self.run_dir / "metrics.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        self.history = [h for h in previous.get("history", []) if h.get("epoch", epoch) < epoch]
+        self.val_history = [h for h in previous.get("val_history", []) if h.get("epoch", epoch) < epoch]
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, RunWandbLogger):
+                    logger.commit_before(trainer.global_step)
         # Once per run, after the first step (the picture reads the batch back to the host).
         if batch_idx == 0 and trainer.current_epoch == 0 and trainer.is_global_zero:  # cheapest test first
             spec, classes = pl_module.input_spec, getattr(trainer.datamodule, "display_names", None)
@@ -231,7 +267,7 @@ class RunReport(pl.Callback):
             return
         self.metrics.update(_float_metrics(trainer))
         self.metrics.update(self.throughput.last)
-        self.metrics["fit_seconds"] = time.perf_counter() - self.fit_start
+        self.metrics["fit_seconds"] = self.fit_seconds_before + time.perf_counter() - self.fit_start
         plots.learning_curves(self.history, self.run_dir / "plots" / "learning_curves.png")
         conv = first_conv(pl_module.net)
         if conv is not None:
@@ -266,6 +302,60 @@ class RunReport(pl.Callback):
         if self.val_history:
             payload["val_history"] = self.val_history
         write_json(existing, payload)
+
+
+class RunWandbLogger(WandbLogger):
+    """Lightning's W&B logger with W&B's step = the trainer's step, never below one logged before.
+
+    Lightning's logger lets W&B count its own steps, which restart at 0 in every process of an
+    offline run (each requeued job, each `--ckpt_path` resume): the run's steps went backwards. Here
+    each row is logged at the trainer's step, and training rows below the highest step an earlier
+    process of the run logged (a resume from an older checkpoint retrains those steps) are not logged
+    again: W&B keeps the first attempt's rows for them, metrics.json the new ones. Rows of a test or
+    validation run (`convnets test` counts its own steps from 0) go at the run's latest step.
+    """
+
+    def __init__(self, *, run_dir: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        # Lightning always passes W&B the retired `anonymous` setting, and W&B warns on every run that it
+        # has no effect: a line no user can act on. Read by wandb.init() when the run starts, not before.
+        self._wandb_init.pop("anonymous", None)
+        self._run_dir = Path(run_dir)
+        self._floor: int | None = None  # read at the first row: the rank-0 process only
+        self.fitting = True  # set by RunRecorder when a fit or a test starts
+        self._open_step: int | None = None  # W&B holds a row open until a later step comes: see commit_before
+
+    @rank_zero_only
+    def commit_before(self, step: int) -> None:
+        """Close the row W&B holds open, once the trainer is past its step (no more values come for it).
+
+        W&B writes a row only when a later step is logged, up to log_every_n_steps steps later; a
+        SIGTERM in between (which also ends W&B's service) would lose it. One call per logged row.
+        """
+        if self._open_step is not None and self._open_step < step:
+            self.experiment.log({}, step=self._open_step, commit=True)
+            self._open_step = None
+
+    @override
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        if step is None:
+            return super().log_metrics(metrics, step)
+        if self._floor is None:
+            self._floor = logged_wandb_step(self._run_dir)
+            if self._floor >= 0:
+                log.info("W&B run %s already holds steps up to %d: rows before it are not logged again",
+                         self.version, self._floor)
+        if step < self._floor:
+            if self.fitting:
+                return
+            step = self._floor
+        from lightning_fabric.utilities.logger import _add_prefix
+
+        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        self.experiment.log({**metrics, "trainer/global_step": step}, step=step, commit=False)
+        self._open_step = step
+        record_wandb_step(self._run_dir, step)  # a few bytes per logged row (every log_every_n_steps steps)
 
 
 class PlatformProgressBar(TQDMProgressBar):

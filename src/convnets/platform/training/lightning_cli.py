@@ -27,12 +27,12 @@ from typing_extensions import override
 
 from convnets.data_pipelines.loading.datamodule import ShardDataModule
 from convnets.errors import ConfigError, ConvnetsInputError
-from convnets.platform.training.callbacks import platform_callbacks
+from convnets.platform.training.callbacks import RunWandbLogger, platform_callbacks
 from convnets.platform.training.checkpoint_io import with_atomic_io
 from convnets.platform.training.module import ClassifierModule
 from convnets.platform.training.rank_watchdog import RankWatchdog, ddp_strategy
 from convnets.platform.training.sigterm_sync import SigtermSync
-from convnets.platform.training.tracking import run_wandb_id, wandb_logger, wandb_offline
+from convnets.platform.training.tracking import run_wandb_id, wandb_offline, wandb_settings
 
 RUN_NAME_ENV = "CONVNETS_RUN_NAME"  # DDP ranks re-run the command line: they must agree on the folder
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -144,9 +144,9 @@ class ConvnetsCLI(LightningCLI):
         try:
             if trainer_cfg.get("logger") in (None, True):
                 # One W&B run per run folder: resumed fits, requeued jobs and tests append to it.
-                kwargs["logger"] = wandb_logger(project=cfg["wandb_project"], name=run_dir.name, save_dir=str(run_dir),
-                                               offline=wandb_offline(), log_model=False,
-                                               id=run_wandb_id(run_dir), resume="allow")
+                kwargs["logger"] = RunWandbLogger(run_dir=run_dir, project=cfg["wandb_project"], name=run_dir.name,
+                                                  save_dir=str(run_dir), offline=wandb_offline(), log_model=False,
+                                                  id=run_wandb_id(run_dir), resume="allow", settings=wandb_settings())
             return super().instantiate_trainer(**kwargs)
         except Exception:
             # The Trainer refused its arguments (e.g. devices=0): a bad config leaves nothing behind,

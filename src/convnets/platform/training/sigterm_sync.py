@@ -45,6 +45,8 @@ class SigtermSync(pl.Callback):
         if trainer.world_size <= 1 or not hasattr(connector, "_sigterm_notifier_fn") \
                 or not hasattr(loop, "_broadcast_sigterm_tensor"):
             return  # one process, or another Lightning: its own handling stays
+        if any(getattr(c, "handles_sigterm", False) for c in trainer.callbacks):
+            return  # a Slurm job: its preemption hook saves and requeues on SIGTERM (slurm/requeue_signal.py)
 
         def note(signum: int, frame: object) -> None:
             log.info("[rank %d] Received SIGTERM: %d (the ranks stop together within %d steps)",

@@ -54,6 +54,54 @@ def run_wandb_id(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
+WANDB_STEP_FILE = "wandb_step"  # in the run folder: the highest step any process of this run logged to W&B
+# How often W&B's service writes the rows it holds to the run's .wandb file (its default: 15 s). Slurm's
+# SIGTERM reaches that service process too and ends it at once, without writing what it holds: what a
+# run logged in the last WANDB_FLUSH_S before a preemption is lost. One small write a second costs nothing.
+WANDB_FLUSH_S = 1.0
+
+
+def wandb_settings():
+    import wandb
+
+    return wandb.Settings(x_transaction_log_flush_interval=WANDB_FLUSH_S)
+
+
+def logged_wandb_step(run_dir: Path) -> int:
+    """The highest W&B step logged by earlier processes of this run (-1: none)."""
+    path = Path(run_dir) / WANDB_STEP_FILE
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return -1
+
+
+def record_wandb_step(run_dir: Path, step: int) -> None:
+    path = Path(run_dir) / WANDB_STEP_FILE
+    tmp = path.with_name(f"{WANDB_STEP_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(f"{step}\n")
+    os.replace(tmp, path)
+
+
+def finish_wandb() -> None:
+    """Finish this process's W&B run, so its service writes every row it holds before the process goes.
+
+    Called before a requeue or a cancel hands over. If Slurm's SIGTERM already ended the service,
+    there is nothing left to write: say so and carry on (the checkpoint is what matters now).
+    """
+    import logging
+
+    import wandb
+
+    if wandb.run is None:
+        return
+    try:
+        wandb.run.finish()
+    except Exception as exc:  # noqa: BLE001 - the service is gone (SIGTERM); the run's rows up to its last flush are kept
+        logging.getLogger(__name__).warning("W&B run not finished cleanly (%s); rows of its last %.0f s may be missing",
+                                            exc, WANDB_FLUSH_S)
+
+
 def own_wandb_service() -> None:
     """Forget a W&B service address inherited from a parent process (a sweep, a Slurm job, pytest).
 

@@ -1,0 +1,74 @@
+"""The Slurm preemption hook without Slurm: a plain `convnets fit` signalled mid-epoch, then again during
+validation, saves where it stopped each time, and its resumes end bit-equal to an uninterrupted run with one
+history (metrics.json and W&B, read back with W&B's own reader)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from tests.integration.cli_helpers import REPO, convnets
+from tests.wandb_history import history
+
+pytestmark = [pytest.mark.integration, pytest.mark.dali, pytest.mark.slow]
+
+HOOK = ["--trainer.callbacks+=convnets.slurm.requeue_signal.RequeueOnSignal", "--trainer.callbacks.check_every", "1"]
+PROBE = "--trainer.callbacks+=tests.slurm.probes.SignalSelf"
+LOG_EVERY = 50  # the recipe's log_every_n_steps (Lightning's default)
+
+
+def _fit(tmp_path, data, name: str, *extra):
+    return convnets("fit", "--config", REPO / "configs" / "lenet5_digits.yaml", "--data.data_dir", data,
+                    "--runs_dir", tmp_path, "--run_name", name, "--trainer.max_epochs", "2",
+                    "--trainer.log_every_n_steps", LOG_EVERY, "--trainer.enable_progress_bar", "false", *extra,
+                    timeout=600)
+
+
+def _saved_step(result) -> int:
+    return int(re.search(r"signal received after step -?\d+: saved .* at step (\d+)", result.stderr).group(1))
+
+
+def test_signalled_fit_saves_and_resumes_into_one_run(digits_shards, tmp_path):
+    whole = _fit(tmp_path, digits_shards, "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = _fit(tmp_path, digits_shards, "cut", *HOOK, PROBE, "--trainer.callbacks.step", "70")
+    assert first.returncode == 3, first.stderr[-3000:]  # stopped, not finished, not crashed
+    assert "SIGUSR2 received: saved last.ckpt at step 71; to resume, run the same command with --ckpt_path last" \
+        in first.stderr
+    ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == _saved_step(first) == 71
+
+    second = _fit(tmp_path, digits_shards, "cut", *HOOK, PROBE, "--trainer.callbacks.val_batch", "1",
+                  "--ckpt_path", "last")
+    assert second.returncode == 3, second.stderr[-3000:]
+    assert "resumed from" in second.stderr and "at step 71" in second.stderr
+    assert "(during validation)" in second.stderr
+    third = _fit(tmp_path, digits_shards, "cut", *HOOK, "--ckpt_path", "last")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "rerunning the validation of epoch 0" in third.stderr
+
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    b = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"]
+    assert [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])] == []
+
+    # One history: each epoch once, with the same validation numbers as the uninterrupted run.
+    ours, theirs = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("cut", "whole"))
+    assert [h["epoch"] for h in ours["history"]] == [h["epoch"] for h in theirs["history"]] == [0, 1]
+    assert [h["epoch"] for h in ours["val_history"]] == [0, 1]
+    assert [h["val_top1"] for h in ours["val_history"]] == [h["val_top1"] for h in theirs["val_history"]]
+    assert ours["fit_seconds"] > 0
+
+    # W&B, as W&B reads it back: three processes, steps only forward, every row of the uninterrupted run once.
+    runs = history(tmp_path / "cut")
+    rows = [row for rows in runs for row in rows]
+    steps = [row["_step"] for row in rows]
+    assert len(runs) >= 2 and steps == sorted(steps) and len(set(steps)) == len(steps)
+    reference = [row for rows in history(tmp_path / "whole") for row in rows]
+    # Train rows at the same steps with the same losses; each epoch's validation once, with the same numbers
+    # (a validation rerun after a requeue logs one step later than the uninterrupted run did).
+    train = lambda rs: [(r["_step"], r["train_loss"]) for r in rs if "train_loss" in r]
+    val = lambda rs: [(r["epoch"], r["val_top1"], r["val_loss"]) for r in rs if "val_top1" in r]
+    assert train(rows) == train(reference) and val(rows) == val(reference)
