@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast docs setup slurm clean bench-imagenette
+.PHONY: demo test test-fast docs lint format setup slurm clean bench-imagenette
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 slurm:
 	scripts/install_slurm.sh
 
-test: $(STAMP) slurm docs
+test: $(STAMP) lint slurm docs
 	$(BIN)/python -m pytest -q tests --durations=30
 
 # The docs/ pages as a site, --strict: a broken link or anchor fails. Built into a temporary folder
@@ -32,6 +32,15 @@ docs: $(STAMP)
 	if NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$site" >"$$site.log" 2>&1; \
 	then rm -rf "$$site" "$$site.log"; echo "docs: mkdocs build --strict passed"; \
 	else cat "$$site.log"; rm -rf "$$site" "$$site.log"; exit 1; fi
+
+# Ruff's linter and formatter (settings in pyproject.toml); `make format` applies both.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check --quiet src tests scripts
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m "not slow"

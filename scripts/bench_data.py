@@ -8,6 +8,7 @@ Writes OUT_DIR/rep<i>/<kind>-<row>.json (kind: the shard folder's name) for ever
 OUT_DIR/<kind>-<row>.json: the run with the median images/s (median batch) of its row, plus every
 run's rate under "runs". Each run: 2 threads (DALI threads; torch: 2 worker processes), batch 64.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,17 @@ ROWS: dict[str, list[str]] = {
     "dali-inception-uint8": ["--backend", "dali", "--preset", "inception", "--uint8"],
     "dali-inception-jitter": ["--backend", "dali", "--preset", "inception", "--jitter", "0.4"],
     "dali-inception-jitter-uint8": ["--backend", "dali", "--preset", "inception", "--jitter", "0.4", "--uint8"],
-    "dali-inception-jitter-bc-uint8": ["--backend", "dali", "--preset", "inception", "--jitter", "0.4", "0.4", "0",
-                                       "--uint8"],
+    "dali-inception-jitter-bc-uint8": [
+        "--backend",
+        "dali",
+        "--preset",
+        "inception",
+        "--jitter",
+        "0.4",
+        "0.4",
+        "0",
+        "--uint8",
+    ],
     "dali-alexnet": ["--backend", "dali", "--preset", "alexnet"],
     "dali-alexnet-uint8": ["--backend", "dali", "--preset", "alexnet", "--uint8"],
     "torch-inception": ["--backend", "torch", "--preset", "inception"],

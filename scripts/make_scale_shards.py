@@ -15,6 +15,7 @@ scale), not 1.28 M JPEG encodes.
 The labels are synthetic (the same photo carries several labels): accuracy on these shards means
 nothing. The manifest's `source` field and OUT/README.txt say so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,7 @@ from functools import partial
 from pathlib import Path
 
 from convnets.data_pipelines.shards.format import IMAGE_EXTS
-from convnets.data_pipelines.shards.sources import (Encoding, Sample, check_reencode, list_images,
-                                                    read_image_file)
+from convnets.data_pipelines.shards.sources import Encoding, Sample, check_reencode, list_images, read_image_file
 from convnets.data_pipelines.shards.writer import atomic_write_bytes, write_shards
 
 log = logging.getLogger("make_scale_shards")
@@ -79,24 +79,32 @@ class ScaleSource:
     def description(self) -> str:
         # The manifest's free-form field: whoever opens the manifest reads what these shards are.
         size = f"resized to {self.resize} px, " if self.resize else ""
-        return (f"{WARNING}. {len(self.photos)} real photos from {self.folder} ({size}JPEG q{self.quality}) repeated "
-                f"to {', '.join(f'{n} {s}' for s, n in self.counts.items())} samples, labels i mod {self.num_classes}")
+        return (
+            f"{WARNING}. {len(self.photos)} real photos from {self.folder} ({size}JPEG q{self.quality}) repeated "
+            f"to {', '.join(f'{n} {s}' for s, n in self.counts.items())} samples, labels i mod {self.num_classes}"
+        )
 
     def splits(self) -> dict[str, list[Sample]]:
         out, offset, n_photos = {}, 0, len(self.photos)
         for split, count in self.counts.items():
             # Splits continue the numbering, so val's photo/label pairs follow on from train's.
-            out[split] = [Sample(key=f"{self.photos[(offset + i) % n_photos].name}#{split}{i}",
-                                 label=(offset + i) % self.num_classes,
-                                 read=partial(operator.getitem, self.encoded, (offset + i) % n_photos))
-                          for i in range(count)]
+            out[split] = [
+                Sample(
+                    key=f"{self.photos[(offset + i) % n_photos].name}#{split}{i}",
+                    label=(offset + i) % self.num_classes,
+                    read=partial(operator.getitem, self.encoded, (offset + i) % n_photos),
+                )
+                for i in range(count)
+            ]
             offset += count
         return out
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     cores = len(os.sched_getaffinity(0))
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("out", type=Path, help="output folder (train/ and val/ splits)")
     p.add_argument("--from", dest="source", type=Path, required=True, help="folder of real photos")
     p.add_argument("--samples", type=int, default=1_281_167, help="train samples (default: ImageNet's 1,281,167)")
@@ -126,20 +134,38 @@ def main(argv: list[str] | None = None) -> int:
     photos = find_photos(args.source)
     encoding = Encoding(resize=args.resize, quality=args.quality, rgb_jpeg=True)  # as `convnets shards imagenet`
     encoded = encode_photos(photos, encoding, workers=args.workers)
-    log.info("%d photos re-encoded in %.1f s (%.1f KB on average)", len(photos), time.perf_counter() - start,
-             sum(len(b) for b, _ in encoded) / len(encoded) / 1e3)
+    log.info(
+        "%d photos re-encoded in %.1f s (%.1f KB on average)",
+        len(photos),
+        time.perf_counter() - start,
+        sum(len(b) for b, _ in encoded) / len(encoded) / 1e3,
+    )
     counts = {"train": args.samples, **({"val": args.val_samples} if args.val_samples else {})}
-    source = ScaleSource(photos=photos, encoded=encoded, counts=counts, num_classes=args.classes, resize=args.resize,
-                         quality=args.quality, folder=args.source)
+    source = ScaleSource(
+        photos=photos,
+        encoded=encoded,
+        counts=counts,
+        num_classes=args.classes,
+        resize=args.resize,
+        quality=args.quality,
+        folder=args.source,
+    )
     log.warning(WARNING)
     manifests = write_shards(source, args.out, shard_size=args.shard_size, workers=args.workers)
-    atomic_write_bytes(args.out / "README.txt", (f"{WARNING}.\n\n{source.description}.\n"
-                                                 f"Written by scripts/make_scale_shards.py.\n").encode("utf-8"))
+    atomic_write_bytes(
+        args.out / "README.txt",
+        (f"{WARNING}.\n\n{source.description}.\nWritten by scripts/make_scale_shards.py.\n").encode(),
+    )
     seconds = time.perf_counter() - start
     total = sum(m.num_samples for m in manifests.values())
-    log.info("%s: %s in %.1f s (%.0f samples/s, %d workers)", args.out,
-             ", ".join(f"{s} {m.num_samples} samples in {len(m.shards)} shards" for s, m in manifests.items()),
-             seconds, total / seconds, args.workers)
+    log.info(
+        "%s: %s in %.1f s (%.0f samples/s, %d workers)",
+        args.out,
+        ", ".join(f"{s} {m.num_samples} samples in {len(m.shards)} shards" for s, m in manifests.items()),
+        seconds,
+        total / seconds,
+        args.workers,
+    )
     log.warning(WARNING)
     return 0
 

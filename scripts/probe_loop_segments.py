@@ -8,6 +8,7 @@ module's hooks and between the bare step's forward, backward and optimizer.
 Segments are medians over the timed steps, so they need not add up to the whole step exactly.
 A diagnostic for the loop-overhead notes in docs/benchmarks.md, not a benchmark with a target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,8 +110,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    cfg = bench.ModelBench(arch=args.arch, batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                           device="cpu", num_classes=1000)
+    cfg = bench.ModelBench(
+        arch=args.arch,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        device="cpu",
+        num_classes=1000,
+    )
     batch = bench.synthetic_batch(cfg.batch, get_model_info(cfg.arch).input_size, cfg.num_classes, cfg.torch_device)
     timer = Stamps(cfg, StampedBare(cfg, batch, bench.interleaved_steps(cfg)))
     torch.manual_seed(0)
@@ -124,8 +132,9 @@ def main() -> None:
         out[label] = 1e3 * statistics.median(y - x for x, y in pairs)
     # Between steps: the end of one Lightning step (after any bare block) to the start of the next one.
     between = list(zip(MARKS["L_resume"], MARKS["L_start"][1:]))[w:]
-    out["Lightning: batch end -> next batch start (checkpoint hooks, logger, fetch)"] = \
-        1e3 * statistics.median(y - x for x, y in between)
+    out["Lightning: batch end -> next batch start (checkpoint hooks, logger, fetch)"] = 1e3 * statistics.median(
+        y - x for x, y in between
+    )
     lightning_step = list(zip(MARKS["L_start"], MARKS["L_end"]))[w:]
     out["Lightning: whole step, batch start -> batch end"] = 1e3 * statistics.median(y - x for x, y in lightning_step)
     bare_step = list(zip(MARKS["B_in"], MARKS["B_out"]))[w:]
@@ -134,9 +143,19 @@ def main() -> None:
     for label, ms in out.items():
         print(f"{label.ljust(width)}  {ms:8.3f} ms")
     if args.json:
-        args.json.write_text(json.dumps({"segments_ms": out, **vars(args), "json": str(args.json),
-                                         "hardware": bench.hardware(cfg.torch_device),
-                                         "versions": bench.runtime_versions()}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "segments_ms": out,
+                    **vars(args),
+                    "json": str(args.json),
+                    "hardware": bench.hardware(cfg.torch_device),
+                    "versions": bench.runtime_versions(),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures: where the real shared data lives, and skips when it is absent."""
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,8 @@ def shared_data(sub: str) -> Path:
 @pytest.fixture(scope="session")
 def digits_shards(tmp_path_factory) -> Path:
     """sklearn's real digits written as shards once per test session (about a second)."""
-    from convnets.data_pipelines.shards.writer import write_shards
     from convnets.data_pipelines.shards.sources import DigitsSource
+    from convnets.data_pipelines.shards.writer import write_shards
 
     out = tmp_path_factory.mktemp("digits_shards")
     write_shards(DigitsSource(), out, shard_size=300, seed=0)
@@ -71,8 +72,8 @@ def imagenette_small_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def imagenette_small_shards(imagenette_small_tree, tmp_path_factory) -> Path:
     """The small tree as shards (read in place)."""
-    from convnets.data_pipelines.shards.writer import write_shards
     from convnets.data_pipelines.shards.sources import ImageFolderSource
+    from convnets.data_pipelines.shards.writer import write_shards
 
     tree = imagenette_small_tree
     out = tmp_path_factory.mktemp("imagenette_small_shards")

@@ -6,6 +6,7 @@ bool(), .tolist(), .cpu(), .numpy(), .nonzero(), boolean-mask indexing); on CUDA
 sync debug mode ("warn") reports what the driver sees. Run as a script it fits once and prints
 a JSON report (the GPU test runs it in a child process, as the NCCL world-size-1 DDP run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ class SyncRecorder(pl.Callback):
     def note(self, what: str) -> None:
         if self._active:
             frames = [f for f in traceback.extract_stack()[:-2] if "sync_probe" not in f.filename]
-            where = next((f"{f.filename}:{f.lineno}" for f in reversed(frames) if "/convnets/" in f.filename),
-                         f"{frames[-1].filename}:{frames[-1].lineno}")
+            where = next(
+                (f"{f.filename}:{f.lineno}" for f in reversed(frames) if "/convnets/" in f.filename),
+                f"{frames[-1].filename}:{frames[-1].lineno}",
+            )
             self.events.append(f"{what} at {where}")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -61,6 +64,7 @@ def cpu_spy(recorder: SyncRecorder):
         def spied(self, *args, **kwargs):
             recorder.note(f"Tensor.{name}")
             return fn(self, *args, **kwargs)
+
         return spied
 
     def spied_getitem(self, index):
@@ -99,8 +103,18 @@ def cuda_sync_warnings(recorder: SyncRecorder):
             warnings.showwarning = previous
 
 
-def fit_and_record(*, arch: str, norm: str | None, device: str, strategy: str, precision: str,
-                   channels_last: bool, run_dir, steps: int = 6, epochs: int = 2) -> dict:
+def fit_and_record(
+    *,
+    arch: str,
+    norm: str | None,
+    device: str,
+    strategy: str,
+    precision: str,
+    channels_last: bool,
+    run_dir,
+    steps: int = 6,
+    epochs: int = 2,
+) -> dict:
     """Fit `epochs` epochs of `steps` synthetic steps (the last one padded); report syncs and throughput."""
     from convnets.models import get_model_info
     from convnets.platform.bench.model import SyntheticBatches, synthetic_batch
@@ -115,18 +129,34 @@ def fit_and_record(*, arch: str, norm: str | None, device: str, strategy: str, p
     module = ClassifierModule(arch=arch, num_classes=10, norm=norm, perf=PerfConfig(channels_last=channels_last))
     recorder = SyncRecorder()
     callbacks = [recorder, *platform_callbacks(run_dir, {"probe": "sync"}, progress_bar=False)]
-    trainer = pl.Trainer(accelerator="gpu" if dev.type == "cuda" else "cpu", devices=1, strategy=strategy,
-                         precision=precision, max_epochs=epochs, limit_val_batches=0, num_sanity_val_steps=0,
-                         callbacks=callbacks, logger=False, enable_progress_bar=False, log_every_n_steps=1000,
-                         default_root_dir=str(run_dir), enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="gpu" if dev.type == "cuda" else "cpu",
+        devices=1,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=epochs,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        log_every_n_steps=1000,
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+    )
     guard = cpu_spy(recorder) if dev.type == "cpu" else cuda_sync_warnings(recorder)
     with guard:
         trainer.fit(module, train_dataloaders=SyntheticBatches(full, steps, last=padded))
     monitor = next(c for c in trainer.callbacks if isinstance(c, ThroughputMonitor))
     trained_on = str(next(iter(recorder.devices), "none"))
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
-    return {"syncs": recorder.events, "throughput": monitor.last, "backend": backend,
-            "global_step": trainer.global_step, "device": trained_on}
+    return {
+        "syncs": recorder.events,
+        "throughput": monitor.last,
+        "backend": backend,
+        "global_step": trainer.global_step,
+        "device": trained_on,
+    }
 
 
 def main() -> None:
@@ -140,8 +170,15 @@ def main() -> None:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--out", required=True)
     a = parser.parse_args()
-    report = fit_and_record(arch=a.arch, norm=a.norm, device=a.device, strategy=a.strategy, precision=a.precision,
-                            channels_last=a.channels_last, run_dir=a.run_dir)
+    report = fit_and_record(
+        arch=a.arch,
+        norm=a.norm,
+        device=a.device,
+        strategy=a.strategy,
+        precision=a.precision,
+        channels_last=a.channels_last,
+        run_dir=a.run_dir,
+    )
     with open(a.out, "w") as f:
         json.dump(report, f, indent=2)
 

@@ -1,4 +1,5 @@
 """A run's W&B history read back with W&B's own reader (`wandb leet inspect --json` over each .wandb log)."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,13 @@ from pathlib import Path
 
 
 def records(log: Path) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log)],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 

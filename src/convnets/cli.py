@@ -17,6 +17,7 @@ full tracebacks; by default the console holds the platform's own lines.
 
 Exit codes: 0 success, 2 bad input or configuration (one line on stderr), 1 failure during a run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,20 +46,29 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     from convnets.platform.experiments.demo import add_demo_arguments
     from convnets.platform.experiments.sweep import add_sweep_subcommands
 
-    parser = argparse.ArgumentParser(prog="convnets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show what third-party libraries print, and full tracebacks (as CONVNETS_DEBUG=1)")
+    parser = argparse.ArgumentParser(
+        prog="convnets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show what third-party libraries print, and full tracebacks (as CONVNETS_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI `{name}` (see `convnets {name} --help`)", add_help=False)
     models = sub.add_parser("models", help="list registered models with parameters and GFLOPs")
     models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     models.add_argument("--num-classes", type=int, default=1000, help="classes for the counts (default 1000)")
-    add_demo_arguments(sub.add_parser("demo", help="train LeNet-5 on real digits end to end",
-                                      formatter_class=argparse.RawDescriptionHelpFormatter))
+    add_demo_arguments(
+        sub.add_parser(
+            "demo", help="train LeNet-5 on real digits end to end", formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+    )
     add_shards_subcommands(sub)
     sweeps = sub.add_parser("sweep", help="train a family of variants and tabulate them").add_subparsers(
-        dest="sweep_command", metavar="SWEEP", required=True)
+        dest="sweep_command", metavar="SWEEP", required=True
+    )
     add_sweep_subcommands(sweeps)
     from convnets.slurm.request import add_slurm_arguments
 
@@ -66,8 +76,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     from convnets.slurm.cli import add_slurm_commands
 
     add_slurm_commands(sub)
-    add_bench_subcommands(sub.add_parser("bench", help="benchmarks: JSON + a table").add_subparsers(
-        dest="bench_command", metavar="BENCH", required=True))
+    add_bench_subcommands(
+        sub.add_parser("bench", help="benchmarks: JSON + a table").add_subparsers(
+            dest="bench_command", metavar="BENCH", required=True
+        )
+    )
     _add_evaluation_subcommands(sub, command)
     return parser
 
@@ -133,7 +146,6 @@ def _dispatch(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     from convnets.platform.training.failures import exit_code, failure_summary, one_line
     from convnets.platform.training.tracking import own_wandb_service
-
     from convnets.utils.console import DEBUG_ENV, quiet_console, verbose
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

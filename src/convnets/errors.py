@@ -6,6 +6,7 @@ message and exits 2; every other exception is a failure during the run (exit 1, 
 traceback). Plain ValueError is deliberately not enough: torch and torchmetrics raise ValueError
 for shape mismatches deep inside a model, and those are bugs to debug, not input to fix.
 """
+
 from __future__ import annotations
 
 

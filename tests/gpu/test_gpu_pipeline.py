@@ -1,4 +1,5 @@
 """GPU path of the one DALI graph (nvJPEG `mixed` decoding) and a 1-GPU fit. Device machine only."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,9 @@ from convnets.data_pipelines.loading.augment import InputSpec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.dali]
 
-SMALL_RGB = InputSpec(channels=3, image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_fraction=0.875)
+SMALL_RGB = InputSpec(
+    channels=3, image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_fraction=0.875
+)
 
 
 def _val_batch(shards, device):
@@ -35,11 +38,38 @@ def test_one_gpu_nccl_ddp_fit_from_shards(imagenette_small_shards, tmp_path):
 
     from tests.integration.cli_helpers import convnets
 
-    common = ["--config", "alexnet_small_imagenette", "--data.data_dir", imagenette_small_shards,
-              "--runs_dir", tmp_path, "--run_name", "gpu", "--trainer.accelerator", "gpu", "--trainer.devices", "1",
-              "--trainer.logger", "false", "--data.batch_size", "16", "--data.device", "gpu"]
-    fit = convnets("fit", *common, "--trainer.strategy", "ddp", "--trainer.max_epochs", "2",
-                   "--trainer.precision", "bf16-mixed", "--model.perf.channels_last", "true")
+    common = [
+        "--config",
+        "alexnet_small_imagenette",
+        "--data.data_dir",
+        imagenette_small_shards,
+        "--runs_dir",
+        tmp_path,
+        "--run_name",
+        "gpu",
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--data.batch_size",
+        "16",
+        "--data.device",
+        "gpu",
+    ]
+    fit = convnets(
+        "fit",
+        *common,
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--model.perf.channels_last",
+        "true",
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     test = convnets("test", *common, "--ckpt_path", tmp_path / "gpu" / "checkpoints" / "last.ckpt")
     assert test.returncode == 0, test.stderr[-3000:]

@@ -2,6 +2,7 @@
 
 Each fit runs in a child process (a process group cannot be torn down cleanly inside pytest).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,18 @@ pytestmark = pytest.mark.gpu
 
 def _probe(tmp_path, *args: str) -> dict:
     out = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "tests.sync_probe", "--run-dir", str(tmp_path / "run"),
-                             "--out", str(out), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.sync_probe", "--run-dir", str(tmp_path / "run"), "--out", str(out), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(out.read_text())
 

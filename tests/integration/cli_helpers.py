@@ -1,4 +1,5 @@
 """Run the real `convnets` command in a child process, as a user would."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 def convnets(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("CONVNETS_RUN_NAME", None)
-    return subprocess.run([sys.executable, "-m", "convnets.cli", *map(str, args)], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "convnets.cli", *map(str, args)],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def last_line(text: str) -> str:

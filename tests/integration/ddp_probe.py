@@ -3,6 +3,7 @@
 Lightning's "ddp" strategy re-executes this script for rank 1, exactly as `convnets fit` is
 re-executed in real runs. Usage: python ddp_probe.py SHARD_DIR OUT_DIR EPOCHS BATCH
 """
+
 from __future__ import annotations
 
 import json
@@ -43,9 +44,18 @@ class Probe(pl.LightningModule):
 def main() -> None:
     shards, out, epochs, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     out.mkdir(parents=True, exist_ok=True)
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=epochs, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        enable_model_summary=False,
+    )
     data = ShardDataModule(data_dir=str(shards), batch_size=batch, num_threads=1, preset="pad", seed=3)
     trainer.fit(Probe(out), datamodule=data)
 

@@ -1,4 +1,5 @@
 """Callbacks that fail a real run the way real runs fail (used by test_exit_codes through --trainer.callbacks)."""
+
 from __future__ import annotations
 
 import pytorch_lightning as pl

@@ -1,4 +1,5 @@
 """Callbacks the resume test passes to the real `convnets fit` through --trainer.callbacks."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,13 @@ class IndexRecorder(pl.Callback):
         self.path = Path(path)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        record = {"step": trainer.global_step, "epoch": trainer.current_epoch,
-                  "index": batch["index"][batch["valid"]].tolist(), "batch": len(batch["valid"]),
-                  "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+        record = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "index": batch["index"][batch["valid"]].tolist(),
+            "batch": len(batch["valid"]),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+        }
         rank = trainer.global_rank
         path = self.path if rank == 0 else self.path.with_suffix(f".rank{rank}.jsonl")
         with path.open("a") as f:

@@ -1,5 +1,6 @@
 """`convnets bench data` on tiny real shards: every backend runs and reports what a reader of the
 README table needs (rate, n, CPU model, versions); a wrong folder is one line, exit code 2."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,28 @@ pytestmark = [pytest.mark.integration, pytest.mark.dali]
 def test_each_backend_reports_images_per_second(imagenette_small_shards, tmp_path, capsys, backend):
     out = tmp_path / f"{backend}.json"
     # The folder of splits: the train split is used.
-    code = main(["bench", "data", "--shards", str(imagenette_small_shards), "--backend", backend, "--threads", "1",
-                 "--batch", "8", "--seconds", "0.3", "--warmup", "1", "--image-size", "64", "--json", str(out)])
+    code = main(
+        [
+            "bench",
+            "data",
+            "--shards",
+            str(imagenette_small_shards),
+            "--backend",
+            backend,
+            "--threads",
+            "1",
+            "--batch",
+            "8",
+            "--seconds",
+            "0.3",
+            "--warmup",
+            "1",
+            "--image-size",
+            "64",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     r = json.loads(out.read_text())
     assert r["backend"] == backend and r["shards"].endswith("train") and r["batch"] == 8 and r["threads"] == 1

@@ -1,4 +1,5 @@
 """scripts/make_scale_shards.py on a small count, and `convnets bench epoch` on the CPU over its tiny split."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ SCRIPT = REPO / "scripts" / "make_scale_shards.py"
 
 def _script(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,21 @@ def photos(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def scale(photos, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("scale") / "shards"
-    result = _script(out, "--from", photos[0].parent, "--samples", TRAIN, "--val-samples", VAL, "--resize", 256,
-                     "--shard-size", 10, "--workers", 2)
+    result = _script(
+        out,
+        "--from",
+        photos[0].parent,
+        "--samples",
+        TRAIN,
+        "--val-samples",
+        VAL,
+        "--resize",
+        256,
+        "--shard-size",
+        10,
+        "--workers",
+        2,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -99,9 +114,29 @@ def test_scale_shards_refuse_a_missing_photo_folder_in_one_line(tmp_path):
 @pytest.mark.dali
 def test_bench_epoch_on_cpu_counts_every_image_and_accounts_for_the_wall_time(scale, tmp_path):
     out, _ = scale
-    result = convnets("bench", "epoch", "--shards", out, "--recipe", "alexnet_small_imagenette", "--arch",
-                      "alexnet_small", "--batch", 8, "--epochs", 2, "--val", "--test-crops", 10, "--device", "cpu",
-                      "--blocks", 3, "--json", tmp_path / "epoch.json")
+    result = convnets(
+        "bench",
+        "epoch",
+        "--shards",
+        out,
+        "--recipe",
+        "alexnet_small_imagenette",
+        "--arch",
+        "alexnet_small",
+        "--batch",
+        8,
+        "--epochs",
+        2,
+        "--val",
+        "--test-crops",
+        10,
+        "--device",
+        "cpu",
+        "--blocks",
+        3,
+        "--json",
+        tmp_path / "epoch.json",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads((tmp_path / "epoch.json").read_text())
     phases = r["phases"]
@@ -121,20 +156,45 @@ def test_bench_epoch_on_cpu_counts_every_image_and_accounts_for_the_wall_time(sc
     recipe = yaml.safe_load((REPO / "src/convnets/configs/alexnet_small_imagenette.yaml").read_text())
     p = r["projection"]
     assert p["epochs"] == recipe["trainer"]["max_epochs"] and p["train_images"] == 1_281_167
-    assert p["train_images_per_s"] == pytest.approx((phases["steady"]["images"] + phases["tail"]["images"])
-                                                    / (phases["steady"]["seconds"] + phases["tail"]["seconds"]))
-    assert p["total_s"] == pytest.approx(project_recipe(
-        epochs=p["epochs"], train_images=1_281_167, train_images_per_s=p["train_images_per_s"], val_images=50_000,
-        val_images_per_s=phases["validation"]["images_per_s"], startup_s=phases["startup"]["seconds"])["total_s"])
+    assert p["train_images_per_s"] == pytest.approx(
+        (phases["steady"]["images"] + phases["tail"]["images"])
+        / (phases["steady"]["seconds"] + phases["tail"]["seconds"])
+    )
+    assert p["total_s"] == pytest.approx(
+        project_recipe(
+            epochs=p["epochs"],
+            train_images=1_281_167,
+            train_images_per_s=p["train_images_per_s"],
+            val_images=50_000,
+            val_images_per_s=phases["validation"]["images_per_s"],
+            startup_s=phases["startup"]["seconds"],
+        )["total_s"]
+    )
     assert "| alexnet_small |" in result.stdout and "8 GPUs (linear)" in result.stdout
 
 
 @pytest.mark.dali
 def test_bench_epoch_data_only_reads_every_image_of_each_epoch_through_the_fits_loader(scale, tmp_path):
     out, _ = scale
-    result = convnets("bench", "epoch", "--shards", out, "--recipe", "alexnet_small_imagenette", "--arch",
-                      "alexnet_small", "--batch", 8, "--epochs", 2, "--data-only", "--device", "cpu",
-                      "--json", tmp_path / "data.json")
+    result = convnets(
+        "bench",
+        "epoch",
+        "--shards",
+        out,
+        "--recipe",
+        "alexnet_small_imagenette",
+        "--arch",
+        "alexnet_small",
+        "--batch",
+        8,
+        "--epochs",
+        2,
+        "--data-only",
+        "--device",
+        "cpu",
+        "--json",
+        tmp_path / "data.json",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads((tmp_path / "data.json").read_text())
     assert r["mode"] == "data" and r["data_device"] == "cpu" and r["num_threads"] == 2  # the recipe's threads
@@ -147,7 +207,23 @@ def test_bench_epoch_names_a_bad_recipe_or_fit_flag_in_one_line(scale):
     out, _ = scale
     bad = convnets("bench", "epoch", "--shards", out, "--recipe", "nope")
     assert bad.returncode == 2 and last_line(bad.stderr).startswith("convnets: error: --recipe nope: no such file")
-    flag = convnets("bench", "epoch", "--shards", out, "--recipe", "alexnet_small_imagenette", "--arch", "alexnet_small",
-                    "--device", "cpu", "--", "--data.nonsense", "1")
+    flag = convnets(
+        "bench",
+        "epoch",
+        "--shards",
+        out,
+        "--recipe",
+        "alexnet_small_imagenette",
+        "--arch",
+        "alexnet_small",
+        "--device",
+        "cpu",
+        "--",
+        "--data.nonsense",
+        "1",
+    )
     assert flag.returncode == 2
-    assert last_line(flag.stderr) == "convnets: error: bench epoch: the fit refused its flags: unrecognized arguments: --data.nonsense 1"
+    assert (
+        last_line(flag.stderr)
+        == "convnets: error: bench epoch: the fit refused its flags: unrecognized arguments: --data.nonsense 1"
+    )

@@ -1,4 +1,5 @@
 """Bad input through the real command: one line naming the culprit, exit code 2, no traceback."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,22 @@ CONFIG = REPO / "configs" / "lenet5_digits.yaml"
 
 
 def fit(data_dir, tmp_path, *extra):
-    return convnets("fit", "--config", CONFIG, "--data.data_dir", data_dir, "--runs_dir", tmp_path / "runs",
-                    "--run_name", "r", "--trainer.max_epochs", "1", "--trainer.logger", "false", *extra)
+    return convnets(
+        "fit",
+        "--config",
+        CONFIG,
+        "--data.data_dir",
+        data_dir,
+        "--runs_dir",
+        tmp_path / "runs",
+        "--run_name",
+        "r",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.logger",
+        "false",
+        *extra,
+    )
 
 
 def assert_one_line_error(result, *needles):
@@ -50,7 +65,7 @@ def test_corrupt_image(digits_shards, tmp_path):
     shard = index.shard_paths[int(index.shard_id[0])]
     raw = bytearray(shard.read_bytes())
     start, size = int(index.img_offset[0]), int(index.img_size[0])
-    raw[start: start + size] = b"\xff" * size
+    raw[start : start + size] = b"\xff" * size
     shard.write_bytes(bytes(raw))
     assert_one_line_error(fit(data, tmp_path), shard.name, index.key(0), "cannot decode")
 

@@ -4,6 +4,7 @@ The val images are real Imagenette photos stored as PNGs whose shorter side is a
 model's resize (73 px for 64 px crops): decoding is lossless and the pipeline's resize is the
 identity, so numpy slicing of the stored pixels gives exactly what the network must see.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,20 +42,41 @@ def _png_tree(root: Path, tree: Path) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint, shards): alexnet_small (BatchNorm, dropout 0.2) trained 4 epochs on 36 real images."""
-    from convnets.data_pipelines.shards.writer import write_shards
     from convnets.data_pipelines.shards.sources import ImageFolderSource
+    from convnets.data_pipelines.shards.writer import write_shards
 
     base = tmp_path_factory.mktemp("evaluate")
     _png_tree(shared_data("imagenette"), base / "tree")
     write_shards(ImageFolderSource(root=base / "tree"), base / "shards", shard_size=10, seed=0)
-    fit = convnets("fit", "--config", "alexnet_small_imagenette_fast", "--data.data_dir", base / "shards",
-                   "--runs_dir", base / "runs", "--run_name", "r", "--trainer.logger", "false",
-                   "--trainer.max_epochs", "4", "--data.batch_size", "12", "--model.optim.lr", "0.05",
-                   "--model.optim.warmup_epochs", "1", "--trainer.check_val_every_n_epoch", "4",
-                   # Smoothed targets keep the softmax off 0/1 whatever the draws: on a saturated network
-                   # a wrong crop or logit averaging would hide below the comparison's tolerance.
-                   "--model.optim.label_smoothing", "0.3",
-                   "--trainer.enable_progress_bar", "false")
+    fit = convnets(
+        "fit",
+        "--config",
+        "alexnet_small_imagenette_fast",
+        "--data.data_dir",
+        base / "shards",
+        "--runs_dir",
+        base / "runs",
+        "--run_name",
+        "r",
+        "--trainer.logger",
+        "false",
+        "--trainer.max_epochs",
+        "4",
+        "--data.batch_size",
+        "12",
+        "--model.optim.lr",
+        "0.05",
+        "--model.optim.warmup_epochs",
+        "1",
+        "--trainer.check_val_every_n_epoch",
+        "4",
+        # Smoothed targets keep the softmax off 0/1 whatever the draws: on a saturated network
+        # a wrong crop or logit averaging would hide below the comparison's tolerance.
+        "--model.optim.label_smoothing",
+        "0.3",
+        "--trainer.enable_progress_bar",
+        "false",
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     return base / "runs" / "r" / "checkpoints" / "last.ckpt", base / "shards"
 
@@ -76,7 +98,9 @@ def evaluated(trained, tmp_path_factory):
 def _evaluate(ckpt: Path, shards: Path, out: Path, **kw) -> tuple[dict, dict]:
     from convnets.platform.evaluation.evaluate import EvalConfig, evaluate
 
-    result = evaluate(EvalConfig(ckpt=ckpt, data=shards, split="val", out=out, wandb=False, batch=8, num_threads=1, **kw))
+    result = evaluate(
+        EvalConfig(ckpt=ckpt, data=shards, split="val", out=out, wandb=False, batch=8, num_threads=1, **kw)
+    )
     return result, dict(np.load(out / "predictions.npz"))
 
 
@@ -84,9 +108,8 @@ def _hand_crops(shards: Path, mean, std) -> tuple[torch.Tensor, np.ndarray]:
     """(N, 10, 3, 64, 64) crops cut by numpy slicing, in sample order, and the labels."""
     from PIL import Image
 
-    from convnets.data_pipelines.shards.format import read_labels
+    from convnets.data_pipelines.shards.format import load_sample_index, read_labels
     from convnets.data_pipelines.shards.reader import ShardFiles
-    from convnets.data_pipelines.shards.format import load_sample_index
 
     index = load_sample_index(shards / "val")
     files = ShardFiles(index)
@@ -97,7 +120,9 @@ def _hand_crops(shards: Path, mean, std) -> tuple[torch.Tensor, np.ndarray]:
         h, w = x.shape[:2]
         assert min(h, w) == SIDE
         # anchor = position x (side - crop), rounded half up (DALI's convention): centre of 9 spare px -> 5
-        crops = [x[int(py * (h - CROP) + 0.5):][:CROP, int(px * (w - CROP) + 0.5):][:, :CROP] for px, py in CROP_POSITIONS]
+        crops = [
+            x[int(py * (h - CROP) + 0.5) :][:CROP, int(px * (w - CROP) + 0.5) :][:, :CROP] for px, py in CROP_POSITIONS
+        ]
         crops += [c[:, ::-1] for c in crops]
         out.append(np.stack(crops).transpose(0, 3, 1, 2))
     files.close()
@@ -119,8 +144,12 @@ def test_multi_crop_equals_crops_cut_by_hand(trained, evaluated):
     crops, labels = _hand_crops(shards, spec.mean, spec.std)
     with torch.no_grad():
         logits = module(crops.flatten(0, 1)).view(len(crops), 10, -1)
-    cases = {(1, "softmax"): [0], (5, "softmax"): list(range(5)), (10, "softmax"): list(range(10)),
-             (10, "logits"): list(range(10))}
+    cases = {
+        (1, "softmax"): [0],
+        (5, "softmax"): list(range(5)),
+        (10, "softmax"): list(range(10)),
+        (10, "logits"): list(range(10)),
+    }
     expected = {key: _probs(logits, which, key[1]) for key, which in cases.items()}
     for (n_crops, average), want in expected.items():
         result, pred = evaluated(crops=n_crops, average=average)
@@ -130,7 +159,9 @@ def test_multi_crop_equals_crops_cut_by_hand(trained, evaluated):
         assert result["n"] == len(want) == 33 and result["crops"] == n_crops
         np.testing.assert_allclose(got, want, atol=2e-5, err_msg=f"{n_crops} crops, {average}")
         assert result["top1"] == pytest.approx(float((want.argmax(1) == labels).mean()), abs=1e-7)
-        assert result["top1_1crop"] == pytest.approx(float((expected[1, "softmax"].argmax(1) == labels).mean()), abs=1e-7)
+        assert result["top1_1crop"] == pytest.approx(
+            float((expected[1, "softmax"].argmax(1) == labels).mean()), abs=1e-7
+        )
     # The comparison can fail: logit averaging, a crop one pixel off, or unmirrored crops differ from the
     # right answer by far more than the tolerance on this trained network.
     assert np.abs(expected[10, "logits"] - expected[10, "softmax"]).max() > 1e-3
@@ -153,8 +184,24 @@ def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, evaluat
     """An uneven split over 2 ranks: the counts and numbers must equal one process's exactly."""
     ckpt, shards = trained
     single, pred1 = evaluated(crops=10, average="softmax")
-    run = convnets("evaluate", "--ckpt", ckpt, "--data", shards / "val", "--devices", "2", "--accelerator", "cpu",
-                   "--batch", str(batch), "--num-threads", "1", "--no-wandb", "--out", tmp_path / "ddp")
+    run = convnets(
+        "evaluate",
+        "--ckpt",
+        ckpt,
+        "--data",
+        shards / "val",
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--batch",
+        str(batch),
+        "--num-threads",
+        "1",
+        "--no-wandb",
+        "--out",
+        tmp_path / "ddp",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "eval.json").read_text())
     assert ddp["world_size"] == 2 and ddp["n"] == single["n"] == 33
@@ -213,9 +260,13 @@ def test_bad_checkpoints_and_shards_are_one_line_errors(trained, tmp_path, capsy
         manifest = json.loads((renamed / split / "manifest.json").read_text())
         manifest["classes"][1] = "not-" + manifest["classes"][1]
         (renamed / split / "manifest.json").write_text(json.dumps(manifest))
-    cases = [(tmp_path / "absent.ckpt", shards, "no such checkpoint"), (truncated, shards, "not a PyTorch checkpoint"),
-             (bare, shards, "not a Lightning checkpoint"), (other, shards, "do not fit model 'alexnet'"),
-             (ckpt, renamed, "class 1 is 'not-")]
+    cases = [
+        (tmp_path / "absent.ckpt", shards, "no such checkpoint"),
+        (truncated, shards, "not a PyTorch checkpoint"),
+        (bare, shards, "not a Lightning checkpoint"),
+        (other, shards, "do not fit model 'alexnet'"),
+        (ckpt, renamed, "class 1 is 'not-"),
+    ]
     for path, data, needle in cases:
         code = main(["evaluate", "--ckpt", str(path), "--data", str(data), "--no-wandb", "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err.strip().splitlines()
@@ -229,8 +280,9 @@ def test_invariance_curves_start_at_the_plain_prediction(trained, evaluated, tmp
     from convnets.platform.analysis.invariance import run_invariance
 
     ckpt, shards = trained
-    result = run_invariance(AnalyzeConfig(ckpt=ckpt, data=shards, samples=12, batch=12, num_threads=1,
-                                          out=tmp_path / "inv", wandb=False))
+    result = run_invariance(
+        AnalyzeConfig(ckpt=ckpt, data=shards, samples=12, batch=12, num_threads=1, out=tmp_path / "inv", wandb=False)
+    )
     _, pred = evaluated(crops=1, average="softmax")
     first = np.argsort(pred["index"])[:12]  # the analysis samples the split's first 12 images
     p_true = np.where(pred["classes"][first] == pred["label"][first][:, None], pred["probs"][first], 0).sum(1)
@@ -249,8 +301,18 @@ def test_layer_probes_cover_every_layer(trained, evaluated, tmp_path):
     from convnets.platform.analysis.probes import run_layer_probes
 
     ckpt, shards = trained
-    result = run_layer_probes(AnalyzeConfig(ckpt=ckpt, data=shards, samples=33, train_samples=36, batch=36,
-                                            num_threads=1, out=tmp_path / "layers", wandb=False))
+    result = run_layer_probes(
+        AnalyzeConfig(
+            ckpt=ckpt,
+            data=shards,
+            samples=33,
+            train_samples=36,
+            batch=36,
+            num_threads=1,
+            out=tmp_path / "layers",
+            wandb=False,
+        )
+    )
     names = [r["layer"] for r in result["layers"]]
     assert names == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
     assert result["layers"][0]["features"] == 48 * 4 and result["layers"][-1]["features"] == 3
@@ -285,7 +347,9 @@ def test_reports_name_classes_as_a_person_does_and_keep_ids_in_the_json(trained,
     ckpt, shards = trained
     named = tmp_path / "shards"
     shutil.copytree(shards, named)
-    words = dict(line.split(" ", 1) for line in (shared_data("imagenet-meta") / "synset_words.txt").read_text().splitlines())
+    words = dict(
+        line.split(" ", 1) for line in (shared_data("imagenet-meta") / "synset_words.txt").read_text().splitlines()
+    )
     for split in ("train", "val"):
         path = named / split / "manifest.json"
         raw = json.loads(path.read_text())
@@ -296,8 +360,10 @@ def test_reports_name_classes_as_a_person_does_and_keep_ids_in_the_json(trained,
     expected = {c: words[c].split(",")[0].strip() for c in classes}  # "tench, Tinca tinca" -> "tench"
     assert "tench" in expected.values()
     assert {r["class"]: r["name"] for r in result["per_class"]} == expected
-    assert all(p["true_name"] == expected[p["true"]] and p["predicted_name"] == expected[p["predicted"]]
-               for p in result["most_confused"])
+    assert all(
+        p["true_name"] == expected[p["true"]] and p["predicted_name"] == expected[p["predicted"]]
+        for p in result["most_confused"]
+    )
     report = (tmp_path / "out" / "eval.md").read_text()
     worst = min(result["per_class"], key=lambda r: r["top1"])
     assert f"| {worst['name']} ({worst['class']})" in report

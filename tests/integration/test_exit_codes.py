@@ -2,6 +2,7 @@
 
 In-process through convnets.cli.main (one Python start for all cases); single-process runs only.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -19,9 +20,24 @@ def run(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("CONVNETS_RUN_NAME", raising=False)
 
     def _run(data_dir, *extra):
-        code = main(["fit", "--config", "lenet5_digits", "--data.data_dir", str(data_dir), "--runs_dir",
-                     str(tmp_path / "runs"), "--run_name", "r", "--trainer.max_epochs", "1",
-                     "--trainer.enable_progress_bar", "false", *map(str, extra)])
+        code = main(
+            [
+                "fit",
+                "--config",
+                "lenet5_digits",
+                "--data.data_dir",
+                str(data_dir),
+                "--runs_dir",
+                str(tmp_path / "runs"),
+                "--run_name",
+                "r",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.enable_progress_bar",
+                "false",
+                *map(str, extra),
+            ]
+        )
         return code, capsys.readouterr().err
 
     return _run
@@ -60,13 +76,21 @@ def test_missing_data_folder_leaves_no_run_folder_nor_wandb_run(run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("callback, summary", [
-    ("ShapeMismatch", "ValueError: Expected input batch_size (2) to match target batch_size (3)"),
-    ("OutOfMemory", "out of memory: lower --data.batch_size"),
-])
+@pytest.mark.parametrize(
+    "callback, summary",
+    [
+        ("ShapeMismatch", "ValueError: Expected input batch_size (2) to match target batch_size (3)"),
+        ("OutOfMemory", "out of memory: lower --data.batch_size"),
+    ],
+)
 def test_failures_during_the_run_exit_1_with_traceback_and_summary(callback, summary, run, digits_shards):
-    code, err = run(digits_shards, "--trainer.logger", "false",
-                    "--trainer.callbacks+", f"tests.integration.failing_callbacks.{callback}")
+    code, err = run(
+        digits_shards,
+        "--trainer.logger",
+        "false",
+        "--trainer.callbacks+",
+        f"tests.integration.failing_callbacks.{callback}",
+    )
     assert code == 1, err[-2000:]
     assert "Traceback (most recent call last)" in err
     line = last_line(err)

@@ -6,6 +6,7 @@ meta.mat whose ILSVRC ids are NOT in sorted-wnid order, a Kaggle csv, a Caffe va
 1,000-class synset_words.txt), and the files real ILSVRC-2012 holds: CMYK, a PNG named .JPEG, grayscale,
 EXIF-rotated, truncated and empty. Expected labels are computed from the file names, independently.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from convnets.data_pipelines.shards.imagenet import ImagenetSource
 from convnets.data_pipelines.shards.format import ShardError, load_sample_index, read_labels, read_manifest
+from convnets.data_pipelines.shards.imagenet import ImagenetSource
 from convnets.data_pipelines.shards.verify import verify_shards
 from convnets.data_pipelines.shards.writer import write_shards
 from tests.conftest import shared_data
@@ -82,14 +83,16 @@ def _write_label_files(root: Path, truth: dict[int, str], wnids: list[str]) -> N
     synsets = np.array(rows, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")])
     savemat(devkit / "meta.mat", {"synsets": synsets})
     (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text(
-        "".join(f"{ids[truth[n]]}\n" for n in range(1, max(truth) + 1)))
+        "".join(f"{ids[truth[n]]}\n" for n in range(1, max(truth) + 1))
+    )
     with open(root / "LOC_val_solution.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageId", "PredictionString"])
         writer.writerows([f"ILSVRC2012_val_{n:08d}", f"{w} 10 20 110 120"] for n, w in sorted(truth.items()))
     real_order = sorted(line.split()[0] for line in (root / "synset_words.txt").read_text().splitlines())
-    (root / "val.txt").write_text("".join(f"ILSVRC2012_val_{n:08d}.JPEG {real_order.index(w)}\n"
-                                          for n, w in sorted(truth.items())))
+    (root / "val.txt").write_text(
+        "".join(f"ILSVRC2012_val_{n:08d}.JPEG {real_order.index(w)}\n" for n, w in sorted(truth.items()))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +126,10 @@ def _expected_label(key: str, ilsvrc: dict) -> int:
     return ilsvrc["wnids"].index(path.parent.name)
 
 
-@pytest.mark.parametrize("label_file", ["ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
-                                        "LOC_val_solution.csv", "val.txt", None])
+@pytest.mark.parametrize(
+    "label_file",
+    ["ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", "LOC_val_solution.csv", "val.txt", None],
+)
 def test_every_sample_gets_its_wnids_sorted_position(ilsvrc: dict, label_file: str | None) -> None:
     root = ilsvrc["root"]
     source = ImagenetSource(root=root, val_labels=None if label_file is None else root / label_file)
@@ -172,8 +177,9 @@ def _stored(split_dir: Path) -> list[tuple[str, bytes, int]]:
     out = []
     for i in range(len(index)):
         with open(index.shard_paths[index.shard_id[i]], "rb") as f:
-            out.append((index.key(i), os.pread(f.fileno(), int(index.img_size[i]), int(index.img_offset[i])),
-                        int(labels[i])))
+            out.append(
+                (index.key(i), os.pread(f.fileno(), int(index.img_size[i]), int(index.img_offset[i])), int(labels[i]))
+            )
     return out
 
 
@@ -207,14 +213,15 @@ def test_shards_hold_original_bytes_with_the_right_labels_and_quirks_fixed(ilsvr
             decoded.append((np.asarray(im).astype(int), label))
     for name, pixels in ilsvrc["quirks"].items():
         if pixels is not None:
-            matches = [label for got, label in decoded
-                       if got.shape == pixels.shape and np.abs(got - pixels).mean() < 4]
+            matches = [label for got, label in decoded if got.shape == pixels.shape and np.abs(got - pixels).mean() < 4]
             assert matches == [ilsvrc["wnids"].index(QUIRKS)], f"{name}: no stored RGB JPEG with its upright pixels"
     manifest = read_manifest(converted / "train")
     assert {Path(s.path).name: s.reason for s in manifest.skipped}.keys() == {"truncated.JPEG", "empty.JPEG"}
     assert "truncated" in {Path(s.path).name: s.reason for s in manifest.skipped}["truncated.JPEG"]
     assert manifest.class_names[manifest.classes.index("n01440764")] == "tench, Tinca tinca"
-    assert manifest.small_images == sum(min(Image.open(io.BytesIO(b)).size) < 224 for _, b, _ in _stored(converted / "train"))
+    assert manifest.small_images == sum(
+        min(Image.open(io.BytesIO(b)).size) < 224 for _, b, _ in _stored(converted / "train")
+    )
 
 
 @pytest.mark.dali
@@ -226,7 +233,7 @@ def test_verify_deep_decodes_with_dali_and_names_a_bad_sample(converted: Path, t
     shard = index.shard_paths[int(index.shard_id[5])]
     data = bytearray(shard.read_bytes())
     start = int(index.img_offset[5])
-    data[start + 200:start + int(index.img_size[5])] = bytes(int(index.img_size[5]) - 200)  # JPEG body zeroed
+    data[start + 200 : start + int(index.img_size[5])] = bytes(int(index.img_size[5]) - 200)  # JPEG body zeroed
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=r"sha256 .* differs"):
         verify_shards(split_dir)
@@ -246,8 +253,10 @@ def test_labels_file_is_checked_against_the_cls_members_and_names_a_bad_label(co
     split_dir = shutil.copytree(converted / "val", tmp_path / "val")
     manifest = read_manifest(split_dir)
     labels = np.load(split_dir / "labels.npy")
-    assert labels.dtype == np.int16 and manifest.labels.sha256 == hashlib.sha256(
-        (split_dir / "labels.npy").read_bytes()).hexdigest()
+    assert (
+        labels.dtype == np.int16
+        and manifest.labels.sha256 == hashlib.sha256((split_dir / "labels.npy").read_bytes()).hexdigest()
+    )
     index = load_sample_index(split_dir)
     for i, wrong in ((3, (labels[3] + 1) % manifest.num_classes), (3, manifest.num_classes + 2)):
         changed = labels.copy()
@@ -259,8 +268,11 @@ def test_labels_file_is_checked_against_the_cls_members_and_names_a_bad_label(co
         manifest = read_manifest(split_dir)
         with pytest.raises(ShardError, match=rf"labels\.npy: sample '{index.key(i)}' has label"):
             verify_shards(split_dir)
-    with pytest.raises(ShardError, match=rf"{index.shard_paths[index.shard_id[3]].name}: sample '{index.key(3)}': "
-                                         rf"label {manifest.num_classes + 2} outside"):
+    with pytest.raises(
+        ShardError,
+        match=rf"{index.shard_paths[index.shard_id[3]].name}: sample '{index.key(3)}': "
+        rf"label {manifest.num_classes + 2} outside",
+    ):
         read_labels(split_dir, num_classes=manifest.num_classes)
 
 
@@ -309,23 +321,34 @@ def test_an_unsafe_tar_member_is_refused_by_name(ilsvrc: dict, tmp_path: Path, k
         evil.size = 10
     root = tmp_path / "root"
     (root / "train" / "n01440764").mkdir(parents=True)
-    shutil.copyfile(next((ilsvrc["root"] / "train" / "n01440764").iterdir()).resolve(),
-                    root / "train" / "n01440764" / "a.JPEG")
+    shutil.copyfile(
+        next((ilsvrc["root"] / "train" / "n01440764").iterdir()).resolve(), root / "train" / "n01440764" / "a.JPEG"
+    )
     _tar_of_tars(root / "train", tmp_path / "ILSVRC2012_img_train.tar", evil=evil)
     shutil.rmtree(root / "train")
     shutil.move(tmp_path / "ILSVRC2012_img_train.tar", root / "ILSVRC2012_img_train.tar")
     (root / "val").symlink_to(ilsvrc["root"] / "val")
     (root / "val.txt").symlink_to(ilsvrc["root"] / "val.txt")
     (root / "synset_words.txt").symlink_to(ilsvrc["root"] / "synset_words.txt")
-    with pytest.raises(ValueError, match=rf"n01440764\.tar: member '{evil.name}' is (a symbolic link|a device|"
-                                         r"an absolute or '\.\.' path)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"n01440764\.tar: member '{evil.name}' is (a symbolic link|a device|"
+        r"an absolute or '\.\.' path)",
+    ):
         ImagenetSource(root=root).splits()
 
 
 def _run_cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "convnets.cli", "shards", "imagenet", *map(str, args)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "convnets.cli", "shards", "imagenet", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def _files(split_dir: Path) -> dict[str, bytes]:
@@ -365,8 +388,10 @@ def test_sigkilled_conversion_resumes_untouched_and_equals_a_one_worker_run(ilsv
     assert not (out / "train" / "manifest.json").exists()
     done = sorted((out / "train").glob("*.done"))
     assert len(done) >= 3
-    finished = {p.with_suffix(".tar").name: (p.with_suffix(".tar").stat().st_ino, p.with_suffix(".tar").stat().st_mtime_ns)
-                for p in done}
+    finished = {
+        p.with_suffix(".tar").name: (p.with_suffix(".tar").stat().st_ino, p.with_suffix(".tar").stat().st_mtime_ns)
+        for p in done
+    }
     stand_in.unlink()
     stand_in.write_bytes(image)
     resumed = _run_cli(root, out, "--shard-size", "2", "--workers", "2")

@@ -1,4 +1,5 @@
 """Validation metrics under 2 DDP ranks equal an independent single-process computation exactly."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,39 @@ def test_ddp_val_metrics_equal_a_plain_recount(digits_shards, tmp_path):
     from convnets.data_pipelines.loading.datamodule import ShardDataModule
     from convnets.platform.training.module import ClassifierModule
 
-    fit = convnets("fit", "--config", "lenet5_digits", "--data.data_dir", digits_shards, "--runs_dir", tmp_path,
-                   "--run_name", "ddp", "--trainer.logger", "false", "--trainer.max_epochs", "2",
-                   "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.eval_batch_size", "7")
+    fit = convnets(
+        "fit",
+        "--config",
+        "lenet5_digits",
+        "--data.data_dir",
+        digits_shards,
+        "--runs_dir",
+        tmp_path,
+        "--run_name",
+        "ddp",
+        "--trainer.logger",
+        "false",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--data.eval_batch_size",
+        "7",
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     logged = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["history"][-1]
 
     module = ClassifierModule.load_from_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.ckpt").eval()
-    dm = ShardDataModule(data_dir=str(digits_shards), batch_size=16, eval_batch_size=50, num_threads=1,
-                         preset="pad", input_spec=module.input_spec)
+    dm = ShardDataModule(
+        data_dir=str(digits_shards),
+        batch_size=16,
+        eval_batch_size=50,
+        num_threads=1,
+        preset="pad",
+        input_spec=module.input_spec,
+    )
     dm.setup("validate")
     correct, top5, loss, n = 0, 0, 0.0, 0
     with torch.no_grad():

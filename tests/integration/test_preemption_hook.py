@@ -1,6 +1,7 @@
 """The Slurm preemption hook without Slurm: a plain `convnets fit` signalled mid-epoch, then again during
 validation, saves where it stopped each time, and its resumes end bit-equal to an uninterrupted run with one
 history (metrics.json and W&B, read back with W&B's own reader)."""
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,25 @@ LOG_EVERY = 50  # the recipe's log_every_n_steps (Lightning's default)
 
 
 def _fit(tmp_path, data, name: str, *extra):
-    return convnets("fit", "--config", REPO / "configs" / "lenet5_digits.yaml", "--data.data_dir", data,
-                    "--runs_dir", tmp_path, "--run_name", name, "--trainer.max_epochs", "2",
-                    "--trainer.log_every_n_steps", LOG_EVERY, "--trainer.enable_progress_bar", "false", *extra,
-                    timeout=600)
+    return convnets(
+        "fit",
+        "--config",
+        REPO / "configs" / "lenet5_digits.yaml",
+        "--data.data_dir",
+        data,
+        "--runs_dir",
+        tmp_path,
+        "--run_name",
+        name,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.log_every_n_steps",
+        LOG_EVERY,
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+        timeout=600,
+    )
 
 
 def _saved_step(result) -> int:
@@ -35,13 +51,16 @@ def test_signalled_fit_saves_and_resumes_into_one_run(digits_shards, tmp_path):
     assert whole.returncode == 0, whole.stderr[-3000:]
     first = _fit(tmp_path, digits_shards, "cut", *HOOK, PROBE, "--trainer.callbacks.step", "70")
     assert first.returncode == 3, first.stderr[-3000:]  # stopped, not finished, not crashed
-    assert "SIGUSR2 received: saved last.ckpt at step 71; to resume, run the same command with --ckpt_path last" \
+    assert (
+        "SIGUSR2 received: saved last.ckpt at step 71; to resume, run the same command with --ckpt_path last"
         in first.stderr
+    )
     ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == _saved_step(first) == 71
 
-    second = _fit(tmp_path, digits_shards, "cut", *HOOK, PROBE, "--trainer.callbacks.val_batch", "1",
-                  "--ckpt_path", "last")
+    second = _fit(
+        tmp_path, digits_shards, "cut", *HOOK, PROBE, "--trainer.callbacks.val_batch", "1", "--ckpt_path", "last"
+    )
     assert second.returncode == 3, second.stderr[-3000:]
     assert "resumed from" in second.stderr and "at step 71" in second.stderr
     assert "(during validation)" in second.stderr
@@ -67,8 +86,13 @@ def test_signalled_fit_saves_and_resumes_into_one_run(digits_shards, tmp_path):
     steps = [row["_step"] for row in rows]
     assert len(runs) >= 2 and steps == sorted(steps) and len(set(steps)) == len(steps)
     reference = [row for rows in history(tmp_path / "whole") for row in rows]
+
     # Train rows at the same steps with the same losses; each epoch's validation once, with the same numbers
     # (a validation rerun after a requeue logs one step later than the uninterrupted run did).
-    train = lambda rs: [(r["_step"], r["train_loss"]) for r in rs if "train_loss" in r]
-    val = lambda rs: [(r["epoch"], r["val_top1"], r["val_loss"]) for r in rs if "val_top1" in r]
+    def train(rs):
+        return [(r["_step"], r["train_loss"]) for r in rs if "train_loss" in r]
+
+    def val(rs):
+        return [(r["epoch"], r["val_top1"], r["val_loss"]) for r in rs if "val_top1" in r]
+
     assert train(rows) == train(reference) and val(rows) == val(reference)

@@ -1,4 +1,5 @@
 """A DDP rank killed mid-training: the other exits within seconds naming it, and the run resumes its step count."""
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,35 @@ SHORT = ("--trainer.limit_train_batches", str(TRAIN_BATCHES), "--trainer.limit_v
 
 
 def fit_cmd(data, runs, *extra) -> list[str]:
-    return [sys.executable, "-m", "convnets.cli", "fit", "--config", "lenet5_digits", "--data.data_dir", str(data),
-            "--data.batch_size", str(BATCH), "--runs_dir", str(runs), "--run_name", "r", "--trainer.devices",
-            str(RANKS), "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--ddp_timeout_s", "30", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "convnets.cli",
+        "fit",
+        "--config",
+        "lenet5_digits",
+        "--data.data_dir",
+        str(data),
+        "--data.batch_size",
+        str(BATCH),
+        "--runs_dir",
+        str(runs),
+        "--run_name",
+        "r",
+        "--trainer.devices",
+        str(RANKS),
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--ddp_timeout_s",
+        "30",
+        *extra,
+    ]
 
 
 def env() -> dict:
@@ -43,8 +69,14 @@ def children(pid: int) -> list[int]:
 def test_killed_rank_stops_the_run_with_its_name_and_resume_continues(digits_shards, tmp_path):
     runs = tmp_path / "runs"
     last = runs / "r" / "checkpoints" / "last.ckpt"
-    main = subprocess.Popen(fit_cmd(digits_shards, runs, "--trainer.max_epochs", "200", *SHORT), cwd=REPO, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    main = subprocess.Popen(
+        fit_cmd(digits_shards, runs, "--trainer.max_epochs", "200", *SHORT),
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not last.exists() and main.poll() is None and time.monotonic() < deadline:
@@ -68,8 +100,14 @@ def test_killed_rank_stops_the_run_with_its_name_and_resume_continues(digits_sha
     steps_per_epoch = TRAIN_BATCHES
     assert saved["global_step"] == (saved["epoch"] + 1) * steps_per_epoch  # last.ckpt: a whole epoch
     target = saved["epoch"] + 2  # one more epoch
-    result = subprocess.run(fit_cmd(digits_shards, runs, "--trainer.max_epochs", str(target), "--ckpt_path", "last", *SHORT),
-                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        fit_cmd(digits_shards, runs, "--trainer.max_epochs", str(target), "--ckpt_path", "last", *SHORT),
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Restoring states from the checkpoint" in result.stderr + result.stdout
     resumed = torch.load(last, weights_only=True, map_location="cpu")

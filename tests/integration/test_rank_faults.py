@@ -8,6 +8,7 @@ The test process becomes a child subreaper (prctl PR_SET_CHILD_SUBREAPER) while 
 so the rank 1 process, orphaned when rank 0 goes, is re-parented to it: the test reads its exit code
 and knows it is gone, instead of trusting that it stopped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,10 +79,13 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 300) -> None
 def corrupt_sample_for(rank: int, num_samples: int, *, epoch: int, step: int, clean_epochs: range) -> int:
     """A sample in batch `step` of `rank`'s plan for `epoch` that no rank reads in `clean_epochs`
     (none of their first 10 batches per rank: the TRAIN_BATCHES trained plus DALI's prefetch)."""
+
     def plans(e):
         # seed 0: the data module's default (--data.seed), the plan every rank computes for epoch e
-        return [plan_rank(num_samples, rank=r, world_size=RANKS, batch_size=BATCH, seed=0, epoch=e, shuffle=True)
-                for r in range(RANKS)]
+        return [
+            plan_rank(num_samples, rank=r, world_size=RANKS, batch_size=BATCH, seed=0, epoch=e, shuffle=True)
+            for r in range(RANKS)
+        ]
 
     earlier = {int(i) for e in clean_epochs for p in plans(e) for i in p.indices[: 10 * BATCH]}
     # rank 0's prefetch into this epoch must not meet it first either
@@ -98,7 +102,7 @@ def corrupt(data: Path, i: int) -> tuple[str, str]:
     shard = index.shard_paths[int(index.shard_id[i])]
     raw = bytearray(shard.read_bytes())
     start, size = int(index.img_offset[i]), int(index.img_size[i])
-    raw[start: start + size] = b"\xff" * size
+    raw[start : start + size] = b"\xff" * size
     shard.write_bytes(bytes(raw))
     return shard.name, index.key(i)
 
@@ -106,8 +110,14 @@ def corrupt(data: Path, i: int) -> tuple[str, str]:
 def run_until_rank0_killed(data: Path, runs: Path) -> tuple[int, int, int | None, float, str]:
     """Fit until last.ckpt exists, SIGKILL rank 0; returns (rank 0 pid, rank 1 pid, rank 1's exit, seconds, stderr)."""
     last = runs / "r" / "checkpoints" / "last.ckpt"
-    main = subprocess.Popen(fit_cmd(data, runs, "--trainer.max_epochs", "200", *SHORT),
-                            cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    main = subprocess.Popen(
+        fit_cmd(data, runs, "--trainer.max_epochs", "200", *SHORT),
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     rank1 = None
     try:
         wait_for(last, main)
@@ -152,11 +162,19 @@ def test_rank0_killed_then_resumed_run_meets_a_corrupt_sample_on_rank1(digits_sh
     #    which read nothing wrong, exits 1 naming rank 1 and its bad input, instead of waiting for it.
     bad_epoch = saved["epoch"] + 2
     num_samples = len(load_sample_index(data / "train").shard_id)
-    shard, key = corrupt(data, corrupt_sample_for(1, num_samples, epoch=bad_epoch, step=1,
-                                                  clean_epochs=range(saved["epoch"] + 1, bad_epoch)))
+    shard, key = corrupt(
+        data,
+        corrupt_sample_for(1, num_samples, epoch=bad_epoch, step=1, clean_epochs=range(saved["epoch"] + 1, bad_epoch)),
+    )
     started = time.monotonic()
-    result = subprocess.run(fit_cmd(data, runs, "--trainer.max_epochs", str(bad_epoch + 1), "--ckpt_path", "last",
-                                    *SHORT), cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        fit_cmd(data, runs, "--trainer.max_epochs", str(bad_epoch + 1), "--ckpt_path", "last", *SHORT),
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     print(f"the resumed run failed after {time.monotonic() - started:.1f} s")
     err = result.stderr
     assert "Restoring states from the checkpoint" in err + result.stdout, err[-3000:]
@@ -164,7 +182,9 @@ def test_rank0_killed_then_resumed_run_meets_a_corrupt_sample_on_rank1(digits_sh
     assert len(bad) == 1 and shard in bad[0] and key in bad[0] and "cannot decode" in bad[0], err[-3000:]
     assert result.returncode == 1, err[-3000:]  # rank 0's own exit: a peer failed, it did not meet bad input
     line = last_line(err)
-    assert line.startswith("convnets: failed: DDP rank 1 (pid ") and "exited with code 2 (bad input" in line, err[-3000:]
+    assert line.startswith("convnets: failed: DDP rank 1 (pid ") and "exited with code 2 (bad input" in line, err[
+        -3000:
+    ]
     assert "--ckpt_path last" in line
 
     ckpts = last.parent

@@ -2,6 +2,7 @@
 resumed on 3 ranks and killed mid-epoch 1, resumed on 1 rank to the end. Each epoch's samples are
 trained exactly once, the global batch (96) is kept, and the steps and the cosine learning rate
 run on as if nothing had happened. Real DDP processes (gloo, CPU) over real digits shards."""
+
 from __future__ import annotations
 
 import json
@@ -19,23 +20,52 @@ GLOBAL_BATCH, STEPS_PER_EPOCH, EPOCHS, LR = 96, 15, 2, 0.02  # 1,438 training di
 
 def _fit(tmp_path, data, backend: str, piece: str, devices: int, *extra):
     args = [
-        "fit", "--config", REPO / "configs" / "lenet5_digits.yaml", "--data.data_dir", data,
-        "--data.backend", backend, "--data.batch_size", str(GLOBAL_BATCH // 2), "--runs_dir", tmp_path,
-        "--run_name", "run", "--trainer.logger", "false", "--trainer.max_epochs", str(EPOCHS),
-        "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
-        "--trainer.num_sanity_val_steps", "0", "--model.optim.lr", str(LR),
-        "--trainer.devices", str(devices), *(["--trainer.strategy", "ddp"] if devices > 1 else []),
-        "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={tmp_path / 'mid'}",
-        "--trainer.callbacks.filename={step}", "--trainer.callbacks.every_n_train_steps=4",
+        "fit",
+        "--config",
+        REPO / "configs" / "lenet5_digits.yaml",
+        "--data.data_dir",
+        data,
+        "--data.backend",
+        backend,
+        "--data.batch_size",
+        str(GLOBAL_BATCH // 2),
+        "--runs_dir",
+        tmp_path,
+        "--run_name",
+        "run",
+        "--trainer.logger",
+        "false",
+        "--trainer.max_epochs",
+        str(EPOCHS),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--model.optim.lr",
+        str(LR),
+        "--trainer.devices",
+        str(devices),
+        *(["--trainer.strategy", "ddp"] if devices > 1 else []),
+        "--trainer.callbacks+=ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={tmp_path / 'mid'}",
+        "--trainer.callbacks.filename={step}",
+        "--trainer.callbacks.every_n_train_steps=4",
         "--trainer.callbacks.save_top_k=-1",
-        f"--trainer.callbacks+={PROBE}.IndexRecorder", f"--trainer.callbacks.path={tmp_path / piece}.jsonl",
+        f"--trainer.callbacks+={PROBE}.IndexRecorder",
+        f"--trainer.callbacks.path={tmp_path / piece}.jsonl",
         *map(str, extra),
     ]
     return convnets(*args, timeout=900)
 
 
 def _kill(step: int, after):
-    return f"--trainer.callbacks+={PROBE}.KillAtStep", f"--trainer.callbacks.step={step}", f"--trainer.callbacks.after={after}"
+    return (
+        f"--trainer.callbacks+={PROBE}.KillAtStep",
+        f"--trainer.callbacks.step={step}",
+        f"--trainer.callbacks.after={after}",
+    )
 
 
 def _records(tmp_path, piece: str, ranks: int) -> dict[int, list[dict]]:
@@ -54,14 +84,21 @@ def test_resumed_on_3_ranks_then_1_each_sample_once_with_the_same_steps_and_sche
     mid = tmp_path / "mid"
     a = _fit(tmp_path, digits_shards, backend, "a", 2, *_kill(6, mid / "step=4.ckpt"))
     assert a.returncode != 0 and (mid / "step=4.ckpt").exists() and not (mid / "step=8.ckpt").exists(), a.stderr[-3000:]
-    b = _fit(tmp_path, digits_shards, backend, "b", 3, "--ckpt_path", mid / "step=4.ckpt",
-             *_kill(22, mid / "step=20.ckpt"))
-    assert b.returncode != 0 and (mid / "step=20.ckpt").exists() and not (mid / "step=24.ckpt").exists(), b.stderr[-3000:]
+    b = _fit(
+        tmp_path, digits_shards, backend, "b", 3, "--ckpt_path", mid / "step=4.ckpt", *_kill(22, mid / "step=20.ckpt")
+    )
+    assert b.returncode != 0 and (mid / "step=20.ckpt").exists() and not (mid / "step=24.ckpt").exists(), b.stderr[
+        -3000:
+    ]
     assert "global batch 96: 32 per rank on 3 processes" in b.stderr
     c = _fit(tmp_path, digits_shards, backend, "c", 1, "--ckpt_path", mid / "step=20.ckpt")
     assert c.returncode == 0, c.stderr[-3000:]
 
-    pieces = {"a": (_records(tmp_path, "a", 2), 2), "b": (_records(tmp_path, "b", 3), 3), "c": (_records(tmp_path, "c", 1), 1)}
+    pieces = {
+        "a": (_records(tmp_path, "a", 2), 2),
+        "b": (_records(tmp_path, "b", 3), 3),
+        "c": (_records(tmp_path, "c", 1), 1),
+    }
     assert sorted(pieces["a"][0]) == list(range(7))  # killed as step 6 began
     assert sorted(pieces["b"][0]) == list(range(4, 23))  # resumed at step 4, killed as step 22 began
     assert sorted(pieces["c"][0]) == list(range(20, 30))  # resumed at step 20, ran to the end

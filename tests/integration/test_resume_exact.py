@@ -2,6 +2,7 @@
 uninterrupted run: continuous global step, every step trained on the same samples (so none twice
 after the checkpoint, none skipped), the same random crops (DALI: its RNG state restored; torch:
 a batch's draws are a function of its position), same weights."""
+
 from __future__ import annotations
 
 import json
@@ -19,17 +20,41 @@ PROBE = "tests.integration.resume_probe"
 def _fit(tmp_path, data, name: str, *extra: str, devices: int = 1, backend: str = "dali"):
     ckpts = tmp_path / name / "mid"
     args = [
-        "fit", "--config", REPO / "configs" / "lenet5_digits.yaml", "--data.data_dir", data,
-        "--data.batch_size", str(128 // devices), "--runs_dir", tmp_path, "--run_name", name,
-        "--trainer.logger", "false", "--trainer.max_epochs", "2", "--trainer.deterministic", "true",
-        "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
-        "--data.backend", backend, "--trainer.devices", str(devices), *(["--trainer.strategy", "ddp"] if devices > 1 else []),
+        "fit",
+        "--config",
+        REPO / "configs" / "lenet5_digits.yaml",
+        "--data.data_dir",
+        data,
+        "--data.batch_size",
+        str(128 // devices),
+        "--runs_dir",
+        tmp_path,
+        "--run_name",
+        name,
+        "--trainer.logger",
+        "false",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.deterministic",
+        "true",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.limit_val_batches",
+        "1",
+        "--data.backend",
+        backend,
+        "--trainer.devices",
+        str(devices),
+        *(["--trainer.strategy", "ddp"] if devices > 1 else []),
         # A checkpoint every 4 steps (12 steps per epoch), all kept: step=24.ckpt is the final state
         # (Lightning 2.6 writes the platform's last.ckpt only when val_top1 improves).
-        "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={ckpts}",
-        "--trainer.callbacks.filename={step}", "--trainer.callbacks.every_n_train_steps=4",
+        "--trainer.callbacks+=ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={ckpts}",
+        "--trainer.callbacks.filename={step}",
+        "--trainer.callbacks.every_n_train_steps=4",
         "--trainer.callbacks.save_top_k=-1",
-        f"--trainer.callbacks+={PROBE}.IndexRecorder", f"--trainer.callbacks.path={tmp_path / name}.jsonl",
+        f"--trainer.callbacks+={PROBE}.IndexRecorder",
+        f"--trainer.callbacks.path={tmp_path / name}.jsonl",
         *extra,
     ]
     return convnets(*args, timeout=900), ckpts
@@ -46,18 +71,29 @@ def _steps(path) -> dict[int, list[int]]:
 
 # DALI: DDP only (one process takes the same save/restore path minus the cross-rank gather; suite
 # time). Torch: its state is the position alone, on 1 process and on 2.
-@pytest.mark.parametrize("backend,devices", [pytest.param("dali", 2, marks=pytest.mark.dali), ("torch", 1), ("torch", 2)],
-                         ids=["dali_ddp_2_processes", "torch_1_process", "torch_ddp_2_processes"])
+@pytest.mark.parametrize(
+    "backend,devices",
+    [pytest.param("dali", 2, marks=pytest.mark.dali), ("torch", 1), ("torch", 2)],
+    ids=["dali_ddp_2_processes", "torch_1_process", "torch_ddp_2_processes"],
+)
 def test_fit_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(digits_shards, tmp_path, backend, devices):
     whole, _ = _fit(tmp_path, digits_shards, "whole", devices=devices, backend=backend)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed, ckpts = _fit(tmp_path, digits_shards, "cut", f"--trainer.callbacks+={PROBE}.KillAtStep",
-                         "--trainer.callbacks.step=6", f"--trainer.callbacks.after={tmp_path / 'cut' / 'mid' / 'step=4.ckpt'}",
-                         devices=devices, backend=backend)
+    killed, ckpts = _fit(
+        tmp_path,
+        digits_shards,
+        "cut",
+        f"--trainer.callbacks+={PROBE}.KillAtStep",
+        "--trainer.callbacks.step=6",
+        f"--trainer.callbacks.after={tmp_path / 'cut' / 'mid' / 'step=4.ckpt'}",
+        devices=devices,
+        backend=backend,
+    )
     assert killed.returncode != 0 and (ckpts / "step=4.ckpt").exists()
     assert not (ckpts / "step=8.ckpt").exists()  # it really died in epoch 0
-    resumed, _ = _fit(tmp_path, digits_shards, "cut", "--ckpt_path", ckpts / "step=4.ckpt", devices=devices,
-                      backend=backend)
+    resumed, _ = _fit(
+        tmp_path, digits_shards, "cut", "--ckpt_path", ckpts / "step=4.ckpt", devices=devices, backend=backend
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     a = torch.load(tmp_path / "whole" / "mid" / "step=24.ckpt", weights_only=False)

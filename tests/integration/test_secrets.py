@@ -1,4 +1,5 @@
 """Secrets in the environment never reach anything a run writes or prints (W&B key included)."""
+
 from __future__ import annotations
 
 import os
@@ -9,21 +10,38 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.dali, pytest.mark.slow]
 FAKE_KEY = "local-f4k3c0nvn375k3y" + "0" * 20  # W&B keys are 40 characters; this one is recognizably fake
-SECRETS = {"WANDB_API_KEY": FAKE_KEY, "AWS_SECRET_ACCESS_KEY": "AKIAFAKECONVNETSSECRET99",
-           "HF_TOKEN": "hf_fakeconvnetstokenxyz"}
+SECRETS = {
+    "WANDB_API_KEY": FAKE_KEY,
+    "AWS_SECRET_ACCESS_KEY": "AKIAFAKECONVNETSSECRET99",
+    "HF_TOKEN": "hf_fakeconvnetstokenxyz",
+}
 
 
 def test_a_real_run_writes_no_secret_anywhere(digits_shards, tmp_path):
     env = {**os.environ, **SECRETS, "WANDB_MODE": "offline", "WANDB_SILENT": "false"}
     env.pop("CONVNETS_RUN_NAME", None)
     runs = tmp_path / "runs"
-    common = ["--config", "lenet5_digits", "--data.data_dir", str(digits_shards), "--runs_dir", str(runs),
-              "--run_name", "r", "--trainer.enable_progress_bar", "false", "--trainer.limit_train_batches", "3",
-              "--trainer.limit_val_batches", "2"]
+    common = [
+        "--config",
+        "lenet5_digits",
+        "--data.data_dir",
+        str(digits_shards),
+        "--runs_dir",
+        str(runs),
+        "--run_name",
+        "r",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "2",
+    ]
     outputs = []
     for args in (["fit", *common, "--trainer.max_epochs", "1"],):  # fit writes every kind of file a run has
-        result = subprocess.run([sys.executable, "-m", "convnets.cli", *args], cwd=tmp_path, env=env,
-                                capture_output=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-m", "convnets.cli", *args], cwd=tmp_path, env=env, capture_output=True, timeout=600
+        )
         assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
         outputs += [result.stdout, result.stderr]
     files = [p for p in runs.rglob("*") if p.is_file()]
@@ -50,8 +68,22 @@ def test_a_dry_run_submission_prints_and_writes_no_secret(digits_shards, tmp_pat
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
-    code = main(["submit", "--config", "lenet5_digits", "--data.data_dir", str(digits_shards), "--runs_dir",
-                 str(tmp_path / "runs"), "--run_name", "r", "--slurm.cluster", "local", "--dry-run"])
+    code = main(
+        [
+            "submit",
+            "--config",
+            "lenet5_digits",
+            "--data.data_dir",
+            str(digits_shards),
+            "--runs_dir",
+            str(tmp_path / "runs"),
+            "--run_name",
+            "r",
+            "--slurm.cluster",
+            "local",
+            "--dry-run",
+        ]
+    )
     out = capfd.readouterr()
     assert code == 0, out.err[-3000:]
     assert "#SBATCH" in out.out  # the generated script is what we grep

@@ -1,6 +1,7 @@
 """`convnets submit --dry-run` and `convnets slurm template` on a machine without Slurm: they print the
 script and submit or write nothing. Slurm may be installed here: the commands run with a PATH that
 holds no Slurm command (checked), as on a laptop."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def no_slurm_env(tmp_path) -> dict:
 
 
 def _convnets(env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convnets.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "convnets.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def _files(folder: Path) -> list[Path]:
@@ -51,7 +53,9 @@ def test_dry_run_and_template_print_the_script_without_slurm(no_slurm_env, tmp_p
 
     sweep = tmp_path / "lrs.yaml"
     sweep.write_text("- {name: a, model.optim.lr: 0.01}\n- {name: b, model.optim.lr: 0.05}\n")
-    array = _convnets(no_slurm_env, work, "submit", *fit[:4], "--sweep", str(sweep), "--slurm.cluster", "local", "--dry-run")
+    array = _convnets(
+        no_slurm_env, work, "submit", *fit[:4], "--sweep", str(sweep), "--slurm.cluster", "local", "--dry-run"
+    )
     assert array.returncode == 0, array.stderr[-3000:]
     assert "#SBATCH --array=0-1%2" in array.stdout.splitlines() and "# b: convnets fit" in array.stdout
 
@@ -63,8 +67,13 @@ def test_dry_run_and_template_print_the_script_without_slurm(no_slurm_env, tmp_p
 
 
 def test_template_without_a_run_name_is_one_line(no_slurm_env, tmp_path):
-    made = _convnets(no_slurm_env, tmp_path, "slurm", "template", "--slurm.cluster", "local", "--", "--config", "lenet5_digits")
+    made = _convnets(
+        no_slurm_env, tmp_path, "slurm", "template", "--slurm.cluster", "local", "--", "--config", "lenet5_digits"
+    )
     assert made.returncode == 2 and made.stdout == ""
     assert made.stderr.strip().splitlines() == [
-        ("convnets: error: --run_name NAME is required (after `--`): a requeued job finds its checkpoint "
-         "(runs/NAME/checkpoints/last.ckpt) and its W&B run by that name")]
+        (
+            "convnets: error: --run_name NAME is required (after `--`): a requeued job finds its checkpoint "
+            "(runs/NAME/checkpoints/last.ckpt) and its W&B run by that name"
+        )
+    ]

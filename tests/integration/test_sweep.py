@@ -1,4 +1,5 @@
 """`convnets sweep ablation` end to end: real child fits/tests on real Imagenette JPEGs, and early failures."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,10 @@ from convnets.models import create_model
 from convnets.platform.experiments.sweep import VARIANTS
 from tests.integration.cli_helpers import convnets
 
-VARIANT_NAMES = ("full", "no_fc7")  # two children keep the suite short; every norm option builds in tests/unit/test_alexnet.py
+VARIANT_NAMES = (
+    "full",
+    "no_fc7",
+)  # two children keep the suite short; every norm option builds in tests/unit/test_alexnet.py
 
 
 def _sweep(*args: object, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -41,8 +45,21 @@ def _params(model) -> int:
 def test_sweep_tabulates_exact_params_and_resumes(tmp_path, imagenette_small_shards):
     config, out = _config(tmp_path, arch="alexnet_small", data_dir=imagenette_small_shards), tmp_path / "sweep"
     # --epochs overrides the config's 3; the flags after `--` reach every child (no W&B run per child: faster).
-    result = _sweep("--config", config, "--variants", ",".join(VARIANT_NAMES), "--epochs", 1, "--out", out,
-                    "--", "--model.image_size", 32, "--trainer.logger", "false")
+    result = _sweep(
+        "--config",
+        config,
+        "--variants",
+        ",".join(VARIANT_NAMES),
+        "--epochs",
+        1,
+        "--out",
+        out,
+        "--",
+        "--model.image_size",
+        32,
+        "--trainer.logger",
+        "false",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     rows = json.loads((out / "ablation.json").read_text())
@@ -63,8 +80,10 @@ def test_sweep_tabulates_exact_params_and_resumes(tmp_path, imagenette_small_sha
     # Each variant's flags reached its model (the checkpoint rebuilds exactly that network).
     import torch
 
-    hparams = {n: torch.load(out / n / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-               ["hyper_parameters"] for n in VARIANT_NAMES}
+    hparams = {
+        n: torch.load(out / n / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
+        for n in VARIANT_NAMES
+    }
     assert (hparams["no_fc7"]["ablate"], hparams["full"].get("ablate")) == ("fc7", None)
 
     markdown = (out / "ablation.md").read_text()
@@ -77,8 +96,21 @@ def test_sweep_tabulates_exact_params_and_resumes(tmp_path, imagenette_small_sha
     # A rerun finds every variant finished: nothing trains again, the table is rebuilt.
     checkpoints = {n: (out / n / "checkpoints" / "last.ckpt").stat().st_mtime_ns for n in VARIANT_NAMES}
     start = time.perf_counter()
-    again = _sweep("--config", config, "--variants", ",".join(VARIANT_NAMES), "--epochs", 1, "--out", out,
-                   "--", "--model.image_size", 32, "--trainer.logger", "false")
+    again = _sweep(
+        "--config",
+        config,
+        "--variants",
+        ",".join(VARIANT_NAMES),
+        "--epochs",
+        1,
+        "--out",
+        out,
+        "--",
+        "--model.image_size",
+        32,
+        "--trainer.logger",
+        "false",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("skipping") == len(VARIANT_NAMES)
     assert {n: (out / n / "checkpoints" / "last.ckpt").stat().st_mtime_ns for n in VARIANT_NAMES} == checkpoints
@@ -89,8 +121,15 @@ def test_sweep_tabulates_exact_params_and_resumes(tmp_path, imagenette_small_sha
 @pytest.mark.integration
 def test_unknown_variant_fails_with_one_line_before_training(tmp_path):
     out = tmp_path / "sweep"
-    result = _sweep("--config", _config(tmp_path, arch="alexnet_small", data_dir=tmp_path / "no_data"),
-                    "--variants", "full,no_fc8", "--out", out, timeout=120)
+    result = _sweep(
+        "--config",
+        _config(tmp_path, arch="alexnet_small", data_dir=tmp_path / "no_data"),
+        "--variants",
+        "full,no_fc8",
+        "--out",
+        out,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "no_fc8" in result.stderr and all(name in result.stderr for name in VARIANTS)  # lists the valid ones
@@ -101,8 +140,15 @@ def test_unknown_variant_fails_with_one_line_before_training(tmp_path):
 def test_variant_the_model_cannot_take_fails_with_one_line_naming_it(tmp_path):
     # LeNet-5 has no `ablate` option: the sweep must stop at planning, naming the variant, not in a child.
     out = tmp_path / "sweep"
-    result = _sweep("--config", _config(tmp_path, arch="lenet5", data_dir=tmp_path / "no_data"),
-                    "--variants", "full,no_fc7", "--out", out, timeout=120)
+    result = _sweep(
+        "--config",
+        _config(tmp_path, arch="lenet5", data_dir=tmp_path / "no_data"),
+        "--variants",
+        "full,no_fc7",
+        "--out",
+        out,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "variant no_fc7" in result.stderr and "ablate" in result.stderr

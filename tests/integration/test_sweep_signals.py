@@ -1,5 +1,6 @@
 """`convnets sweep ablation` stopped mid-way: SIGTERM reaches every DDP rank, no orphan survives, and a
 rerun resumes the interrupted variant from its last.ckpt instead of starting it over."""
+
 from __future__ import annotations
 
 import json
@@ -43,17 +44,41 @@ def _alive(pid: int) -> bool:
 
 
 def _sweep_cmd(data: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "convnets.cli", "sweep", "ablation", "--config", str(REPO / "configs" / "lenet5_digits.yaml"),
-            "--variants", "full", "--epochs", "3", "--devices", "2", "--accelerator", "cpu", "--out", str(out), "--",
-            "--data.data_dir", str(data), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    return [
+        sys.executable,
+        "-m",
+        "convnets.cli",
+        "sweep",
+        "ablation",
+        "--config",
+        str(REPO / "configs" / "lenet5_digits.yaml"),
+        "--variants",
+        "full",
+        "--epochs",
+        "3",
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--out",
+        str(out),
+        "--",
+        "--data.data_dir",
+        str(data),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
 
 
 def test_sigterm_reaches_every_rank_and_a_rerun_resumes(digits_shards, tmp_path):
     out = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("CONVNETS_RUN_NAME", None)
-    parent = subprocess.Popen(_sweep_cmd(digits_shards, out), env=env, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        _sweep_cmd(digits_shards, out), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     last = out / "full" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.exists():  # epoch 0 done: the fit is under way with both ranks
@@ -71,7 +96,9 @@ def test_sigterm_reaches_every_rank_and_a_rerun_resumes(digits_shards, tmp_path)
     # Rerun: the interrupted variant resumes from last.ckpt (not deleted), and ends at 3 epochs' steps.
     interrupted = torch.load(last, map_location="cpu", weights_only=False)
     steps_per_epoch = interrupted["global_step"] // (interrupted["epoch"] + 1)  # saved at the end of an epoch
-    rerun = subprocess.run(_sweep_cmd(digits_shards, out), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        _sweep_cmd(digits_shards, out), env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming the interrupted fit" in rerun.stderr
     final = torch.load(last, map_location="cpu", weights_only=False)

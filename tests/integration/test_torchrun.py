@@ -1,4 +1,5 @@
 """Multi-node without Slurm: two torchrun "nodes" on localhost, one process each, gloo (the README's commands)."""
+
 from __future__ import annotations
 
 import os
@@ -25,14 +26,59 @@ def test_two_torchrun_nodes_train_one_run_with_world_size_two(digits_shards, tmp
     port = _free_port()
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("CONVNETS_RUN_NAME", None)
-    fit = ["-m", "convnets.cli", "fit", "--config", str(REPO / "configs" / "lenet5_digits.yaml"),
-           "--data.data_dir", str(digits_shards), "--runs_dir", str(tmp_path), "--run_name", "two-nodes",
-           "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-           "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp"]
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                               "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port), *fit],
-                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in (0, 1)]
+    fit = [
+        "-m",
+        "convnets.cli",
+        "fit",
+        "--config",
+        str(REPO / "configs" / "lenet5_digits.yaml"),
+        "--data.data_dir",
+        str(digits_shards),
+        "--runs_dir",
+        str(tmp_path),
+        "--run_name",
+        "two-nodes",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--trainer.num_nodes",
+        "2",
+        "--trainer.devices",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.strategy",
+        "ddp",
+    ]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                *fit,
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [node.communicate(timeout=400) for node in nodes]
     for node, (_, err) in zip(nodes, outputs):
         assert node.returncode == 0, err[-3000:]

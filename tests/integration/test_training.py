@@ -1,4 +1,5 @@
 """End to end through the real command: shards -> DALI -> 2-process DDP -> W&B offline -> test."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,10 @@ def test_lenet5_learns_real_mnist_under_ddp(tmp_path):
     assert list((out / "wandb").glob("offline-run-*"))
     info = json.loads((out / "run_info.json").read_text())
     assert info["fit"]["versions"]["torch"].startswith("2.") and info["fit"]["git_revision"]
-    assert str(info["fit"]["config"]["trainer"]["devices"]) == "2" and info["fit"]["config"]["trainer"]["strategy"] == "ddp"
+    assert (
+        str(info["fit"]["config"]["trainer"]["devices"]) == "2"
+        and info["fit"]["config"]["trainer"]["strategy"] == "ddp"
+    )
     assert info["test"]["config"]["ckpt_path"].endswith("last.ckpt")
     plots = {p.name for p in (out / "plots").glob("*.png")}
     assert plots == {"learning_curves.png", "confusion_matrix.png", "conv1_filters.png", "train_samples.png"}
@@ -36,8 +40,20 @@ def test_lenet5_learns_real_mnist_under_ddp(tmp_path):
 
 def test_resume_from_last_checkpoint_continues_the_run(digits_shards, tmp_path):
     config = REPO / "configs" / "lenet5_digits.yaml"
-    common = ["--config", config, "--data.data_dir", digits_shards, "--runs_dir", tmp_path, "--run_name", "r",
-              "--trainer.logger", "false", "--trainer.devices", "1"]
+    common = [
+        "--config",
+        config,
+        "--data.data_dir",
+        digits_shards,
+        "--runs_dir",
+        tmp_path,
+        "--run_name",
+        "r",
+        "--trainer.logger",
+        "false",
+        "--trainer.devices",
+        "1",
+    ]
     first = convnets("fit", *common, "--trainer.max_epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     last = tmp_path / "r" / "checkpoints" / "last.ckpt"
@@ -54,9 +70,25 @@ def test_last_checkpoint_is_the_last_epoch_even_on_a_plateau(digits_shards, tmp_
     """lr 1e-12: validation never improves after epoch 0, yet last.ckpt must hold the final epoch
     (Lightning's save_last beside a monitor would leave it at epoch 0, and a resume would redo epochs)."""
     config = REPO / "configs" / "lenet5_digits.yaml"
-    result = convnets("fit", "--config", config, "--data.data_dir", digits_shards, "--runs_dir", tmp_path,
-                      "--run_name", "p", "--trainer.logger", "false", "--trainer.devices", "1",
-                      "--trainer.max_epochs", "3", "--model.optim.lr", "1e-12")
+    result = convnets(
+        "fit",
+        "--config",
+        config,
+        "--data.data_dir",
+        digits_shards,
+        "--runs_dir",
+        tmp_path,
+        "--run_name",
+        "p",
+        "--trainer.logger",
+        "false",
+        "--trainer.devices",
+        "1",
+        "--trainer.max_epochs",
+        "3",
+        "--model.optim.lr",
+        "1e-12",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoints = tmp_path / "p" / "checkpoints"
     last = torch.load(checkpoints / "last.ckpt", weights_only=False)

@@ -5,6 +5,7 @@ from a folder outside the checkout with PYTHONPATH naming only that target: the 
 from this interpreter's environment (no second 2 GB torch install), the code only from the wheel,
 which the test checks (a missing module or package-data file in the wheel fails here).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.dali]
 
 
 def pip(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
@@ -46,7 +51,17 @@ def test_wheel_installs_and_runs_outside_the_tree(tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(target), where.stdout + where.stderr
     models = run(str(target / "bin" / "convnets"), "models")
     assert models.returncode == 0 and "alexnet" in models.stdout, models.stderr[-2000:]
-    demo = run(str(target / "bin" / "convnets"), "demo", "--epochs", "1", "--devices", "1", "--out", str(away / "demo"), timeout=900)
+    demo = run(
+        str(target / "bin" / "convnets"),
+        "demo",
+        "--epochs",
+        "1",
+        "--devices",
+        "1",
+        "--out",
+        str(away / "demo"),
+        timeout=900,
+    )
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
     assert "test top-1, multi-crop" in demo.stdout
     assert (away / "demo" / "checkpoints" / "last.ckpt").is_file()

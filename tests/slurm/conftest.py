@@ -7,6 +7,7 @@ folder and free ports, so a stale cluster elsewhere on the machine does not inte
 stopped at the end. Client commands (sbatch, squeue, scancel, and submitit's calls to them) find
 this cluster through SLURM_CONF, set for the whole session.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,42 +43,44 @@ def _install_slurm() -> None:
 
 
 def slurm_conf(state: Path, *, memory_mb: int) -> str:
-    return "\n".join([
-        "ClusterName=convnets-test",
-        "SlurmctldHost=localhost",
-        f"SlurmctldPort={_free_port()}",
-        f"SlurmdPort={_free_port()}",
-        "SlurmUser=root",
-        "SlurmdUser=root",
-        "AuthType=auth/none",
-        "CredType=cred/none",
-        "ProctrackType=proctrack/linuxproc",
-        "TaskPlugin=task/none",
-        "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_Core",
-        "MpiDefault=none",
-        "ReturnToService=2",
-        "JobRequeue=1",
-        "SchedulerType=sched/builtin",
-        "MinJobAge=600",  # finished jobs stay visible to squeue/scontrol for the assertions
-        "KillWait=10",
-        "InactiveLimit=0",
-        "SlurmctldTimeout=30",
-        "SlurmdTimeout=60",
-        "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none",
-        f"StateSaveLocation={state / 'ctld'}",
-        f"SlurmdSpoolDir={state / 'd'}",
-        f"SlurmctldPidFile={state / 'slurmctld.pid'}",
-        f"SlurmdPidFile={state / 'slurmd.pid'}",
-        f"SlurmctldLogFile={state / 'slurmctld.log'}",
-        f"SlurmdLogFile={state / 'slurmd.log'}",
-        "SlurmctldDebug=info",
-        "SlurmdDebug=info",
-        f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={CPUS} RealMemory={memory_mb} State=UNKNOWN",
-        "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
-        "",
-    ])
+    return "\n".join(
+        [
+            "ClusterName=convnets-test",
+            "SlurmctldHost=localhost",
+            f"SlurmctldPort={_free_port()}",
+            f"SlurmdPort={_free_port()}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/none",
+            "CredType=cred/none",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "JobRequeue=1",
+            "SchedulerType=sched/builtin",
+            "MinJobAge=600",  # finished jobs stay visible to squeue/scontrol for the assertions
+            "KillWait=10",
+            "InactiveLimit=0",
+            "SlurmctldTimeout=30",
+            "SlurmdTimeout=60",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            f"StateSaveLocation={state / 'ctld'}",
+            f"SlurmdSpoolDir={state / 'd'}",
+            f"SlurmctldPidFile={state / 'slurmctld.pid'}",
+            f"SlurmdPidFile={state / 'slurmd.pid'}",
+            f"SlurmctldLogFile={state / 'slurmctld.log'}",
+            f"SlurmdLogFile={state / 'slurmd.log'}",
+            "SlurmctldDebug=info",
+            "SlurmdDebug=info",
+            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={CPUS} RealMemory={memory_mb} State=UNKNOWN",
+            "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]
+    )
 
 
 def _node_state(env: dict) -> str:
@@ -98,23 +101,36 @@ def slurm_cluster(tmp_path_factory) -> dict:
     env = {**os.environ, "SLURM_CONF": str(conf)}
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)  # submitit and the CLI under test call sbatch/squeue/sacct
-    procs = [subprocess.Popen([d, "-D", "-f", str(conf)] if d == "slurmd" else [d, "-D", "-i", "-f", str(conf)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=open(state / f"{d}.err", "w"))
-             for d in DAEMONS]
+    procs = [
+        subprocess.Popen(
+            [d, "-D", "-f", str(conf)] if d == "slurmd" else [d, "-D", "-i", "-f", str(conf)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(state / f"{d}.err", "w"),
+        )
+        for d in DAEMONS
+    ]
     try:
         deadline = time.monotonic() + 60
         while _node_state(env) not in ("idle", "mixed"):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                logs = "\n".join((state / f).read_text()[-1500:] for f in ("slurmctld.log", "slurmd.log",
-                                 "slurmctld.err", "slurmd.err") if (state / f).exists())
+                logs = "\n".join(
+                    (state / f).read_text()[-1500:]
+                    for f in ("slurmctld.log", "slurmd.log", "slurmctld.err", "slurmd.err")
+                    if (state / f).exists()
+                )
                 pytest.fail(f"Slurm did not come up (node state {_node_state(env)!r}):\n{logs}")
             time.sleep(0.5)
         yield {"env": env, "conf": conf, "state": state, "cpus": CPUS, "partition": "debug"}
     finally:
         subprocess.run(["scancel", "--full", "--user", str(os.getuid())], env=env, capture_output=True, timeout=30)
         deadline = time.monotonic() + 30  # let slurmd end the job steps: stopped first, it would orphan them
-        while time.monotonic() < deadline and subprocess.run(
-                ["squeue", "--noheader"], env=env, capture_output=True, text=True, timeout=30).stdout.strip():
+        while (
+            time.monotonic() < deadline
+            and subprocess.run(
+                ["squeue", "--noheader"], env=env, capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+        ):
             time.sleep(0.5)
         for proc in procs:
             proc.terminate()
@@ -133,8 +149,13 @@ def wait_for_jobs(env: dict, job_ids: list[str], *, timeout: float) -> None:
     """Until none of the jobs is pending, running, requeued or completing (squeue empty for them)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run(["squeue", "--noheader", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], env=env,
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["squeue", "--noheader", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
         if not out.strip():
             return
         time.sleep(1)
@@ -142,7 +163,9 @@ def wait_for_jobs(env: dict, job_ids: list[str], *, timeout: float) -> None:
 
 
 def job_state(env: dict, job_id: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30
+    ).stdout
     for token in out.split():
         if token.startswith("JobState="):
             return token.split("=", 1)[1]

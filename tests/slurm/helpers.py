@@ -1,4 +1,5 @@
 """Shared by the slurm tests: `convnets` with the test cluster's environment, and the tiny recipe."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,35 @@ def convnets_env(cluster: dict, **extra: str) -> dict:
     return env
 
 
-def run_convnets(cluster: dict, *args: object, timeout: int = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convnets.cli", *map(str, args)], env=convnets_env(cluster),
-                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+def run_convnets(
+    cluster: dict, *args: object, timeout: int = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "convnets.cli", *map(str, args)],
+        env=convnets_env(cluster),
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def fit_flags(data: Path, runs: Path, name: str, *, epochs: int = 2) -> list[str]:
     """LeNet-5 on the real digits: ~45 steps an epoch at 2 ranks x 16 (seconds on 2 CPU cores)."""
-    return ["--config", str(CONFIG), "--data.data_dir", str(data), "--runs_dir", str(runs), "--run_name", name,
-            "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false"]
+    return [
+        "--config",
+        str(CONFIG),
+        "--data.data_dir",
+        str(data),
+        "--runs_dir",
+        str(runs),
+        "--run_name",
+        name,
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
 
 
 def train_count(data: Path) -> int:

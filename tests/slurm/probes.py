@@ -1,4 +1,5 @@
 """Callbacks the signal tests add to a real run with `--trainer.callbacks+=tests.slurm.probes.NAME`."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ class SignalSelf(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        if (not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING and batch_idx == self.val_batch
-                and trainer.current_epoch == self.epoch):
+        if (
+            not trainer.sanity_checking
+            and trainer.state.fn == TrainerFn.FITTING
+            and batch_idx == self.val_batch
+            and trainer.current_epoch == self.epoch
+        ):
             os.kill(os.getpid(), self.signum)
 
 
@@ -34,8 +39,15 @@ class Markers(pl.Callback):
     so W&B has written the rows before it), `val-E-R` (validation of epoch E started in the job's
     R-th run, which then runs `val_delay_s` slower per batch: time to signal it there)."""
 
-    def __init__(self, folder: str, pause_step: int = -1, pause_s: float = 0.0, val_epoch: int = -1,
-                 val_restart: int = 0, val_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        folder: str,
+        pause_step: int = -1,
+        pause_s: float = 0.0,
+        val_epoch: int = -1,
+        val_restart: int = 0,
+        val_delay_s: float = 0.0,
+    ) -> None:
         self.folder = Path(folder)
         self.pause_step, self.pause_s = pause_step, pause_s
         self.val_epoch, self.val_restart, self.val_delay_s = val_epoch, val_restart, val_delay_s
@@ -50,8 +62,11 @@ class Markers(pl.Callback):
                 (self.folder / f"step-{self.pause_step}").touch()
 
     def _slow_validation(self, trainer) -> bool:
-        return (not trainer.sanity_checking and trainer.current_epoch == self.val_epoch
-                and self._restart() == self.val_restart)
+        return (
+            not trainer.sanity_checking
+            and trainer.current_epoch == self.val_epoch
+            and self._restart() == self.val_restart
+        )
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if self._slow_validation(trainer) and trainer.is_global_zero:

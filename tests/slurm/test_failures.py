@@ -1,4 +1,5 @@
 """What a real cluster does when things go wrong: a rank that dies, a run submitted twice."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,9 @@ def test_a_killed_rank_ends_the_job_within_30_s_naming_it(slurm_cluster, digits_
     print(f"job {job_id} ended {ended_s:.1f} s after its rank 1 was killed")
     assert ended_s < 30, f"the job ran on {ended_s:.0f} s after a rank died"
 
-    control = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30).stdout
+    control = subprocess.run(
+        ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30
+    ).stdout
     assert job_state(env, job_id) == "FAILED" and "Restarts=0" in control, control  # a crash is not a preemption
     record = json.loads((run_dir / "slurm.json").read_text())
     assert [e["event"] for e in record["events"]] == ["start"] and record["requeues"] == 0
@@ -66,15 +69,24 @@ def test_a_killed_rank_ends_the_job_within_30_s_naming_it(slurm_cluster, digits_
     named = {name: [ln for ln in text.splitlines() if ln.startswith("convnets: rank ")] for name, text in logs.items()}
     assert named[f"{job_id}_0_log.err"] == [], "rank 0 only followed rank 1 down"
     (line,) = named[f"{job_id}_1_log.err"]
-    assert line.startswith(f"convnets: rank 1 (Slurm task 1 of job {job_id} on host localhost) was killed by SIGKILL "
-                           "(the kernel's OOM-killer"), line
-    assert re.search(r"srun: error: localhost: tasks? [0-9-]*1[0-9-]*: Killed", logs[f"{job_id}_0_log.err"])  # srun's word
+    assert line.startswith(
+        f"convnets: rank 1 (Slurm task 1 of job {job_id} on host localhost) was killed by SIGKILL "
+        "(the kernel's OOM-killer"
+    ), line
+    assert re.search(
+        r"srun: error: localhost: tasks? [0-9-]*1[0-9-]*: Killed", logs[f"{job_id}_0_log.err"]
+    )  # srun's word
 
 
 def test_a_run_whose_job_is_live_is_not_submitted_again(slurm_cluster, digits_shards, tmp_path):
     """Two jobs of one run would share its last.ckpt and W&B id; once the first has ended, resubmitting is fine."""
-    flags = [*fit_flags(digits_shards, tmp_path, "twice", epochs=1), "--slurm.cluster", "local",
-             "--slurm.additional_parameters", '{"hold": true}']  # held: stays PENDING until released
+    flags = [
+        *fit_flags(digits_shards, tmp_path, "twice", epochs=1),
+        "--slurm.cluster",
+        "local",
+        "--slurm.additional_parameters",
+        '{"hold": true}',
+    ]  # held: stays PENDING until released
     first = run_convnets(slurm_cluster, "submit", *flags, timeout=120)
     assert first.returncode == 0, first.stderr[-3000:]
     job_id, env = _job_id(first.stdout), slurm_cluster["env"]
@@ -82,8 +94,11 @@ def test_a_run_whose_job_is_live_is_not_submitted_again(slurm_cluster, digits_sh
         again = run_convnets(slurm_cluster, "submit", *flags, timeout=120)
         assert again.returncode == 2 and again.stdout == ""
         assert again.stderr.strip().splitlines() == [
-            (f"convnets: error: run twice: its job {job_id} is still PENDING ({tmp_path}/twice/slurm.json); wait "
-             f"for it to end, or `scancel {job_id}`, before submitting this run again")]
+            (
+                f"convnets: error: run twice: its job {job_id} is still PENDING ({tmp_path}/twice/slurm.json); wait "
+                f"for it to end, or `scancel {job_id}`, before submitting this run again"
+            )
+        ]
         assert json.loads((tmp_path / "twice" / "slurm.json").read_text())["job_id"] == job_id  # record untouched
     finally:
         subprocess.run(["scancel", job_id], env=env, check=True, timeout=30)

@@ -1,6 +1,7 @@
 """Stock Slurm preemption on the suite's one-node cluster: `scontrol requeue` (SIGTERM; Slurm requeues the job
 itself), the time-limit warning during validation (USR2; the platform requeues), two requeues in a row, and a
 plain `scancel` (the user's own: saved, not requeued). Each ends as an uninterrupted run of the same command."""
+
 from __future__ import annotations
 
 import json
@@ -23,18 +24,46 @@ LOG_EVERY = 25
 
 
 def _submit(cluster, flags, *extra) -> str:
-    submitted = run_convnets(cluster, "submit", *flags, "--slurm.cluster", "local", "--slurm.preempt_check_steps",
-                             CHECK_EVERY, *extra, timeout=120)
+    submitted = run_convnets(
+        cluster,
+        "submit",
+        *flags,
+        "--slurm.cluster",
+        "local",
+        "--slurm.preempt_check_steps",
+        CHECK_EVERY,
+        *extra,
+        timeout=120,
+    )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     return re.search(r"submitted job (\d+)", submitted.stdout).group(1)
 
 
 def _reference(cluster, data, runs, name: str, epochs: int):
     """The same fit, uninterrupted, as 2 local DDP processes (its W&B run is the reference for the rows)."""
-    result = subprocess.run([sys.executable, "-m", "convnets.cli", "fit", *fit_flags(data, runs, name, epochs=epochs),
-                             "--data.batch_size", str(BATCH), "--trainer.log_every_n_steps", str(LOG_EVERY),
-                             "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
-                            env=convnets_env(cluster), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convnets.cli",
+            "fit",
+            *fit_flags(data, runs, name, epochs=epochs),
+            "--data.batch_size",
+            str(BATCH),
+            "--trainer.log_every_n_steps",
+            str(LOG_EVERY),
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.accelerator",
+            "cpu",
+        ],
+        env=convnets_env(cluster),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
@@ -50,12 +79,28 @@ def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(s
     env, run_dir, marks = slurm_cluster["env"], tmp_path / "twice", tmp_path / "marks"
     marks.mkdir()
     pause_step = 60  # after W&B rows at steps 24 and 49: they must survive SIGTERM
-    markers = ["--trainer.callbacks+=tests.slurm.probes.Markers", "--trainer.callbacks.folder", str(marks),
-               "--trainer.callbacks.pause_step", str(pause_step), "--trainer.callbacks.pause_s", "3",
-               "--trainer.callbacks.val_epoch", "0", "--trainer.callbacks.val_restart", "1",
-               "--trainer.callbacks.val_delay_s", "0.5"]
-    flags = [*fit_flags(digits_shards, tmp_path, "twice", epochs=2), "--data.batch_size", str(BATCH),
-             "--trainer.log_every_n_steps", str(LOG_EVERY)]
+    markers = [
+        "--trainer.callbacks+=tests.slurm.probes.Markers",
+        "--trainer.callbacks.folder",
+        str(marks),
+        "--trainer.callbacks.pause_step",
+        str(pause_step),
+        "--trainer.callbacks.pause_s",
+        "3",
+        "--trainer.callbacks.val_epoch",
+        "0",
+        "--trainer.callbacks.val_restart",
+        "1",
+        "--trainer.callbacks.val_delay_s",
+        "0.5",
+    ]
+    flags = [
+        *fit_flags(digits_shards, tmp_path, "twice", epochs=2),
+        "--data.batch_size",
+        str(BATCH),
+        "--trainer.log_every_n_steps",
+        str(LOG_EVERY),
+    ]
     job_id = _submit(slurm_cluster, [*flags, *markers])
 
     # 1. `scontrol requeue` mid-epoch 0: SIGCONT + SIGTERM to every task, SIGKILL after KillWait (10 s here).
@@ -71,21 +116,34 @@ def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(s
 
     record = json.loads((run_dir / "slurm.json").read_text())
     assert [e["event"] for e in record["events"]] == [
-        "start", "requeued by Slurm", "resume after requeue 1", "resumed", "requeue", "resume after requeue 2",
-        "resumed", "finished"]
+        "start",
+        "requeued by Slurm",
+        "resume after requeue 1",
+        "resumed",
+        "requeue",
+        "resume after requeue 2",
+        "resumed",
+        "finished",
+    ]
     assert record["slurm_requeues"] == 1 and record["requeues"] == 1  # only the platform's counts against the limit
     first, second = record["events"][1], record["events"][4]
     assert first["signal"] == "SIGTERM" and second["signal"] == "SIGUSR2"
-    assert [e["step"] for e in record["events"] if e["event"] == "resumed"] == [first["saved_step"], second["saved_step"]]
+    assert [e["step"] for e in record["events"] if e["event"] == "resumed"] == [
+        first["saved_step"],
+        second["saved_step"],
+    ]
     steps_per_epoch = -(-train_count(digits_shards) // (2 * BATCH))  # the last global batch is padded
     assert pause_step <= first["saved_step"] < steps_per_epoch - 1  # mid-epoch
     assert second["saved_step"] == steps_per_epoch  # epoch 0 trained, its validation stopped
     rank0 = (run_dir / "slurm" / f"{job_id}_0_log.err").read_text()
-    signalled = int(re.search(r"signal received after step (\d+): saved .* at step %d" % first["saved_step"],
-                              rank0).group(1))
-    print(f"\nscontrol requeue: signal after step {signalled}, saved at step {first['saved_step']} "
-          f"({first['saved_step'] - signalled} steps later; preempt_check_steps {CHECK_EVERY}); "
-          f"the requeued job resumed at step {first['saved_step']}: 0 steps trained twice")
+    signalled = int(
+        re.search(rf"signal received after step (\d+): saved .* at step {first['saved_step']}", rank0).group(1)
+    )
+    print(
+        f"\nscontrol requeue: signal after step {signalled}, saved at step {first['saved_step']} "
+        f"({first['saved_step'] - signalled} steps later; preempt_check_steps {CHECK_EVERY}); "
+        f"the requeued job resumed at step {first['saved_step']}: 0 steps trained twice"
+    )
     assert first["saved_step"] - signalled <= CHECK_EVERY
     assert not (marks / "val-0-2").exists()  # the USR2 job never finished that validation: it was requeued
 
@@ -101,17 +159,23 @@ def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(s
     steps = [row["_step"] for row in rows]
     assert len(runs) >= 2 and steps == sorted(steps) and len(set(steps)) == len(steps)
     reference = [row for rows in history(tmp_path / "reference") for row in rows]
+
     # Train rows at the same steps with the same losses; each epoch's validation once, with the same numbers
     # (a validation rerun after a requeue logs one step later than the uninterrupted run did).
-    train = lambda rs: [(r["_step"], r["train_loss"]) for r in rs if "train_loss" in r]
-    val = lambda rs: [(r["epoch"], r["val_top1"], r["val_loss"]) for r in rs if "val_top1" in r]
+    def train(rs):
+        return [(r["_step"], r["train_loss"]) for r in rs if "train_loss" in r]
+
+    def val(rs):
+        return [(r["epoch"], r["val_top1"], r["val_loss"]) for r in rs if "val_top1" in r]
+
     assert train(rows) == train(reference) and val(rows) == val(reference)
 
 
 def test_scancel_saves_and_does_not_requeue(slurm_cluster, digits_shards, tmp_path):
     env, run_dir = slurm_cluster["env"], tmp_path / "cancelled"
-    job_id = _submit(slurm_cluster, [*fit_flags(digits_shards, tmp_path, "cancelled", epochs=1),
-                                     "--data.batch_size", "2"])
+    job_id = _submit(
+        slurm_cluster, [*fit_flags(digits_shards, tmp_path, "cancelled", epochs=1), "--data.batch_size", "2"]
+    )
     _wait_for(run_dir / "plots" / "train_samples.png", timeout=240)
     subprocess.run(["scancel", job_id], env=env, check=True, timeout=30)
     wait_for_jobs(env, [job_id], timeout=120)
@@ -124,5 +188,8 @@ def test_scancel_saves_and_does_not_requeue(slurm_cluster, digits_shards, tmp_pa
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == saved > 0
     rank0 = (run_dir / "slurm" / f"{job_id}_0_log.err").read_text()
-    assert re.search(rf"job {job_id} cancelled \(SIGTERM; not requeued\): saved last.ckpt at step {saved}; "
-                     rf"to resume, submit the same command again \(same --run_name cancelled\)", rank0)
+    assert re.search(
+        rf"job {job_id} cancelled \(SIGTERM; not requeued\): saved last.ckpt at step {saved}; "
+        rf"to resume, submit the same command again \(same --run_name cancelled\)",
+        rank0,
+    )

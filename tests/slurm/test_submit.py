@@ -1,4 +1,5 @@
 """`convnets submit` against the real test cluster: a 2-rank DDP fit, preemption + requeue, bad requests."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,16 @@ def _job_id(stdout: str) -> str:
 
 def test_two_task_ddp_fit_through_submit(slurm_cluster, digits_shards, tmp_path, capsys):
     name = "odd name's $(touch pwned)"  # reaches sbatch and srun: must arrive quoted
-    result = run_convnets(slurm_cluster, "submit", *fit_flags(digits_shards, tmp_path, name),
-                          "--slurm.cluster", "local", "--wait", timeout=400, cwd=tmp_path)
+    result = run_convnets(
+        slurm_cluster,
+        "submit",
+        *fit_flags(digits_shards, tmp_path, name),
+        "--slurm.cluster",
+        "local",
+        "--wait",
+        timeout=400,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     job_id = _job_id(result.stdout)
     wait_for_jobs(slurm_cluster["env"], [job_id], timeout=60)  # --wait returns once the result is written
@@ -51,11 +60,29 @@ def test_two_task_ddp_fit_through_submit(slurm_cluster, digits_shards, tmp_path,
 
 def test_sweep_file_runs_as_an_array_with_a_summary(slurm_cluster, digits_shards, tmp_path):
     sweep = tmp_path / "lrs.yaml"
-    sweep.write_text("- {name: lr-a, model.optim.lr: 0.01}\n- {name: lr-b, model.optim.lr: 0.05}\n"
-                     "- {name: lr-c, model.optim.lr: 0.1}\n")
-    flags = [f for f in fit_flags(digits_shards, tmp_path / "runs", "unused", epochs=1) if f not in ("--run_name", "unused")]
-    result = run_convnets(slurm_cluster, "submit", *flags, "--trainer.limit_train_batches", "5", "--sweep", sweep,
-                          "--slurm.cluster", "local", "--slurm.tasks_per_node", "1", "--wait", timeout=600, cwd=tmp_path)
+    sweep.write_text(
+        "- {name: lr-a, model.optim.lr: 0.01}\n- {name: lr-b, model.optim.lr: 0.05}\n"
+        "- {name: lr-c, model.optim.lr: 0.1}\n"
+    )
+    flags = [
+        f for f in fit_flags(digits_shards, tmp_path / "runs", "unused", epochs=1) if f not in ("--run_name", "unused")
+    ]
+    result = run_convnets(
+        slurm_cluster,
+        "submit",
+        *flags,
+        "--trainer.limit_train_batches",
+        "5",
+        "--sweep",
+        sweep,
+        "--slurm.cluster",
+        "local",
+        "--slurm.tasks_per_node",
+        "1",
+        "--wait",
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "runs" / "sweep.json").read_text())
     assert [r["run"] for r in rows] == ["lr-a", "lr-b", "lr-c"]
@@ -74,8 +101,10 @@ def test_sweep_file_runs_as_an_array_with_a_summary(slurm_cluster, digits_shards
 def test_bad_requests_are_one_line_and_queue_nothing(slurm_cluster, digits_shards, tmp_path, case, monkeypatch, capfd):
     flags = fit_flags(digits_shards, tmp_path, "bad", epochs=1)
     extra, needle = {
-        "gpus": (["--trainer.accelerator", "gpu", "--slurm.gpus_per_node", "4", "--slurm.tasks_per_node", "4"],
-                 "sbatch refused"),  # the test node has no GPU: sbatch itself refuses
+        "gpus": (
+            ["--trainer.accelerator", "gpu", "--slurm.gpus_per_node", "4", "--slurm.tasks_per_node", "4"],
+            "sbatch refused",
+        ),  # the test node has no GPU: sbatch itself refuses
         "devices": (["--trainer.devices", "3"], "trainer.devices 3 contradicts"),
         "config": (["--data.batch_size", "many"], "data.batch_size"),
     }[case]
@@ -93,10 +122,32 @@ def test_bad_requests_are_one_line_and_queue_nothing(slurm_cluster, digits_shard
 
 def test_ablation_sweep_runs_its_variants_as_slurm_jobs(slurm_cluster, digits_shards, tmp_path):
     out = tmp_path / "ablation"
-    result = run_convnets(slurm_cluster, "sweep", "ablation", "--config", CONFIG, "--variants", "full", "--epochs", "1",
-                          "--out", out, "--slurm.cluster", "local", "--slurm.tasks_per_node", "1", "--",
-                          "--data.data_dir", digits_shards, "--trainer.limit_train_batches", "5",
-                          "--trainer.enable_progress_bar", "false", timeout=600, cwd=tmp_path)
+    result = run_convnets(
+        slurm_cluster,
+        "sweep",
+        "ablation",
+        "--config",
+        CONFIG,
+        "--variants",
+        "full",
+        "--epochs",
+        "1",
+        "--out",
+        out,
+        "--slurm.cluster",
+        "local",
+        "--slurm.tasks_per_node",
+        "1",
+        "--",
+        "--data.data_dir",
+        digits_shards,
+        "--trainer.limit_train_batches",
+        "5",
+        "--trainer.enable_progress_bar",
+        "false",
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "full" / "slurm.json").read_text())
     assert [e["event"] for e in record["events"]] == ["start", "finished"]  # it ran as a Slurm job

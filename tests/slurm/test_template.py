@@ -1,4 +1,5 @@
 """`convnets slurm template`'s plain sbatch script preempted on the real cluster: it saves, requeues and resumes."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ def _release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
     """Slurm holds a requeued job for ~2 minutes (reason BeginTime); an admin may start it now, as here."""
     deadline, reason = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
-        reason = subprocess.run(["squeue", "-h", "-o", "%T %r", "-j", job_id], env=env, capture_output=True,
-                                text=True, timeout=30).stdout.split()
+        reason = subprocess.run(
+            ["squeue", "-h", "-o", "%T %r", "-j", job_id], env=env, capture_output=True, text=True, timeout=30
+        ).stdout.split()
         if reason[:2] == ["PENDING", "BeginTime"]:
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True, timeout=30)
             return
@@ -33,16 +35,37 @@ def _release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
 
 def test_the_template_job_saves_requeues_and_resumes_on_usr2(slurm_cluster, digits_shards, tmp_path):
     runs = tmp_path / "runs"
-    flags = [*fit_flags(digits_shards, runs, "tmplq", epochs=1), "--data.batch_size", str(BATCH), "--trainer.logger", "false"]
-    made = run_convnets(slurm_cluster, "slurm", "template", "--slurm.cluster", "local", "--slurm.preempt_check_steps", "1",
-                        "--job-name", "tmplq", "--logs", str(tmp_path / "tmplq"), "--", *flags, cwd=tmp_path)
+    flags = [
+        *fit_flags(digits_shards, runs, "tmplq", epochs=1),
+        "--data.batch_size",
+        str(BATCH),
+        "--trainer.logger",
+        "false",
+    ]
+    made = run_convnets(
+        slurm_cluster,
+        "slurm",
+        "template",
+        "--slurm.cluster",
+        "local",
+        "--slurm.preempt_check_steps",
+        "1",
+        "--job-name",
+        "tmplq",
+        "--logs",
+        str(tmp_path / "tmplq"),
+        "--",
+        *flags,
+        cwd=tmp_path,
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     script = tmp_path / "job.sbatch"
     script.write_text(made.stdout)
     # The job runs `convnets` from PATH, as on a cluster with the package installed.
     env = {**convnets_env(slurm_cluster), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    submitted = subprocess.run(["sbatch", "--parsable", str(script)], env=env, cwd=tmp_path, capture_output=True,
-                               text=True, timeout=30)
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
 
@@ -55,7 +78,9 @@ def test_the_template_job_saves_requeues_and_resumes_on_usr2(slurm_cluster, digi
     wait_for_jobs(env, [job_id], timeout=400)
     err = (tmp_path / "tmplq.err").read_text()
     assert job_state(env, job_id) == "COMPLETED", err[-3000:]
-    control = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30).stdout
+    control = subprocess.run(
+        ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30
+    ).stdout
     assert "Restarts=1" in control, control
 
     saved_at = int(re.search(r"signal received: saved .*last\.ckpt at step (\d+)", err).group(1))
@@ -67,10 +92,29 @@ def test_the_template_job_saves_requeues_and_resumes_on_usr2(slurm_cluster, digi
     # The requeued job loaded the save (a fresh start with the same seed would end with the same weights).
     assert re.search(r"Restor\w+ .*checkpoint.*tmplq/checkpoints/last\.ckpt", err), err[-3000:]
 
-    reference = subprocess.run([sys.executable, "-m", "convnets.cli", "fit", *fit_flags(digits_shards, runs, "reference", epochs=1),
-                                "--data.batch_size", str(BATCH), "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                                "--trainer.accelerator", "cpu", "--trainer.logger", "false"],
-                               env=convnets_env(slurm_cluster), capture_output=True, text=True, timeout=400)
+    reference = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convnets.cli",
+            "fit",
+            *fit_flags(digits_shards, runs, "reference", epochs=1),
+            "--data.batch_size",
+            str(BATCH),
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+        ],
+        env=convnets_env(slurm_cluster),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
     final = torch.load(runs / "tmplq" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     expected = torch.load(runs / "reference" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -1,5 +1,6 @@
 """The AlexNet family: parameter counts, shapes, torchvision compatibility, the dropout convention,
 options and their errors, the papers' initialisation and normalizations."""
+
 from __future__ import annotations
 
 import copy
@@ -84,8 +85,14 @@ def test_family_is_registered_with_its_input_facts() -> None:
         assert info.crop_fraction == 0.875
         assert info.options == OPTIONS  # so create_model(name, ablate=...) etc. reach every builder
         defaults = {k: p.default for k, p in inspect.signature(info.builder).parameters.items()}
-        assert defaults == {"num_classes": 1000, "init": "kaiming", "ablate": None,
-                            "norm": DEFAULT_NORM[name], "pool": "overlap", "dropout": 0.5}
+        assert defaults == {
+            "num_classes": 1000,
+            "init": "kaiming",
+            "ablate": None,
+            "norm": DEFAULT_NORM[name],
+            "pool": "overlap",
+            "dropout": 0.5,
+        }
 
 
 @pytest.mark.parametrize("name", FAMILY)
@@ -139,8 +146,10 @@ def test_alexnet_small_runs_at_32_to_128_px(side: int) -> None:
 def _map_sides(model: nn.Module, side: int) -> dict[str, int]:
     """Spatial side of each named feature layer's output for a side x side input."""
     sides: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: sides.__setitem__(n, out.shape[-1]))
-             for n, m in model.features.named_children()]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, n=n: sides.__setitem__(n, out.shape[-1]))
+        for n, m in model.features.named_children()
+    ]
     with torch.no_grad():
         model.eval()(torch.randn(1, 3, side, side))
     for h in hooks:
@@ -192,8 +201,9 @@ def test_alexnet_loads_torchvision_weights_and_matches_its_outputs() -> None:
 # Every non-default norm, the other pooling and the smallest ablation, on every member. Only
 # norm="batch" touches the classifier (BatchNorm1d after fc6/fc7); the other rows drop fc6/fc7
 # (ablate="fc6_fc7") to skip initialising 54 M weights each, as they change only the conv stages.
-VARIANTS = [(name, {"norm": norm}) for name in FAMILY for norm in ("lrn", "lcn", "batch", "none")
-            if norm != DEFAULT_NORM[name]]
+VARIANTS = [
+    (name, {"norm": norm}) for name in FAMILY for norm in ("lrn", "lcn", "batch", "none") if norm != DEFAULT_NORM[name]
+]
 VARIANTS += [(name, {"pool": "nonoverlap"}) for name in FAMILY]
 VARIANTS += [(name, {"ablate": "conv3_conv4_fc6_fc7"}) for name in FAMILY]
 
@@ -206,10 +216,15 @@ def test_every_option_value_builds_and_runs(name: str, option: dict[str, str]) -
         logits = model(torch.randn(1, *get_model_info(name).input_size))
     assert logits.shape == (1, 5) and torch.isfinite(logits).all()
     norm = option.get("norm", DEFAULT_NORM[name])
-    has = {cls: any(isinstance(m, cls) for m in model.modules())
-           for cls in (nn.LocalResponseNorm, LocalContrastNorm, nn.BatchNorm2d)}
-    assert has == {nn.LocalResponseNorm: norm == "lrn", LocalContrastNorm: norm == "lcn",
-                   nn.BatchNorm2d: norm == "batch"}
+    has = {
+        cls: any(isinstance(m, cls) for m in model.modules())
+        for cls in (nn.LocalResponseNorm, LocalContrastNorm, nn.BatchNorm2d)
+    }
+    assert has == {
+        nn.LocalResponseNorm: norm == "lrn",
+        LocalContrastNorm: norm == "lcn",
+        nn.BatchNorm2d: norm == "batch",
+    }
     if "pool" in option:
         assert all(p.kernel_size == 2 for p in model.modules() if isinstance(p, nn.MaxPool2d))
 
@@ -292,14 +307,18 @@ def test_unknown_model_lists_the_valid_names() -> None:
 
 
 @pytest.mark.parametrize("name", FAMILY)
-@pytest.mark.parametrize("option, value, valid", [
-    ("ablate", "fc8", ["None", "'fc7'", "'fc6_fc7'", "'conv3_conv4_fc6_fc7'"]),
-    ("norm", "group", ["'lrn'", "'lcn'", "'batch'", "'none'"]),
-    ("pool", "average", ["'overlap'", "'nonoverlap'"]),
-    ("init", "xavier", ["'kaiming'", "'paper'"]),
-])
+@pytest.mark.parametrize(
+    "option, value, valid",
+    [
+        ("ablate", "fc8", ["None", "'fc7'", "'fc6_fc7'", "'conv3_conv4_fc6_fc7'"]),
+        ("norm", "group", ["'lrn'", "'lcn'", "'batch'", "'none'"]),
+        ("pool", "average", ["'overlap'", "'nonoverlap'"]),
+        ("init", "xavier", ["'kaiming'", "'paper'"]),
+    ],
+)
 def test_unknown_option_value_names_the_option_and_valid_values(
-        name: str, option: str, value: str, valid: list[str]) -> None:
+    name: str, option: str, value: str, valid: list[str]
+) -> None:
     with pytest.raises(ValueError, match=f"unknown {option} '{value}'; valid {option} values: ") as err:
         create_model(name, **{option: value})
     assert all(v in str(err.value) for v in valid), str(err.value)
@@ -348,7 +367,7 @@ def test_lrn_uses_the_papers_summed_alpha() -> None:
     b = local_response_norm()(a)
     for i in (0, 1, 3, 6):
         lo, hi = max(0, i - 2), min(6, i + 2)
-        denom = (2.0 + 1e-4 * (a[0, lo:hi + 1, 1, 2] ** 2).sum()) ** 0.75
+        denom = (2.0 + 1e-4 * (a[0, lo : hi + 1, 1, 2] ** 2).sum()) ** 0.75
         assert torch.isclose(b[0, i, 1, 2], a[0, i, 1, 2] / denom, rtol=1e-5), i
 
 
@@ -357,7 +376,7 @@ def _lcn_by_hand(x: torch.Tensor, size: int, k: int, sigma: float, eps: float) -
     k x k), each window renormalized over its in-bounds part."""
     _, c, h, w = x.shape
     t = torch.arange(k, dtype=torch.float64) - k // 2
-    g = torch.exp(-t**2 / (2 * sigma**2))
+    g = torch.exp(-(t**2) / (2 * sigma**2))
     gg = g[:, None] * g[None, :]
     r, s = size // 2, k // 2
 
@@ -368,7 +387,7 @@ def _lcn_by_hand(x: torch.Tensor, size: int, k: int, sigma: float, eps: float) -
                 for wi in range(w):
                     c0, c1 = max(0, ci - r), min(c, ci + r + 1)
                     h0, h1, w0, w1 = max(0, hi - s), min(h, hi + s + 1), max(0, wi - s), min(w, wi + s + 1)
-                    wt = gg[h0 - hi + s:h1 - hi + s, w0 - wi + s:w1 - wi + s]
+                    wt = gg[h0 - hi + s : h1 - hi + s, w0 - wi + s : w1 - wi + s]
                     out[0, ci, hi, wi] = (z[0, c0:c1, h0:h1, w0:w1] * wt).sum() / (wt.sum() * (c1 - c0))
         return out
 

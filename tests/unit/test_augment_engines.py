@@ -5,6 +5,7 @@ distribution (crop windows read back from a coordinate image, jitter and PCA lig
 from flat images), with fixed seeds, so each test is deterministic; and the pixels that reach the
 model belong to the label they travel with (real MNIST digits, looked up by content).
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,10 @@ class ArraySource:
     description: str = "test arrays"
 
     def splits(self) -> dict[str, list[Sample]]:
-        samples = [Sample(key=f"array[{i}]", label=int(y), read=partial(_png, img))
-                   for i, (img, y) in enumerate(zip(self.images, self.labels))]
+        samples = [
+            Sample(key=f"array[{i}]", label=int(y), read=partial(_png, img))
+            for i, (img, y) in enumerate(zip(self.images, self.labels))
+        ]
         return {"train": samples, "val": samples}
 
 
@@ -64,8 +67,14 @@ def _shards(source: ArraySource, out: Path) -> Path:
 
 
 def _dm(data: Path, spec: InputSpec, backend: str, stage: str = "fit", **kw) -> ShardDataModule:
-    dm = ShardDataModule(data_dir=str(data), batch_size=kw.pop("batch_size", 50), num_threads=kw.pop("num_threads", 1)
-                         if backend == "dali" else 0, input_spec=spec, backend=backend, **kw)
+    dm = ShardDataModule(
+        data_dir=str(data),
+        batch_size=kw.pop("batch_size", 50),
+        num_threads=kw.pop("num_threads", 1) if backend == "dali" else 0,
+        input_spec=spec,
+        backend=backend,
+        **kw,
+    )
     dm.setup(stage)
     return dm
 
@@ -114,8 +123,15 @@ def test_eval_crops_agree_on_real_jpegs(imagenette_small_shards, crops):
     against torchvision's Resize(antialias=True); measured maximum: 1 level)."""
     got = {}
     for backend in ENGINES:
-        dm = _dm(imagenette_small_shards, SMALL_RGB, backend, stage="test", batch_size=36,
-                 normalize_on_device=True, test_crops=crops)
+        dm = _dm(
+            imagenette_small_shards,
+            SMALL_RGB,
+            backend,
+            stage="test",
+            batch_size=36,
+            normalize_on_device=True,
+            test_crops=crops,
+        )
         got[backend] = next(iter(dm.test_dataloader()))
     dali, torch_ = got["dali"], got["torch"]
     assert dali["images"].dtype == torch_["images"].dtype == torch.uint8
@@ -161,14 +177,20 @@ def _crop_windows(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndar
 def coordinate_shards(tmp_path_factory) -> Path:
     """100 copies of a 128 px PNG whose red is 2x and green 2y: a crop's pixels say where it came from."""
     ramp = np.arange(0, 256, 2, dtype=np.uint8)
-    coords = np.stack([np.tile(ramp, (128, 1)), np.tile(ramp[:, None], (1, 128)), np.full((128, 128), 128, np.uint8)], -1)
+    coords = np.stack(
+        [np.tile(ramp, (128, 1)), np.tile(ramp[:, None], (1, 128)), np.full((128, 128), 128, np.uint8)], -1
+    )
     return _shards(ArraySource(images=[coords] * 100, labels=[0] * 100), tmp_path_factory.mktemp("coords"))
 
 
 def test_train_crop_scale_aspect_and_flip_distributions_match(coordinate_shards):
     data = coordinate_shards
-    windows = {b: _crop_windows(_train_draws(_dm(data, TINY_RGB, b, preset="inception", min_area=0.08,
-                                                 normalize_on_device=True), epochs=4)) for b in ENGINES}
+    windows = {
+        b: _crop_windows(
+            _train_draws(_dm(data, TINY_RGB, b, preset="inception", min_area=0.08, normalize_on_device=True), epochs=4)
+        )
+        for b in ENGINES
+    }
     for name, k in (("area", 0), ("aspect", 1)):
         for b in ENGINES:  # each engine spans the spec's ranges (5% slack for the pixel rounding)
             values = windows[b][k]
@@ -198,10 +220,15 @@ def test_alexnet_crops_are_the_papers_window_on_both_engines(coordinate_shards):
 
 def test_colour_jitter_statistics_match(tmp_path):
     colour = np.array([90, 140, 190], dtype=np.uint8)
-    data = _shards(ArraySource(images=[np.broadcast_to(colour, (48, 48, 3)).copy()] * 100, labels=[0] * 100),
-                   tmp_path / "flat")
-    means = {b: _train_draws(_dm(data, TINY_RGB, b, preset="inception", jitter=0.4, hue=0.1), epochs=4)
-             .mean(dim=(2, 3)).numpy() for b in ENGINES}
+    data = _shards(
+        ArraySource(images=[np.broadcast_to(colour, (48, 48, 3)).copy()] * 100, labels=[0] * 100), tmp_path / "flat"
+    )
+    means = {
+        b: _train_draws(_dm(data, TINY_RGB, b, preset="inception", jitter=0.4, hue=0.1), epochs=4)
+        .mean(dim=(2, 3))
+        .numpy()
+        for b in ENGINES
+    }
     yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
     y_in, i_in, q_in = yiq @ colour
     for b in ENGINES:
@@ -260,8 +287,14 @@ def test_mnist_pixels_belong_to_their_label(backend, tmp_path):
 def test_torch_loader_reads_the_dali_plan_and_its_batches_do_not_depend_on_workers(imagenette_small_shards):
     dali = _dm(imagenette_small_shards, SMALL_RGB, "dali", batch_size=8, jitter=0.4)
     in_process = _dm(imagenette_small_shards, SMALL_RGB, "torch", batch_size=8, jitter=0.4)
-    workers = ShardDataModule(data_dir=str(imagenette_small_shards), batch_size=8, num_threads=2,
-                              input_spec=SMALL_RGB, backend="torch", jitter=0.4)
+    workers = ShardDataModule(
+        data_dir=str(imagenette_small_shards),
+        batch_size=8,
+        num_threads=2,
+        input_spec=SMALL_RGB,
+        backend="torch",
+        jitter=0.4,
+    )
     workers.setup("fit")
     a, b = list(in_process.train_dataloader()), list(workers.train_dataloader())
     c = list(dali.train_dataloader())
@@ -277,7 +310,9 @@ def test_auto_backend_falls_back_to_torch_without_dali(monkeypatch, caplog, imag
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("nvidia") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.startswith("nvidia") else real(name, *a)
+    )
     with caplog.at_level("INFO"):
         dm = ShardDataModule(data_dir=str(imagenette_small_shards), input_spec=SMALL_RGB)
     assert dm.backend == "torch" and "torch backend" in caplog.text

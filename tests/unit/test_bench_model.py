@@ -1,4 +1,5 @@
 """`convnets bench model` interleaves the two arms inside one fit: each arm is charged its own blocks only."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Checkpoints: a killed or disk-full save never costs the previous one; loads refuse what they cannot trust."""
+
 from __future__ import annotations
 
 import errno
@@ -33,8 +34,11 @@ for n in range(10**6):
 
 
 def lightning_like(step: int = 0, arch: str = "lenet5") -> dict:
-    return {"state_dict": {"w": torch.full((4,), float(step))}, "global_step": step,
-            "hyper_parameters": {"arch": arch, "num_classes": 10}}
+    return {
+        "state_dict": {"w": torch.full((4,), float(step))},
+        "global_step": step,
+        "hyper_parameters": {"arch": arch, "num_classes": 10},
+    }
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """A parent that forwarded a signal waits for its child's group a bounded time (platform/children.py)."""
+
 from __future__ import annotations
 
 import signal

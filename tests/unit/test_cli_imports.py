@@ -4,6 +4,7 @@ Importing them costs ~8 s on 2 cores (Lightning pulls torchmetrics, torchvision,
 scipy.signal), so `convnets status`, `slurm template`, `shards` and `--help` must not: a fresh
 interpreter builds the parser for each light command and reports what got imported.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ print(json.dumps(heavy))
 
 
 def _imported_after_parsers(commands: list) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands)], capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(commands)], capture_output=True, text=True, check=True, timeout=120
+    )
     return json.loads(out.stdout)
 
 

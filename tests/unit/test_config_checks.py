@@ -1,4 +1,5 @@
 """The pre-flight checks accept every registered model at its declared size and refuse what cannot run."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,12 @@ def test_model_option_typos_and_class_mismatch():
 
 def test_crop_larger_than_the_resize():
     check_crop({"resize": 256, "preset": "alexnet"}, 224)
-    for data in ({"resize": 200, "preset": "inception"}, {"resize": 200, "preset": "alexnet"}, {"resize": 200},
-                 {"resize": 200, "augment": "scale"}):  # the deprecated spelling means inception
+    for data in (
+        {"resize": 200, "preset": "inception"},
+        {"resize": 200, "preset": "alexnet"},
+        {"resize": 200},
+        {"resize": 200, "augment": "scale"},
+    ):  # the deprecated spelling means inception
         with pytest.raises(ConfigError, match="data.resize=200 is smaller than the 224 px crop"):
             check_crop(data, 224)
     # pad places the image in a window: a resize below the window is no crop error

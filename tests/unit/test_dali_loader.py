@@ -1,5 +1,6 @@
 """The train/eval loader over real shards: bounded files, one pipeline per split, abandoned epochs,
 held batches, and exact mid-epoch resume (position + DALI augmentation state)."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ import torch
 from convnets.data_pipelines.loading.augment import InputSpec
 from convnets.data_pipelines.loading.datamodule import ShardDataModule
 from convnets.data_pipelines.loading.epoch_plan import plan_rank
-from convnets.data_pipelines.shards.reader import ShardFiles
 from convnets.data_pipelines.shards.format import load_sample_index
+from convnets.data_pipelines.shards.reader import ShardFiles
 
 pytestmark = pytest.mark.dali
 
@@ -21,8 +22,9 @@ LENET = InputSpec(channels=1, image_size=32, mean=(0.1307,), std=(0.3081,), crop
 
 
 def train_loader(path, *, batch_size=128, epoch=0, device="cpu", spec=LENET, preset="pad", **kw):
-    dm = ShardDataModule(data_dir=str(path), batch_size=batch_size, num_threads=1, input_spec=spec, preset=preset,
-                         device=device, **kw)
+    dm = ShardDataModule(
+        data_dir=str(path), batch_size=batch_size, num_threads=1, input_spec=spec, preset=preset, device=device, **kw
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     loader.epoch_fn = lambda: epoch
@@ -136,10 +138,20 @@ def test_resume_restores_the_draws_of_the_cpu_kernels(imagenette_small_shards):
     """Mid-epoch resume of the RGB inception graph with full colour jitter: on the CPU its random
     crops and colour draws feed the Numba kernel (cpu_kernels.train_view); the restored DALI state
     gives the same pixels as the uninterrupted run."""
-    rgb = InputSpec(channels=3, image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                    crop_fraction=0.875)
-    make = lambda: train_loader(imagenette_small_shards, batch_size=8, spec=rgb, preset="inception",  # noqa: E731
-                                jitter=0.4, hue=0.1)
+    rgb = InputSpec(
+        channels=3, image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_fraction=0.875
+    )
+
+    def make():
+        return train_loader(
+            imagenette_small_shards,
+            batch_size=8,
+            spec=rgb,
+            preset="inception",  # noqa: E731
+            jitter=0.4,
+            hue=0.1,
+        )
+
     reference = _run(make(), [0])[:5]
     run = make()
     it = iter(run)
@@ -213,6 +225,7 @@ def test_a_held_gpu_batch_is_unchanged_while_the_next_ones_are_fetched(digits_sh
 @pytest.mark.parametrize("backend", ["dali", "torch"])
 def test_a_state_from_2_ranks_resumes_on_3_with_each_remaining_sample_once(digits_shards, backend):
     """Rank 0's state after 4 of 15 steps on 2 ranks x 48, loaded by 3 ranks x 32 (global batch 96)."""
+
     def ranks(world: int):
         out = []
         for rank in range(world):
@@ -243,8 +256,19 @@ def test_a_resumed_run_keeps_its_global_batch_on_any_number_of_processes(digits_
     from types import SimpleNamespace
 
     dm = ShardDataModule(data_dir=str(digits_shards), batch_size=48, input_spec=LENET)
-    dm.load_state_dict({"train_loader": {"version": 2, "epoch": 0, "samples": 384, "global_batch": 96,
-                                         "rank_count": 2, "engine": "torch", "dali": None}})
+    dm.load_state_dict(
+        {
+            "train_loader": {
+                "version": 2,
+                "epoch": 0,
+                "samples": 384,
+                "global_batch": 96,
+                "rank_count": 2,
+                "engine": "torch",
+                "dali": None,
+            }
+        }
+    )
     for world, per_rank in ((2, 48), (3, 32), (1, 96), (4, 24)):
         dm.trainer = SimpleNamespace(world_size=world)
         assert dm.train_batch_size() == per_rank

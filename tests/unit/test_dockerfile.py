@@ -1,14 +1,15 @@
 """The Dockerfile, without a Docker engine: hadolint clean, and its install steps agree with pyproject.toml."""
+
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "Dockerfile").read_text()
@@ -53,7 +54,9 @@ def test_the_image_installs_the_tested_releases():
     (package,) = [run for run in _instructions("RUN") if "convnets-" in run and "pip install" in run]
     if (REPO / "constraints.txt").is_file():
         assert "-c /tmp/constraints.txt" in package or "--constraint" in package, package
-        assert any("constraints.txt" in copy for copy in _instructions("COPY")[-2:] + _instructions("COPY")), "not copied"
+        assert any("constraints.txt" in copy for copy in _instructions("COPY")[-2:] + _instructions("COPY")), (
+            "not copied"
+        )
 
 
 def test_cuda_13_base_matches_the_dali_and_torch_pins():

@@ -7,6 +7,7 @@ through the LightningCLI parser `convnets fit` builds, with the packaged `--conf
 as the command does. Placeholders a reader replaces (DIR, CKPT, SHARDS, ...) stay strings; a bare
 `N` or `G` where a number goes becomes 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,7 +107,7 @@ def convnets_argv(line: str) -> list[str] | None:
     if words and words[0] == "convnets":
         return words[1:]
     if "convnets.cli" in words and words[words.index("convnets.cli") - 1] == "-m":
-        return words[words.index("convnets.cli") + 1:]
+        return words[words.index("convnets.cli") + 1 :]
     return None  # e.g. `docker run ... convnets fit`: the image's name, not the command
 
 
@@ -190,8 +191,18 @@ DOC_COMMANDS = [(page, line) for page in PAGES for line in command_lines(page) i
 
 def test_the_docs_exist_and_show_commands():
     names = {p.name for p in PAGES}
-    assert {"README.md", "index.md", "data.md", "training.md", "cluster.md", "evaluation.md", "benchmarks.md",
-            "ablation.md", "failure-modes.md", "development.md"} <= names
+    assert {
+        "README.md",
+        "index.md",
+        "data.md",
+        "training.md",
+        "cluster.md",
+        "evaluation.md",
+        "benchmarks.md",
+        "ablation.md",
+        "failure-modes.md",
+        "development.md",
+    } <= names
     readme = (REPO / "README.md").read_text()
     _, blocks = split_page(readme)
     shown = {line.split("#")[0].strip() for block in blocks for line in block}
@@ -212,8 +223,10 @@ def test_links_are_found_and_checked(tmp_path):
     """The checker itself: a broken file link and a broken anchor are reported, good ones are not."""
     (tmp_path / "other.md").write_text("# Other page\n\n## A `code_name` heading, with commas\n")
     page = tmp_path / "page.md"
-    page.write_text("[ok](other.md) [ok](other.md#a-code_name-heading-with-commas) `[no](inline.md)`\n"
-                    "```\n[no](in-a-code-block.md)\n```\n[bad](missing.md) [bad](other.md#nope)\n")
+    page.write_text(
+        "[ok](other.md) [ok](other.md#a-code_name-heading-with-commas) `[no](inline.md)`\n"
+        "```\n[no](in-a-code-block.md)\n```\n[bad](missing.md) [bad](other.md#nope)\n"
+    )
     links = relative_links(page)
     assert links == ["other.md", "other.md#a-code_name-heading-with-commas", "missing.md", "other.md#nope"]
     assert [t for t in links if link_problem(page, t)] == ["missing.md", "other.md#nope"]
@@ -231,11 +244,15 @@ def test_command_parses(page, line, monkeypatch):
 def test_a_broken_command_fails(monkeypatch):
     """The parser check can fail: an unknown flag, a bad subcommand, an unknown recipe, a bad fit key."""
     monkeypatch.chdir(REPO)
-    for argv in (["shards", "digits", "OUT", "--no-such-flag"], ["bench", "nope"], ["fit", "--config", "no_such_recipe"],
-                 ["fit", "--config", "lenet5_digits", "--model.no_such_key", "1"],
-                 ["submit", "--config", "lenet5_digits", "--slurm.nodes", "2", "--trainer.no_such", "1"],
-                 ["submit", "--config", "lenet5_digits", "--slurm.nodes", "two"],
-                 ["slurm", "template", "--", "--config", "lenet5_digits", "--data.no_such", "1"],
-                 ["sweep", "ablation", "--config", "configs/no_such.yaml"]):
+    for argv in (
+        ["shards", "digits", "OUT", "--no-such-flag"],
+        ["bench", "nope"],
+        ["fit", "--config", "no_such_recipe"],
+        ["fit", "--config", "lenet5_digits", "--model.no_such_key", "1"],
+        ["submit", "--config", "lenet5_digits", "--slurm.nodes", "2", "--trainer.no_such", "1"],
+        ["submit", "--config", "lenet5_digits", "--slurm.nodes", "two"],
+        ["slurm", "template", "--", "--config", "lenet5_digits", "--data.no_such", "1"],
+        ["sweep", "ablation", "--config", "configs/no_such.yaml"],
+    ):
         with pytest.raises((ValueError, argparse.ArgumentError)):
             parse_command(argv)

@@ -1,4 +1,5 @@
 """The reading plan: exactly once per epoch across ranks, equal steps, seeded shuffles."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,10 @@ from convnets.data_pipelines.loading.epoch_plan import consumed_samples, epoch_p
 
 
 def plans(n, world, batch, epoch=0, seed=0, shuffle=True):
-    return [plan_rank(n, rank=r, world_size=world, batch_size=batch, seed=seed, epoch=epoch, shuffle=shuffle)
-            for r in range(world)]
+    return [
+        plan_rank(n, rank=r, world_size=world, batch_size=batch, seed=seed, epoch=epoch, shuffle=shuffle)
+        for r in range(world)
+    ]
 
 
 @pytest.mark.parametrize("n,world,batch", [(1001, 2, 64), (10, 3, 4), (7, 8, 2), (1797, 2, 16), (5, 1, 10)])
@@ -53,7 +56,7 @@ def test_ranks_take_every_world_size_th_sample_of_the_permutation(n, world, batc
     ps = plans(n, world, batch)
     for r, p in enumerate(ps):
         assert p.indices[p.valid].tolist() == perm[r::world].tolist()
-        assert not p.valid[p.valid.sum():].any()  # padding only at the end
+        assert not p.valid[p.valid.sum() :].any()  # padding only at the end
     real = [int(p.valid.sum()) for p in ps]
     assert max(real) - min(real) <= 1
     for s in range(ps[0].steps + 1):
@@ -66,8 +69,9 @@ def test_a_resumed_epoch_on_the_same_ranks_is_the_tail_of_the_whole_one(n, world
     whole = plans(n, world, batch)
     for s in range(1, whole[0].steps):
         for r, w in enumerate(whole):
-            tail = plan_rank(n, rank=r, world_size=world, batch_size=batch, seed=0, epoch=0, shuffle=True,
-                             start=s * world * batch)
+            tail = plan_rank(
+                n, rank=r, world_size=world, batch_size=batch, seed=0, epoch=0, shuffle=True, start=s * world * batch
+            )
             assert tail.steps == w.steps and tail.first_step == s
             for step in range(s, w.steps):
                 assert all(np.array_equal(a, b) for a, b in zip(tail.batch(step), w.batch(step)))
@@ -81,8 +85,19 @@ def test_resumed_on_other_rank_counts_each_sample_once_in_the_same_steps(worlds)
     cuts = [0, 3, 7, steps]  # steps read on each world size
     seen = []
     for world, lo, hi in zip(worlds, cuts, cuts[1:]):
-        ps = [plan_rank(n, rank=r, world_size=world, batch_size=global_batch // world, seed=0, epoch=2,
-                        shuffle=True, start=consumed_samples(n, steps=lo, global_batch=global_batch)) for r in range(world)]
+        ps = [
+            plan_rank(
+                n,
+                rank=r,
+                world_size=world,
+                batch_size=global_batch // world,
+                seed=0,
+                epoch=2,
+                shuffle=True,
+                start=consumed_samples(n, steps=lo, global_batch=global_batch),
+            )
+            for r in range(world)
+        ]
         assert {p.steps for p in ps} == {steps}
         seen += [i for p in ps for s in range(lo, hi) for i in p.batch(s)[0][p.batch(s)[1]]]
     assert sorted(seen) == list(range(n))

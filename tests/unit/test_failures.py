@@ -1,4 +1,5 @@
 """Exit codes and summary lines: 2 only for bad input, 1 (with a hint where one helps) for run failures."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from convnets.data_pipelines.loading.dali_loader import DataError
-from convnets.errors import CheckpointError, ConfigError, ConvnetsInputError
 from convnets.data_pipelines.shards.format import ShardError
+from convnets.errors import CheckpointError, ConfigError, ConvnetsInputError
 from convnets.platform.training.failures import dead_rank, exit_code, failure_summary, one_line
 from convnets.platform.training.rank_watchdog import describe_exit
 
@@ -59,9 +60,9 @@ def _raise_from(outer: BaseException, cause: BaseException) -> None:
 
 
 def test_parse_errors_are_input_and_fit_on_one_line():
-    exc = argparse.ArgumentError(None, 'Parser key "data.batch_size":\n  Expected a <class \'int\'>. Got value: abc')
+    exc = argparse.ArgumentError(None, "Parser key \"data.batch_size\":\n  Expected a <class 'int'>. Got value: abc")
     assert exit_code(exc) == 2
-    assert one_line(exc) == 'Parser key "data.batch_size": Expected a <class \'int\'>. Got value: abc'
+    assert one_line(exc) == "Parser key \"data.batch_size\": Expected a <class 'int'>. Got value: abc"
 
 
 def test_a_gone_peer_names_the_rank_where_the_backend_does():

@@ -4,6 +4,7 @@ Every `import convnets...` counts, also those inside functions (deferred to keep
 light): a deferred import is still a dependency a maintainer must follow. Read with `ast`, so the
 check costs no import of torch.
 """
+
 from __future__ import annotations
 
 import ast
@@ -53,8 +54,12 @@ def imports_of(path: Path) -> set[str]:
             found |= {a.name for a in node.names if a.name.startswith("convnets")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("convnets"):
             # `from convnets.platform.training import plots` names a module, not a symbol
-            found |= {f"{node.module}.{a.name}" if (SRC / (node.module + "." + a.name).replace(".", "/")).with_suffix(".py").is_file()
-                      else node.module for a in node.names}
+            found |= {
+                f"{node.module}.{a.name}"
+                if (SRC / (node.module + "." + a.name).replace(".", "/")).with_suffix(".py").is_file()
+                else node.module
+                for a in node.names
+            }
     return found
 
 
@@ -85,7 +90,7 @@ def test_no_import_circles():
         state[node] = 1
         for dep in sorted(g[node]):
             if state.get(dep) == 1:
-                cycles.append(" -> ".join(path[path.index(dep):] + [dep]))
+                cycles.append(" -> ".join(path[path.index(dep) :] + [dep]))
             elif dep not in state:
                 visit(dep, path + [dep])
         state[node] = 2
@@ -96,8 +101,11 @@ def test_no_import_circles():
     assert not cycles, "import circles:\n" + "\n".join(cycles)
 
 
-@pytest.mark.parametrize("init", sorted(p for p in PACKAGE.rglob("__init__.py") if p.parent.name != "models"),
-                         ids=lambda p: str(p.relative_to(SRC)))
+@pytest.mark.parametrize(
+    "init",
+    sorted(p for p in PACKAGE.rglob("__init__.py") if p.parent.name != "models"),
+    ids=lambda p: str(p.relative_to(SRC)),
+)
 def test_package_init_files_import_nothing(init):
     """Importing `convnets.platform.bench.cli` must not drag in its siblings (the light CLI stays light).
     The models package is the one exception: importing it registers every family."""

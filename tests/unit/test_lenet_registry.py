@@ -1,4 +1,5 @@
 """LeNet-5 as published and its modern variant; the registry's contract with users."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The training step's arithmetic: masked loss, learning-rate schedule, multi-crop averaging."""
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,9 @@ def _bn_module():
 
 
 def _running_means(module) -> list[torch.Tensor]:
-    return [m.running_mean.clone() for m in module.net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return [
+        m.running_mean.clone() for m in module.net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
 
 
 @pytest.mark.parametrize("n_valid", [4, 1])
@@ -70,8 +73,12 @@ def test_batchnorm_never_learns_from_padding(n_valid):
     torch.manual_seed(1)
     images = torch.randn(6, 3, 64, 64)
     images[n_valid:] = 1000.0  # padding repeats: here, absurd values that would wreck the statistics
-    batch = {"images": images, "labels": torch.tensor([0, 1, 2, 3, 0, 1]), "valid": torch.arange(6) < n_valid,
-             "n_valid": n_valid}
+    batch = {
+        "images": images,
+        "labels": torch.tensor([0, 1, 2, 3, 0, 1]),
+        "valid": torch.arange(6) < n_valid,
+        "n_valid": n_valid,
+    }
     padded, alone = _bn_module(), _bn_module()
     torch.manual_seed(2)  # the same dropout masks in both
     padded.training_step(batch, 0)
@@ -119,8 +126,12 @@ def test_the_test_step_counts_only_the_real_samples_of_a_mixed_batch(with_count)
     module.eval_options.keep_topk = True
     module.on_test_start()
     images, labels = torch.randn(3, 5, 1, 32, 32), torch.tensor([1, 2, 3])
-    batch = {"images": images, "labels": labels, "valid": torch.tensor([True, True, False]),
-             "index": torch.tensor([7, 8, 7])}
+    batch = {
+        "images": images,
+        "labels": labels,
+        "valid": torch.tensor([True, True, False]),
+        "index": torch.tensor([7, 8, 7]),
+    }
     if with_count:
         batch["n_valid"] = 2
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Multi-crop averaging, dropout sampling and calibration arithmetic against direct computations."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,9 @@ def test_softmax_and_logit_averaging_are_different_rules():
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5),
-                         nn.Linear(16, 5)).eval()
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 5)
+    ).eval()
 
 
 def test_mc_dropout_is_the_renormalised_geometric_mean_of_sampled_masks():
@@ -79,8 +81,8 @@ def test_ten_crops_of_a_hand_built_image_equal_numpy_slices(tmp_path):
 
     from convnets.data_pipelines.loading.augment import InputSpec
     from convnets.data_pipelines.loading.datamodule import ShardDataModule
-    from convnets.data_pipelines.shards.writer import write_shards
     from convnets.data_pipelines.shards.sources import ImageFolderSource
+    from convnets.data_pipelines.shards.writer import write_shards
 
     rng = np.random.default_rng(0)
     pixels = {}
@@ -91,8 +93,9 @@ def test_ten_crops_of_a_hand_built_image_equal_numpy_slices(tmp_path):
             Image.fromarray(pixels[split, name]).save(tmp_path / "tree" / split / name / "x.png")
     write_shards(ImageFolderSource(root=tmp_path / "tree"), tmp_path / "shards", shard_size=10, seed=0)
     spec = InputSpec(channels=3, image_size=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), crop_fraction=64 / 73)
-    dm = ShardDataModule(data_dir=str(tmp_path / "shards"), batch_size=2, num_threads=1, input_spec=spec,
-                         test_split="val", test_crops=10)
+    dm = ShardDataModule(
+        data_dir=str(tmp_path / "shards"), batch_size=2, num_threads=1, input_spec=spec, test_split="val", test_crops=10
+    )
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     assert batch["images"].shape == (2, 10, 3, 64, 64)
@@ -100,12 +103,13 @@ def test_ten_crops_of_a_hand_built_image_equal_numpy_slices(tmp_path):
         x = (pixels["val", "ab"[label]] / 255.0 - np.array(spec.mean)) / np.array(spec.std)
         # (top, left) of centre, top-left, top-right, bottom-left, bottom-right: 9 and 34 spare pixels
         anchors = [(5, 17), (0, 0), (0, 34), (9, 0), (9, 34)]
-        want = [x[t: t + 64, lft: lft + 64] for t, lft in anchors]
+        want = [x[t : t + 64, lft : lft + 64] for t, lft in anchors]
         want += [w[:, ::-1] for w in want]  # crops 5..9: the same windows mirrored
         want = torch.from_numpy(np.stack(want).transpose(0, 3, 1, 2).copy()).float()
         assert torch.allclose(row, want, atol=1e-5)
         assert not torch.allclose(row[0], torch.from_numpy(x[4:68, 17:81].transpose(2, 0, 1).copy()).float(), atol=1e-3)
-    five = ShardDataModule(data_dir=str(tmp_path / "shards"), batch_size=2, num_threads=1, input_spec=spec,
-                           test_split="val", test_crops=5)
+    five = ShardDataModule(
+        data_dir=str(tmp_path / "shards"), batch_size=2, num_threads=1, input_spec=spec, test_split="val", test_crops=5
+    )
     five.setup("test")
     assert torch.equal(next(iter(five.test_dataloader()))["images"], batch["images"][:, :5])

@@ -1,4 +1,5 @@
 """The training step issues no host-device sync: a spy on CPU (the GPU test uses torch's sync debug mode)."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,15 @@ def test_the_spy_catches_a_sync():
 
 def test_training_steps_issue_no_host_sync(tmp_path):
     """Real Trainer, the platform's callbacks, BatchNorm AlexNet, a padded last batch: zero syncs per step."""
-    report = fit_and_record(arch="alexnet_small", norm="batch", device="cpu", strategy="auto", precision="32-true",
-                            channels_last=True, run_dir=tmp_path)
+    report = fit_and_record(
+        arch="alexnet_small",
+        norm="batch",
+        device="cpu",
+        strategy="auto",
+        precision="32-true",
+        channels_last=True,
+        run_dir=tmp_path,
+    )
     assert report["global_step"] == 12
     assert report["syncs"] == [], "\n".join(report["syncs"][:20])
     # Counts come from the plan's host integers: 2 epochs x (5 full batches + 5 real of 8).

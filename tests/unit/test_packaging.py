@@ -1,4 +1,5 @@
 """The package says what it needs: imports match declared dependencies; DALI is required exactly where it installs."""
+
 from __future__ import annotations
 
 import ast
@@ -6,15 +7,21 @@ import importlib.util
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from tests.conftest import REPO, dali_installable
 
 # Import name -> distribution name, where they differ.
-DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "nvidia": "nvidia-dali-cuda130",
-                "lightning_fabric": "pytorch-lightning", "pytorch_lightning": "pytorch-lightning"}
+DISTRIBUTION = {
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "sklearn": "scikit-learn",
+    "nvidia": "nvidia-dali-cuda130",
+    "lightning_fabric": "pytorch-lightning",
+    "pytorch_lightning": "pytorch-lightning",
+}
 # Declared and needed, though src/ never imports them by name (with the reason).
 USED_WITHOUT_IMPORT = {
     "jsonargparse": "LightningCLI builds its parser with it (the [signatures] extra)",
@@ -53,7 +60,9 @@ def test_every_import_is_declared_and_every_dependency_used():
     used = imported_distributions(REPO / "src" / "convnets")
     assert used - runtime == set(), "imported by src/ but not in [project].dependencies"
     assert runtime - used - set(USED_WITHOUT_IMPORT) == set(), "declared but never imported by src/: remove or use"
-    assert imported_distributions(REPO / "tests") - runtime - dev == set(), "imported by tests/ but not in the dev extra"
+    assert imported_distributions(REPO / "tests") - runtime - dev == set(), (
+        "imported by tests/ but not in the dev extra"
+    )
 
 
 def test_pins_live_in_the_constraints_file_and_match_the_ranges():
@@ -79,8 +88,12 @@ def test_dali_is_a_dependency_only_where_it_installs():
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     dali = next(Requirement(r) for r in project["dependencies"] if _name(r) == "nvidia-dali-cuda130")
-    for system, machine, wanted in [("Linux", "x86_64", True), ("Darwin", "arm64", False),
-                                    ("Windows", "AMD64", False), ("Linux", "aarch64", False)]:
+    for system, machine, wanted in [
+        ("Linux", "x86_64", True),
+        ("Darwin", "arm64", False),
+        ("Windows", "AMD64", False),
+        ("Linux", "aarch64", False),
+    ]:
         assert dali.marker.evaluate({"platform_system": system, "platform_machine": machine}) is wanted
 
 
@@ -92,8 +105,7 @@ def test_dali_is_installed_where_it_can_be():
 
 def test_the_command_works_without_dali():
     # What a macOS user gets: nvidia.dali cannot be imported; listing models and help still work.
-    code = ("import sys; sys.modules['nvidia.dali'] = None; from convnets.cli import main; "
-            "sys.exit(main(['models']))")
+    code = "import sys; sys.modules['nvidia.dali'] = None; from convnets.cli import main; sys.exit(main(['models']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "lenet5" in result.stdout and "alexnet" in result.stdout

@@ -1,29 +1,37 @@
 """How a Slurm job tells a requeue from a cancel, and the run record that survives resumes (no Slurm needed)."""
+
 from __future__ import annotations
 
 import signal
 
 import pytest
 
-from convnets.slurm import job
 from convnets.platform.training.callbacks import RunReport, ThroughputMonitor
+from convnets.slurm import job
 
 # `scontrol show job -o ID` as the job's own tasks saw it right after SIGTERM on the suite's cluster
 # (Slurm 22+): a requeue and a cancel both read COMPLETING; only Restarts differs.
-AFTER_SCANCEL = ("JobId=1 JobName=job.sh UserId=root(0) JobState=COMPLETING Reason=None Dependency=(null) Requeue=1 "
-                 "Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:02 EndTime=2026-12-06T03:12:09")
-AFTER_REQUEUE = ("JobId=2 JobName=job.sh UserId=root(0) JobState=COMPLETING Reason=None Dependency=(null) Requeue=1 "
-                 "Restarts=1 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:00 EndTime=Unknown")
+AFTER_SCANCEL = (
+    "JobId=1 JobName=job.sh UserId=root(0) JobState=COMPLETING Reason=None Dependency=(null) Requeue=1 "
+    "Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:02 EndTime=2026-12-06T03:12:09"
+)
+AFTER_REQUEUE = (
+    "JobId=2 JobName=job.sh UserId=root(0) JobState=COMPLETING Reason=None Dependency=(null) Requeue=1 "
+    "Restarts=1 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:00 EndTime=Unknown"
+)
 
 
-@pytest.mark.parametrize(("text", "restarts", "cause"), [
-    (AFTER_SCANCEL, 0, "ending"),
-    (AFTER_REQUEUE, 0, "requeued"),
-    (AFTER_REQUEUE.replace("Restarts=1", "Restarts=3"), 2, "requeued"),  # the third requeue of a job
-    (AFTER_REQUEUE, 1, "ending"),  # a requeued job's own cancel: the count did not grow in this run
-    (AFTER_SCANCEL.replace("COMPLETING", "RUNNING"), 0, "running"),  # a bare TERM: the job goes on
-    ("", 0, "ending"),  # scontrol unreachable: never requeue what might be the user's cancel
-])
+@pytest.mark.parametrize(
+    ("text", "restarts", "cause"),
+    [
+        (AFTER_SCANCEL, 0, "ending"),
+        (AFTER_REQUEUE, 0, "requeued"),
+        (AFTER_REQUEUE.replace("Restarts=1", "Restarts=3"), 2, "requeued"),  # the third requeue of a job
+        (AFTER_REQUEUE, 1, "ending"),  # a requeued job's own cancel: the count did not grow in this run
+        (AFTER_SCANCEL.replace("COMPLETING", "RUNNING"), 0, "running"),  # a bare TERM: the job goes on
+        ("", 0, "ending"),  # scontrol unreachable: never requeue what might be the user's cancel
+    ],
+)
 def test_sigterm_cause_reads_the_restart_count(text, restarts, cause):
     assert job.sigterm_cause(text, restarts) == cause
 

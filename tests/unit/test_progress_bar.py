@@ -1,5 +1,6 @@
 """The training loop between steps: no per-step host-device sync from logging or the progress bar,
 and the clock-driven bar still shows the loss (one refresh here: the epoch's last step)."""
+
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -34,10 +35,18 @@ def test_no_sync_between_steps_and_the_bar_shows_the_loss(tmp_path):
     torch.manual_seed(0)
     batch = synthetic_batch(8, get_model_info("lenet5").input_size, 10, torch.device("cpu"))
     recorder, bar = BetweenSteps(), PlatformProgressBar(min_interval_s=1e9)  # refreshes at the last step only
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
-                         callbacks=[recorder, *platform_callbacks(tmp_path, {}, progress_bar=False), bar],
-                         logger=CSVLogger(str(tmp_path)), log_every_n_steps=1000, enable_model_summary=False,
-                         default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[recorder, *platform_callbacks(tmp_path, {}, progress_bar=False), bar],
+        logger=CSVLogger(str(tmp_path)),
+        log_every_n_steps=1000,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     with cpu_spy(recorder):
         trainer.fit(ClassifierModule(arch="lenet5", num_classes=10), train_dataloaders=SyntheticBatches(batch, STEPS))
     assert trainer.global_step == STEPS

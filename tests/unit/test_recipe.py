@@ -1,4 +1,5 @@
 """The recipe: schedules, plateau division, linear scaling, warm-up, decay groups, label smoothing, horizon."""
+
 from __future__ import annotations
 
 import pytest
@@ -61,7 +62,9 @@ def test_label_smoothing_matches_torch_and_padding_is_ignored():
 
 
 def _fit_lr_trace(tmp_path, **trainer_kwargs) -> list[float]:
-    module = ClassifierModule(arch="lenet5_modern", num_classes=10, optim=OptimConfig(lr=0.1, schedule="cosine", warmup_epochs=0))
+    module = ClassifierModule(
+        arch="lenet5_modern", num_classes=10, optim=OptimConfig(lr=0.1, schedule="cosine", warmup_epochs=0)
+    )
     lrs: list[float] = []
 
     class Trace(pl.Callback):
@@ -69,8 +72,16 @@ def _fit_lr_trace(tmp_path, **trainer_kwargs) -> list[float]:
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     batch = synthetic_batch(4, (1, 32, 32), 10, torch.device("cpu"))
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         callbacks=[Trace()], default_root_dir=str(tmp_path), enable_model_summary=False, **trainer_kwargs)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Trace()],
+        default_root_dir=str(tmp_path),
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
     trainer.fit(module, train_dataloaders=SyntheticBatches(batch, 10))
     return lrs
 
@@ -93,8 +104,15 @@ def test_the_optimizer_gives_each_group_its_decay(tmp_path, decay_all):
     parameters (biases, RBF centres) at exactly 0, every parameter in one group."""
     module = ClassifierModule(arch="lenet5", num_classes=10, optim=OptimConfig(weight_decay=3e-3, decay_all=decay_all))
     batch = synthetic_batch(4, (1, 32, 32), 10, torch.device("cpu"))
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         default_root_dir=str(tmp_path), enable_model_summary=False, max_steps=1)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        enable_model_summary=False,
+        max_steps=1,
+    )
     trainer.fit(module, train_dataloaders=SyntheticBatches(batch, 2))
     groups = trainer.optimizers[0].param_groups
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}

@@ -1,4 +1,5 @@
 """Shard writing, indexing and verifying against real data (sklearn digits, MNIST, Imagenette JPEGs)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convnets.data_pipelines.shards.cli import add_shards_subcommands, run_shards_command, verify_output
 from convnets.data_pipelines.shards.format import ShardError, load_sample_index, parse_idx, read_labels, read_manifest
+from convnets.data_pipelines.shards.sources import DigitsSource, ImageFolderSource, MnistSource, Sample, encode_gray_png
 from convnets.data_pipelines.shards.verify import verify_shards
 from convnets.data_pipelines.shards.writer import write_shards
-from convnets.data_pipelines.shards.cli import add_shards_subcommands, run_shards_command, verify_output
-from convnets.data_pipelines.shards.sources import DigitsSource, ImageFolderSource, MnistSource, Sample, encode_gray_png
 from tests.conftest import shared_data
 
 MNIST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # ../shared/data/README.md
@@ -105,7 +106,7 @@ def test_every_shard_mixes_classes(tmp_path: Path) -> None:
     write_shards(ListSource(samples={"train": by_class}), tmp_path, shard_size=100)
     samples = _read_samples(tmp_path / "train")
     for start in range(0, len(samples), 100):
-        labels = [label for *_, label in samples[start:start + 100]]
+        labels = [label for *_, label in samples[start : start + 100]]
         assert len(set(labels)) >= 8, f"shard at sample {start} holds only classes {sorted(set(labels))}"
 
 
@@ -158,10 +159,15 @@ def test_dali_webdataset_reader_reads_every_sample_with_our_idx(digits_shards: P
     batch = 64
     pipe = Pipeline(batch_size=batch, num_threads=1, device_id=None)
     with pipe:
-        image, cls = fn.readers.webdataset(paths=[str(t) for t in tars],
-                                           index_paths=[str(t.with_suffix(".idx")) for t in tars],
-                                           ext=["jpg;png", "cls"], missing_component_behavior="error",
-                                           random_shuffle=False, pad_last_batch=True, name="reader")
+        image, cls = fn.readers.webdataset(
+            paths=[str(t) for t in tars],
+            index_paths=[str(t.with_suffix(".idx")) for t in tars],
+            ext=["jpg;png", "cls"],
+            missing_component_behavior="error",
+            random_shuffle=False,
+            pad_last_batch=True,
+            name="reader",
+        )
         pipe.set_outputs(image, cls)
     pipe.build()
     assert pipe.reader_meta("reader")["epoch_size"] == 1438
@@ -320,8 +326,9 @@ def test_interrupted_write_leaves_no_half_shard_and_no_manifest(tmp_path: Path) 
     assert not (split_dir / "manifest.json").exists() and not list(split_dir.glob("*.tmp"))
     with pytest.raises(ShardError, match=r"manifest\.json: missing"):
         verify_output(out)
-    assert sorted(p.name for p in split_dir.iterdir()) == [f"shard-00000{i}.{e}" for i in (0, 1)
-                                                           for e in ("done", "idx", "tar")]
+    assert sorted(p.name for p in split_dir.iterdir()) == [
+        f"shard-00000{i}.{e}" for i in (0, 1) for e in ("done", "idx", "tar")
+    ]
     for tar in split_dir.glob("*.tar"):  # the shards that finished are complete, each with its .idx
         with tarfile.open(tar) as archive:
             assert len(archive.getmembers()) == 2 * len(parse_idx(tar.with_suffix(".idx")))
@@ -335,8 +342,11 @@ def test_verify_catches_truncation(digits_shards: Path, tmp_path: Path) -> None:
     split_dir = shutil.copytree(digits_shards / "train", tmp_path / "train")
     shard = split_dir / "shard-000001.tar"
     shard.write_bytes(shard.read_bytes()[:300_000])
-    with pytest.raises(ShardError, match=r"shard-000001\.tar: truncated or corrupt at member 'train_\d{8}\.(png|cls)' "
-                                         r"\(expected 400 samples, read \d+"):
+    with pytest.raises(
+        ShardError,
+        match=r"shard-000001\.tar: truncated or corrupt at member 'train_\d{8}\.(png|cls)' "
+        r"\(expected 400 samples, read \d+",
+    ):
         verify_shards(split_dir)
 
 
@@ -394,8 +404,9 @@ def test_read_manifest_errors_name_the_file(digits_shards: Path, tmp_path: Path)
 def test_cli_writes_digits_and_verifies(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser(prog="convnets")
     add_shards_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["shards", "digits", str(tmp_path), "--shard-size", "600", "--seed", "2",
-                              "--val-fraction", "0.5"])
+    args = parser.parse_args(
+        ["shards", "digits", str(tmp_path), "--shard-size", "600", "--seed", "2", "--val-fraction", "0.5"]
+    )
     assert run_shards_command(args) == 0
     assert read_manifest(tmp_path / "val").num_samples == pytest.approx(898, abs=5)
     assert run_shards_command(parser.parse_args(["shards", "verify", str(tmp_path), "--deep"])) == 0
@@ -421,7 +432,9 @@ def test_resize_on_write_shrinks_the_shorter_side_and_normalizes_cmyk(tmp_path):
         Image.new("CMYK", (40, 30), (0, 128, 255, 0)).save(tmp_path / "src" / split / "a" / "cmyk.JPEG", format="JPEG")
     write_shards(ImageFolderSource(root=tmp_path / "src", resize=32, quality=85), tmp_path / "out", shard_size=10)
     with tarfile.open(next((tmp_path / "out" / "train").glob("*.tar"))) as tar:
-        images = [Image.open(io.BytesIO(tar.extractfile(m).read())) for m in tar.getmembers() if m.name.endswith(".jpg")]
+        images = [
+            Image.open(io.BytesIO(tar.extractfile(m).read())) for m in tar.getmembers() if m.name.endswith(".jpg")
+        ]
     assert len(images) == 4 and all(im.format == "JPEG" and im.mode in ("RGB", "L") for im in images)
     assert sorted(min(im.size) for im in images) == [30, 32, 32, 32]  # the 40x30 image is not enlarged
 

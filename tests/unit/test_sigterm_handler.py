@@ -1,4 +1,5 @@
 """SIGTERM under DDP: no collective inside the signal handler, one agreement every few steps (sigterm_sync)."""
+
 from __future__ import annotations
 
 import signal
@@ -21,13 +22,20 @@ def collectives(monkeypatch):
 
     def all_reduce(tensor, *args, **kwargs):  # as if another rank had noted nothing: MAX keeps ours
         made.append(("all_reduce", int(tensor.item())))
+
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
     return made
 
 
 def _trainer(sync: SigtermSync | None) -> pl.Trainer:
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False)  # world size 2; no process is started
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )  # world size 2; no process is started
     if sync is not None:
         sync.setup(trainer, None, "fit")
     trainer._signal_connector.register_signal_handlers()  # what fit() does after the setup hooks

@@ -1,4 +1,5 @@
 """The space-to-depth stem computes exactly what the strided convolution computes, forward and backward."""
+
 from __future__ import annotations
 
 import copy
@@ -12,13 +13,16 @@ from convnets.models.space_to_depth import SpaceToDepthConv2d, use_space_to_dept
 from convnets.platform.training.module import ClassifierModule, PerfConfig
 
 
-@pytest.mark.parametrize("in_ch,kernel,stride,padding,size", [
-    (3, 11, 4, 2, 224),  # alexnet's conv1 (55x55 out)
-    (3, 11, 4, 0, 227),  # the paper's 227 input without padding
-    (3, 7, 2, 1, 224),  # zfnet's conv1
-    (3, 11, 4, 2, 225),  # a size that does not fill the last block
-    (1, 5, 3, 1, 31),  # kernel not a multiple of the stride, one channel
-])
+@pytest.mark.parametrize(
+    "in_ch,kernel,stride,padding,size",
+    [
+        (3, 11, 4, 2, 224),  # alexnet's conv1 (55x55 out)
+        (3, 11, 4, 0, 227),  # the paper's 227 input without padding
+        (3, 7, 2, 1, 224),  # zfnet's conv1
+        (3, 11, 4, 2, 225),  # a size that does not fill the last block
+        (1, 5, 3, 1, 31),  # kernel not a multiple of the stride, one channel
+    ],
+)
 def test_block_convolution_equals_the_strided_one(in_ch, kernel, stride, padding, size):
     torch.manual_seed(0)
     plain = nn.Conv2d(in_ch, 8, kernel, stride=stride, padding=padding).double()

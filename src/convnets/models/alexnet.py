@@ -50,6 +50,7 @@ training-time signal. torch's nn.Dropout is inverted dropout: it scales the kept
 weight W equals the paper's training-time weight times (1 - p), so train-time outputs agree mask
 for mask and eval outputs agree exactly. `halve_outgoing_weights` converts between them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -136,7 +137,8 @@ ALEXNET2012 = Architecture(
         Conv(384, 3, padding=1, groups=2),
         Conv(256, 3, padding=1, groups=2, pool=True),
     ),
-    hidden=4096, grid=6,
+    hidden=4096,
+    grid=6,
 )
 ONE_TOWER = Architecture(
     convs=(
@@ -146,7 +148,8 @@ ONE_TOWER = Architecture(
         Conv(256, 3, padding=1),
         Conv(256, 3, padding=1, pool=True),
     ),
-    hidden=4096, grid=6,
+    hidden=4096,
+    grid=6,
 )
 TORCHVISION = replace(ONE_TOWER, dropout_first=True, index_names=True)
 ZFNET = Architecture(
@@ -157,7 +160,10 @@ ZFNET = Architecture(
         Conv(384, 3, padding=1),
         Conv(256, 3, padding=1, pool=True),  # 13 -> pool 6
     ),
-    hidden=4096, grid=6, ceil_mode=True, norm_after_pool=True,
+    hidden=4096,
+    grid=6,
+    ceil_mode=True,
+    norm_after_pool=True,
     bias_one=frozenset(),  # section 3: "all weights initialized to 1e-2 and biases set to 0"
 )
 # 64 px: conv1 /2 -> 32, pools (3x3/2 pad 1, or 2x2/2) -> 16 -> 8 -> 4. About 95 M multiply-adds
@@ -170,7 +176,9 @@ SMALL = Architecture(
         Conv(192, 3, padding=1),
         Conv(128, 3, padding=1, pool=True),
     ),
-    hidden=1024, grid=4, pool_padding=1,
+    hidden=1024,
+    grid=4,
+    pool_padding=1,
 )
 
 
@@ -193,8 +201,15 @@ def _feature_layers(arch: Architecture, opts: Options, removed: set[str]) -> tup
         if f"conv{k}" in removed:
             continue
         # With BN after it a conv bias is redundant: BN subtracts the batch mean, bias and all.
-        conv = nn.Conv2d(channels, spec.out_channels, spec.kernel_size, stride=spec.stride,
-                         padding=spec.padding, groups=spec.groups, bias=not batch)
+        conv = nn.Conv2d(
+            channels,
+            spec.out_channels,
+            spec.kernel_size,
+            stride=spec.stride,
+            padding=spec.padding,
+            groups=spec.groups,
+            bias=not batch,
+        )
         layers.append((f"conv{k}", conv))
         if batch:
             layers.append((f"bn{k}", nn.BatchNorm2d(spec.out_channels)))
@@ -210,8 +225,9 @@ def _feature_layers(arch: Architecture, opts: Options, removed: set[str]) -> tup
     return layers, channels
 
 
-def _classifier_layers(arch: Architecture, opts: Options, in_features: int, num_classes: int,
-                       removed: set[str]) -> list[tuple[str, nn.Module]]:
+def _classifier_layers(
+    arch: Architecture, opts: Options, in_features: int, num_classes: int, removed: set[str]
+) -> list[tuple[str, nn.Module]]:
     """fc6, fc7 (minus the ablated ones), each with its ReLU and dropout, then fc8."""
     layers: list[tuple[str, nn.Module]] = []
     batch = opts.norm == "batch"
@@ -315,35 +331,70 @@ def _build(arch: Architecture, num_classes: int, **options: object) -> AlexNet:
 
 
 @register_model(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction=0.875)
-def alexnet2012(*, num_classes: int = 1000, init: str = "kaiming", ablate: str | None = None,
-                norm: str = "lrn", pool: str = "overlap", dropout: float = 0.5) -> nn.Module:
+def alexnet2012(
+    *,
+    num_classes: int = 1000,
+    init: str = "kaiming",
+    ablate: str | None = None,
+    norm: str = "lrn",
+    pool: str = "overlap",
+    dropout: float = 0.5,
+) -> nn.Module:
     """AlexNet as published (Krizhevsky et al. 2012): two towers as groups=2, LRN, 60,965,224 parameters."""
     return _build(ALEXNET2012, num_classes, init=init, ablate=ablate, norm=norm, pool=pool, dropout=dropout)
 
 
 @register_model(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction=0.875)
-def alexnet(*, num_classes: int = 1000, init: str = "kaiming", ablate: str | None = None,
-            norm: str = "none", pool: str = "overlap", dropout: float = 0.5) -> nn.Module:
+def alexnet(
+    *,
+    num_classes: int = 1000,
+    init: str = "kaiming",
+    ablate: str | None = None,
+    norm: str = "none",
+    pool: str = "overlap",
+    dropout: float = 0.5,
+) -> nn.Module:
     """One-tower AlexNet ("One weird trick", 2014) with torchvision's layout and names, 61,100,840 parameters."""
     return _build(TORCHVISION, num_classes, init=init, ablate=ablate, norm=norm, pool=pool, dropout=dropout)
 
 
 @register_model(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction=0.875)
-def zfnet(*, num_classes: int = 1000, init: str = "kaiming", ablate: str | None = None,
-          norm: str = "lrn", pool: str = "overlap", dropout: float = 0.5) -> nn.Module:
+def zfnet(
+    *,
+    num_classes: int = 1000,
+    init: str = "kaiming",
+    ablate: str | None = None,
+    norm: str = "lrn",
+    pool: str = "overlap",
+    dropout: float = 0.5,
+) -> nn.Module:
     """ZFNet (Zeiler & Fergus 2013, Figure 3): 7x7/2 conv1, dense 5x5/2 conv2, 62,357,608 parameters."""
     return _build(ZFNET, num_classes, init=init, ablate=ablate, norm=norm, pool=pool, dropout=dropout)
 
 
 @register_model(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction=0.875)
-def alexnet_bn(*, num_classes: int = 1000, init: str = "kaiming", ablate: str | None = None,
-               norm: str = "batch", pool: str = "overlap", dropout: float = 0.5) -> nn.Module:
+def alexnet_bn(
+    *,
+    num_classes: int = 1000,
+    init: str = "kaiming",
+    ablate: str | None = None,
+    norm: str = "batch",
+    pool: str = "overlap",
+    dropout: float = 0.5,
+) -> nn.Module:
     """One-tower AlexNet with BatchNorm before every conv/hidden-FC ReLU, no LRN, 61,110,184 parameters."""
     return _build(ONE_TOWER, num_classes, init=init, ablate=ablate, norm=norm, pool=pool, dropout=dropout)
 
 
 @register_model(input_size=(3, 64, 64), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction=0.875)
-def alexnet_small(*, num_classes: int = 1000, init: str = "kaiming", ablate: str | None = None,
-                  norm: str = "lrn", pool: str = "overlap", dropout: float = 0.5) -> nn.Module:
+def alexnet_small(
+    *,
+    num_classes: int = 1000,
+    init: str = "kaiming",
+    ablate: str | None = None,
+    norm: str = "lrn",
+    pool: str = "overlap",
+    dropout: float = 0.5,
+) -> nn.Module:
     """AlexNet's shape for 32-128 px inputs: 48/128/192/192/128 maps, FC 1024/1024."""
     return _build(SMALL, num_classes, init=init, ablate=ablate, norm=norm, pool=pool, dropout=dropout)

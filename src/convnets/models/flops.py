@@ -1,4 +1,5 @@
 """FLOPs of a registered model's forward pass: the MFU numerator for training and benchmarks."""
+
 from __future__ import annotations
 
 import torch

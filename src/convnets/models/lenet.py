@@ -25,6 +25,7 @@ paper); we follow the paper and test its count exactly.
 Modern variant: ReLU, 2x2 max pooling, a full C3 (every map sees all 6), a linear output layer:
 156 + 2,416 + 48,120 + 10,164 + 850 = 61,706 parameters.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,9 +36,21 @@ from convnets.models.registry import register_model
 # Table I of the paper: which of S2's 6 maps each of C3's 16 maps reads. The first six read 3
 # contiguous maps, the next nine read 4 (six contiguous, three discontinuous), the last reads all.
 C3_TABLE: tuple[tuple[int, ...], ...] = (
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2),
+    (1, 2, 3),
+    (2, 3, 4),
+    (3, 4, 5),
+    (0, 4, 5),
+    (0, 1, 5),
+    (0, 1, 2, 3),
+    (1, 2, 3, 4),
+    (2, 3, 4, 5),
+    (0, 3, 4, 5),
+    (0, 1, 4, 5),
+    (0, 1, 2, 5),
+    (0, 1, 3, 4),
+    (1, 2, 4, 5),
+    (0, 2, 3, 5),
     (0, 1, 2, 3, 4, 5),
 )
 
@@ -121,11 +134,16 @@ class LeNet5(nn.Module):
         act = ScaledTanh if faithful else nn.ReLU
         self.conv1 = nn.Conv2d(1, 6, 5)
         self.features = nn.Sequential(
-            self.conv1, act(),
-            TrainableSubsampling(6) if faithful else nn.MaxPool2d(2), act() if faithful else nn.Identity(),
-            SparseC3() if faithful else nn.Conv2d(6, 16, 5), act(),
-            TrainableSubsampling(16) if faithful else nn.MaxPool2d(2), act() if faithful else nn.Identity(),
-            nn.Conv2d(16, 120, 5), act(),  # C5: a conv whose 5x5 input makes it fully connected
+            self.conv1,
+            act(),
+            TrainableSubsampling(6) if faithful else nn.MaxPool2d(2),
+            act() if faithful else nn.Identity(),
+            SparseC3() if faithful else nn.Conv2d(6, 16, 5),
+            act(),
+            TrainableSubsampling(16) if faithful else nn.MaxPool2d(2),
+            act() if faithful else nn.Identity(),
+            nn.Conv2d(16, 120, 5),
+            act(),  # C5: a conv whose 5x5 input makes it fully connected
         )
         self.f6 = nn.Sequential(nn.Flatten(), nn.Linear(120, 84), act())
         self.output = EuclideanRBF(84, num_classes) if faithful else nn.Linear(84, num_classes)

@@ -21,6 +21,7 @@ local standard deviation over a window spanning space and neighbouring feature m
 
 Dividing by max(sigma, c) rather than sigma stops flat regions (sigma ~ 0) from amplifying noise.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,9 @@ from torch.nn import functional as F
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 
-def local_response_norm(size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA,
-                        k: float = LRN_K) -> nn.LocalResponseNorm:
+def local_response_norm(
+    size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA, k: float = LRN_K
+) -> nn.LocalResponseNorm:
     """The paper's LRN with the paper's (summed, not averaged) alpha; see the module docstring."""
     return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
 
@@ -45,14 +47,13 @@ class LocalContrastNorm(nn.Module):
     constant input maps to 0 everywhere (zero padding would pull border means towards 0).
     """
 
-    def __init__(self, *, size: int = 5, kernel_size: int = 9, sigma: float = 2.0,
-                 eps: float = 1e-4) -> None:
+    def __init__(self, *, size: int = 5, kernel_size: int = 9, sigma: float = 2.0, eps: float = 1e-4) -> None:
         super().__init__()
         if size % 2 == 0 or kernel_size % 2 == 0:
             raise ValueError(f"LocalContrastNorm needs odd windows, got size={size}, kernel_size={kernel_size}")
         self.size, self.kernel_size, self.sigma, self.eps = size, kernel_size, sigma, eps
         t = torch.arange(kernel_size, dtype=torch.float32) - kernel_size // 2
-        gauss = torch.exp(-t**2 / (2 * sigma**2))
+        gauss = torch.exp(-(t**2) / (2 * sigma**2))
         # Non-persistent: derived from the hyperparameters, so checkpoints carry no extra keys.
         self.register_buffer("gauss", gauss / gauss.sum(), persistent=False)
 

@@ -4,11 +4,12 @@ A builder is registered with its input size, normalization and crop fraction (ti
 the platform hands those facts to the data module instead of each config repeating them.
 Lookups fail loudly with the list of valid names (torchvision's `_api.py`).
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
@@ -53,8 +54,13 @@ def register_model(
             raise ValueError(f"model {key!r}: mean/std need {input_size[0]} channel values")
         doc = (inspect.getdoc(builder) or "").splitlines()
         _REGISTRY[key] = ModelInfo(
-            name=key, builder=builder, input_size=tuple(input_size), mean=tuple(mean),
-            std=tuple(std), crop_fraction=crop_fraction, description=doc[0] if doc else "",
+            name=key,
+            builder=builder,
+            input_size=tuple(input_size),
+            mean=tuple(mean),
+            std=tuple(std),
+            crop_fraction=crop_fraction,
+            description=doc[0] if doc else "",
         )
         return builder
 

@@ -8,6 +8,7 @@ Rearranging the padded image into s x s blocks (3 -> 48 channels at s=4) and the
 convolution (MLPerf's ResNet "space-to-depth" trick). The parameter keeps its original shape, so
 checkpoints and state_dict keys do not change; only `forward` differs.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,15 +37,24 @@ class SpaceToDepthConv2d(nn.Conv2d):
         x = x.reshape(n, c * s * s, need_h // s, need_w // s).contiguous(memory_format=torch.channels_last)
         weight = F.pad(self.weight, (0, blocks * s - k, 0, blocks * s - k))
         o = weight.shape[0]
-        weight = weight.reshape(o, c, blocks, s, blocks, s).permute(0, 1, 3, 5, 2, 4).reshape(o, c * s * s, blocks, blocks)
+        weight = (
+            weight.reshape(o, c, blocks, s, blocks, s).permute(0, 1, 3, 5, 2, 4).reshape(o, c * s * s, blocks, blocks)
+        )
         return F.conv2d(x, weight, self.bias)
 
 
 def _eligible(conv: nn.Conv2d) -> bool:
     square = conv.stride[0] == conv.stride[1] and conv.kernel_size[0] == conv.kernel_size[1]
-    return (square and conv.stride[0] > 1 and conv.groups == 1 and conv.dilation == (1, 1)
-            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) and conv.padding[0] == conv.padding[1]
-            and conv.in_channels <= MAX_STEM_CHANNELS)
+    return (
+        square
+        and conv.stride[0] > 1
+        and conv.groups == 1
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+        and conv.padding[0] == conv.padding[1]
+        and conv.in_channels <= MAX_STEM_CHANNELS
+    )
 
 
 def use_space_to_depth_stem(net: nn.Module) -> int:

@@ -1,4 +1,5 @@
 """`convnets models`: every registered model with parameters and GFLOPs at its default input."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def models_table(*, as_json: bool, num_classes: int = 1000) -> str:
     rows = [model_row(n, num_classes=num_classes) for n in list_models()]
     if as_json:
         return json.dumps(rows, indent=2)
-    lines = [f"{'name':<16} {'params':>12} {'GFLOPs':>8}  {'input':<11} description",
-             f"{'-' * 16} {'-' * 12} {'-' * 8}  {'-' * 11} {'-' * 40}"]
+    lines = [
+        f"{'name':<16} {'params':>12} {'GFLOPs':>8}  {'input':<11} description",
+        f"{'-' * 16} {'-' * 12} {'-' * 8}  {'-' * 11} {'-' * 40}",
+    ]
     for r in rows:
         size = "x".join(str(v) for v in r["input_size"])
         lines.append(f"{r['name']:<16} {r['params']:>12,} {r['gflops']:>8.3f}  {size:<11} {r['description']}")

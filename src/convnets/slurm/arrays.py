@@ -8,6 +8,7 @@ A sweep file is a YAML list of override sets, one job each (its own run folder, 
 Every set is parsed and checked like a single `submit` before the array is queued; with `--wait`
 the command waits for all jobs and prints one summary table (also RUNS_DIR/sweep.md and .json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from convnets.utils.files import write_json
 from convnets.slurm.request import SlurmRequest
 from convnets.slurm.submit import PlannedRun, batch_script, resolve_run, submit_jobs
+from convnets.utils.files import write_json
 
 SUMMARY_KEYS = ("val_top1", "val_top5", "test_top1", "test_top5")
 
@@ -41,28 +42,43 @@ def load_sweep(path: Path) -> list[dict]:
 
 def override_flags(overrides: dict) -> list[str]:
     """{"model.optim.lr": 0.01} -> ["--model.optim.lr=0.01"]; non-strings as JSON (LightningCLI parses both)."""
-    return [f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
-            for key, value in overrides.items() if key != "name"]
+    return [
+        f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
+        for key, value in overrides.items()
+        if key != "name"
+    ]
 
 
 def _owned(fit_args: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in fit_args)
 
 
-def plan_sweep_file(path: Path, fit_args: list[str], request: SlurmRequest, *, need_data: bool = True) -> list[PlannedRun]:
+def plan_sweep_file(
+    path: Path, fit_args: list[str], request: SlurmRequest, *, need_data: bool = True
+) -> list[PlannedRun]:
     if _owned(fit_args, "--run_name"):
         raise ValueError("--run_name: each job of a sweep is named by its override set (`name:`), not the command line")
     base = fit_args if _owned(fit_args, "--runs_dir") else [*fit_args, "--runs_dir", str(Path("runs") / path.stem)]
-    return [resolve_run([*base, *override_flags(s), "--run_name", s["name"]], request, need_data=need_data)
-            for s in load_sweep(path)]
+    return [
+        resolve_run([*base, *override_flags(s), "--run_name", s["name"]], request, need_data=need_data)
+        for s in load_sweep(path)
+    ]
 
 
 def summary(runs: list[PlannedRun], jobs: list, out: Path) -> str:
     """One row per run: its job, final state and metrics; written to OUT/sweep.md and OUT/sweep.json."""
     from convnets.slurm.status import job_state, latest_metrics
 
-    rows = [{"run": r.name, "job_id": j.job_id, "state": job_state(j.job_id), "run_dir": str(r.run_dir),
-             **{k: latest_metrics(r.run_dir).get(k) for k in SUMMARY_KEYS}} for r, j in zip(runs, jobs)]
+    rows = [
+        {
+            "run": r.name,
+            "job_id": j.job_id,
+            "state": job_state(j.job_id),
+            "run_dir": str(r.run_dir),
+            **{k: latest_metrics(r.run_dir).get(k) for k in SUMMARY_KEYS},
+        }
+        for r, j in zip(runs, jobs)
+    ]
     lines = ["| run | job | state | " + " | ".join(SUMMARY_KEYS) + " |", "|---|---|---|" + "---:|" * len(SUMMARY_KEYS)]
     for row in rows:
         cells = ["n/a" if row[k] is None else f"{100 * row[k]:.2f}%" for k in SUMMARY_KEYS]
@@ -113,7 +129,8 @@ def run_ablation_on_slurm(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(batch_script(settings.out / "slurm", request, job_name=f"ablation-{settings.out.name}", count=len(runs)))
         for r in runs:
-            print(f"# {r.name}: {shlex.join(['convnets', 'fit', *r.fit_args])}; then {shlex.join(['convnets', 'test', *r.test_args])}")
+            fit, test = shlex.join(["convnets", "fit", *r.fit_args]), shlex.join(["convnets", "test", *r.test_args])
+            print(f"# {r.name}: {fit}; then {test}")
         return 0
     sweep.check_data(config)
     for item in todo:

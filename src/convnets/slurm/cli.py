@@ -7,6 +7,7 @@
 
 A dry run and `convnets slurm template` work without Slurm installed: they print, submit nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,16 @@ from convnets.slurm.request import add_slurm_arguments, request_from_args
 
 
 def submit_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convnets submit", description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Any other flag is a `convnets fit` flag (--config, --model.*, ...).")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and the fit command; submit nothing")
+    parser = argparse.ArgumentParser(
+        prog="convnets submit",
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other flag is a `convnets fit` flag (--config, --model.*, ...).",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch script and the fit command; submit nothing"
+    )
     parser.add_argument("--sweep", type=Path, default=None, help="YAML list of override sets: one array job each")
     parser.add_argument("--wait", action="store_true", help="wait for the job(s) to end; print the summary table")
     add_slurm_arguments(parser)
@@ -44,12 +51,22 @@ def add_slurm_commands(sub) -> None:
     from convnets.slurm.status import add_status_arguments
     from convnets.slurm.template import add_template_arguments
 
-    sub.add_parser("submit", help="submit a fit (or a sweep as a job array) to Slurm (see `convnets submit --help`)",
-                   add_help=False)
+    sub.add_parser(
+        "submit",
+        help="submit a fit (or a sweep as a job array) to Slurm (see `convnets submit --help`)",
+        add_help=False,
+    )
     add_status_arguments(sub.add_parser("status", help="a run's Slurm job state, requeues, metrics and logs"))
-    slurm = sub.add_parser("slurm", help="Slurm helpers").add_subparsers(dest="slurm_command", metavar="SLURM", required=True)
-    add_template_arguments(slurm.add_parser("template", help="print a plain sbatch script (srun + convnets fit)",
-                                            formatter_class=argparse.RawDescriptionHelpFormatter))
+    slurm = sub.add_parser("slurm", help="Slurm helpers").add_subparsers(
+        dest="slurm_command", metavar="SLURM", required=True
+    )
+    add_template_arguments(
+        slurm.add_parser(
+            "template",
+            help="print a plain sbatch script (srun + convnets fit)",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
 
 
 def run_slurm_command(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ only the restart count (`scontrol show job`: Restarts=) tells them apart: `scont
 PreemptMode=REQUEUE raise it before sending SIGTERM, `scancel` does not. submitit itself ignores
 SIGTERM ("Bypassing signal SIGTERM") and requeues on USR2 only.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,16 @@ def job_event(run_dir: Path, event: str, **details) -> None:
     """Appends {event, job id, time, details} to the record (rank 0 only)."""
     job_id = os.environ.get("SLURM_JOB_ID")
     events = read_record(run_dir).get("events", [])
-    events.append({"event": event, "job_id": job_id, "hostname": os.uname().nodename, "unix_time": time.time(),
-                   "slurm_restart_count": restart_count(), **details})
+    events.append(
+        {
+            "event": event,
+            "job_id": job_id,
+            "hostname": os.uname().nodename,
+            "unix_time": time.time(),
+            "slurm_restart_count": restart_count(),
+            **details,
+        }
+    )
     update_record(run_dir, events=events, **({"job_id": job_id} if job_id else {}))
 
 
@@ -115,6 +124,7 @@ def signal_code(signum: int | None) -> int:
 
 # --- what rank 0 does after the save ------------------------------------------------------------------
 
+
 def sigterm_cause(show_job: str, restarts_at_start: int) -> str:
     """From `scontrol show job -o ID`: "requeued" (by Slurm), "running" (a bare TERM) or "ending"."""
     fields = dict(token.split("=", 1) for token in show_job.split() if "=" in token)
@@ -130,8 +140,10 @@ def _show_job(job_id: str) -> str:
 
 def resume_hint(run_dir: Path) -> str:
     if os.environ.get("SLURM_JOB_ID"):
-        return (f"to resume, submit the same command again (same --run_name {run_dir.name}): it continues from "
-                f"{run_dir}/checkpoints/last.ckpt")
+        return (
+            f"to resume, submit the same command again (same --run_name {run_dir.name}): it continues from "
+            f"{run_dir}/checkpoints/last.ckpt"
+        )
     return f"to resume, run the same command with --ckpt_path last (it loads {run_dir}/checkpoints/last.ckpt)"
 
 
@@ -170,20 +182,34 @@ def _scontrol_requeue(run_dir: Path, signum: int, step: int | None, max_requeues
     job_id, done = os.environ["SLURM_JOB_ID"], restart_count()
     if max_requeues is not None and done >= max_requeues:
         update_record(run_dir, failed=f"requeued {done} times; --slurm.max_requeues {max_requeues}")
-        log.error("job %s: not requeued again: %d requeues done (--slurm.max_requeues %d); %s", job_id, done,
-                  max_requeues, resume_hint(run_dir))
+        log.error(
+            "job %s: not requeued again: %d requeues done (--slurm.max_requeues %d); %s",
+            job_id,
+            done,
+            max_requeues,
+            resume_hint(run_dir),
+        )
         return INTERRUPTED_EXIT
     result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         reason = ((result.stderr or result.stdout).strip().splitlines() or [f"exit code {result.returncode}"])[-1]
         update_record(run_dir, failed=f"Slurm refused the requeue: {reason}")
-        log.error("Slurm refused to requeue job %s (%s; is JobRequeue=0 set, or --no-requeue?); %s", job_id, reason,
-                  resume_hint(run_dir))
+        log.error(
+            "Slurm refused to requeue job %s (%s; is JobRequeue=0 set, or --no-requeue?); %s",
+            job_id,
+            reason,
+            resume_hint(run_dir),
+        )
         return INTERRUPTED_EXIT
     job_event(run_dir, "requeue", signal=signal.Signals(signum).name, saved_step=step)
     update_record(run_dir, requeues=read_record(run_dir).get("requeues", 0) + 1)
-    log.warning("job %s requeued (%d of at most %s requeues); it resumes from %s/checkpoints/last.ckpt", job_id,
-                done + 1, max_requeues if max_requeues is not None else "unlimited", run_dir)
+    log.warning(
+        "job %s requeued (%d of at most %s requeues); it resumes from %s/checkpoints/last.ckpt",
+        job_id,
+        done + 1,
+        max_requeues if max_requeues is not None else "unlimited",
+        run_dir,
+    )
     return INTERRUPTED_EXIT  # non-zero: srun --kill-on-bad-exit ends the other ranks now, not after KillWait
 
 
@@ -202,8 +228,12 @@ def _submitit_requeue(run_dir: Path, signum: int, step: int | None) -> int:
         log.error("%s", exc)
     except (subprocess.CalledProcessError, OSError, submitit.core.utils.UncompletedJobError) as exc:
         update_record(run_dir, failed=f"Slurm refused the requeue: {exc}")
-        log.error("Slurm refused to requeue job %s (%s; is JobRequeue=0 set, or --no-requeue?); %s",
-                  os.environ.get("SLURM_JOB_ID"), exc, resume_hint(run_dir))
+        log.error(
+            "Slurm refused to requeue job %s (%s; is JobRequeue=0 set, or --no-requeue?); %s",
+            os.environ.get("SLURM_JOB_ID"),
+            exc,
+            resume_hint(run_dir),
+        )
     return INTERRUPTED_EXIT
 
 
@@ -258,10 +288,15 @@ class TrainingJob:
 
         run_dir = Path(self.run_dir)
         if self.requeues >= self.max_requeues:
-            update_record(run_dir, failed=f"preempted or timed out {self.requeues + 1} times; "
-                                          f"--slurm.max_requeues {self.max_requeues} allows {self.max_requeues} requeues")
-            raise RequeueLimitError(f"run {run_dir.name}: not requeued again: {self.max_requeues} requeues done "
-                                    f"(--slurm.max_requeues); resubmit to continue from {run_dir}/checkpoints/last.ckpt")
+            update_record(
+                run_dir,
+                failed=f"preempted or timed out {self.requeues + 1} times; "
+                f"--slurm.max_requeues {self.max_requeues} allows {self.max_requeues} requeues",
+            )
+            raise RequeueLimitError(
+                f"run {run_dir.name}: not requeued again: {self.max_requeues} requeues done "
+                f"(--slurm.max_requeues); resubmit to continue from {run_dir}/checkpoints/last.ckpt"
+            )
         # Recorded only once `scontrol requeue` succeeded (hand_over), not here: Slurm may still refuse it.
         return submitit.helpers.DelayedSubmission(replace(self, requeues=self.requeues + 1))
 
@@ -288,8 +323,11 @@ def _run_test(args: list[str], *, poll_s: float = 1.0) -> bool:
             if noted_signal() is not None:
                 proc.kill()
                 proc.wait()
-                log.warning("%s during `convnets %s`: stopped it; the requeued job runs it again",
-                            signal.Signals(noted_signal()).name, args[0])
+                log.warning(
+                    "%s during `convnets %s`: stopped it; the requeued job runs it again",
+                    signal.Signals(noted_signal()).name,
+                    args[0],
+                )
                 return False
     if code != 0:
         raise RuntimeError(f"`convnets {args[0]}` failed with exit code {code}")

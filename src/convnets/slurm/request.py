@@ -1,5 +1,6 @@
 """What a user asks of Slurm (`--slurm.*` flags over a `configs/cluster/*.yaml` fragment), and the
 Trainer geometry it implies: one task per GPU, `devices` = tasks per node, `num_nodes` = nodes."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,13 +48,25 @@ class SlurmRequest:
     def trainer_flags(self) -> list[str]:
         """The LightningCLI flags this request implies (appended after the user's, so they win)."""
         strategy = "ddp" if self.world_size > 1 else "auto"
-        return ["--trainer.devices", str(self.ntasks_per_node), "--trainer.num_nodes", str(self.nodes),
-                "--trainer.accelerator", "gpu" if self.gpus_per_node else "cpu", "--trainer.strategy", strategy]
+        return [
+            "--trainer.devices",
+            str(self.ntasks_per_node),
+            "--trainer.num_nodes",
+            str(self.nodes),
+            "--trainer.accelerator",
+            "gpu" if self.gpus_per_node else "cpu",
+            "--trainer.strategy",
+            strategy,
+        ]
 
     def sbatch_parameters(self) -> dict:
         """submitit SlurmExecutor parameters (sbatch flags)."""
-        params = {"nodes": self.nodes, "ntasks_per_node": self.ntasks_per_node, "time": self.time,
-                  "signal_delay_s": self.signal_delay_s}
+        params = {
+            "nodes": self.nodes,
+            "ntasks_per_node": self.ntasks_per_node,
+            "time": self.time,
+            "signal_delay_s": self.signal_delay_s,
+        }
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
         for key in ("cpus_per_task", "mem", "partition", "account", "qos", "constraint"):
@@ -87,8 +100,12 @@ def parse_time(value: object) -> int:
 def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
     """`--slurm.KEY` for every SlurmRequest field, plus `--slurm.cluster` (defaults None: fragment wins)."""
     group = parser.add_argument_group("Slurm request (the command line overrides --slurm.cluster)")
-    group.add_argument("--slurm.cluster", dest="slurm_cluster", default=None,
-                       help=f"a YAML fragment: a path or a name in {CLUSTER_CONFIGS} ({', '.join(cluster_names())})")
+    group.add_argument(
+        "--slurm.cluster",
+        dest="slurm_cluster",
+        default=None,
+        help=f"a YAML fragment: a path or a name in {CLUSTER_CONFIGS} ({', '.join(cluster_names())})",
+    )
     for f in fields(SlurmRequest):
         flag, dest = f"--slurm.{f.name}", f"slurm_{f.name}"
         if f.name == "exclusive":
@@ -106,7 +123,9 @@ def load_fragment(name: str) -> dict:
     if not path.is_file():
         path = CLUSTER_CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
     if not path.is_file():
-        raise ValueError(f"--slurm.cluster {name}: no such file, nor a packaged fragment ({', '.join(cluster_names())})")
+        raise ValueError(
+            f"--slurm.cluster {name}: no such file, nor a packaged fragment ({', '.join(cluster_names())})"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -139,7 +158,9 @@ def _convert(name: str, value: object) -> object:
         number = int(value)
     except (TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"--slurm.{name} {value!r}: {str(exc).splitlines()[0]}") from None
-    if number < 0 or (number == 0 and name in ("nodes", "tasks_per_node", "cpus_per_task", "time", "preempt_check_steps")):
+    if number < 0 or (
+        number == 0 and name in ("nodes", "tasks_per_node", "cpus_per_task", "time", "preempt_check_steps")
+    ):
         raise ValueError(f"--slurm.{name} {value}: must be {'at least 1' if number == 0 else 'positive'}")
     return number
 
@@ -147,14 +168,21 @@ def _convert(name: str, value: object) -> object:
 def request_from_args(args: argparse.Namespace) -> SlurmRequest:
     """Dataclass defaults, then the cluster fragment, then the command line; checked for consistency."""
     values = load_fragment(args.slurm_cluster) if args.slurm_cluster else {}
-    values.update({f.name: getattr(args, f"slurm_{f.name}") for f in fields(SlurmRequest)
-                   if getattr(args, f"slurm_{f.name}") is not None})
+    values.update(
+        {
+            f.name: getattr(args, f"slurm_{f.name}")
+            for f in fields(SlurmRequest)
+            if getattr(args, f"slurm_{f.name}") is not None
+        }
+    )
     request = replace(SlurmRequest(), **{k: _convert(k, v) for k, v in values.items()})
     if request.ntasks_per_node < 1:
         raise ValueError("--slurm.gpus_per_node 0 runs on CPUs: give --slurm.tasks_per_node (processes per node)")
     if request.gpus_per_node and request.ntasks_per_node != request.gpus_per_node:
-        raise ValueError(f"--slurm.tasks_per_node {request.ntasks_per_node} with --slurm.gpus_per_node "
-                         f"{request.gpus_per_node}: one task per GPU, leave tasks_per_node out")
+        raise ValueError(
+            f"--slurm.tasks_per_node {request.ntasks_per_node} with --slurm.gpus_per_node "
+            f"{request.gpus_per_node}: one task per GPU, leave tasks_per_node out"
+        )
     return request
 
 
@@ -163,11 +191,15 @@ def check_trainer(config: dict, request: SlurmRequest) -> None:
     trainer = config.get("trainer") or {}
     devices, nodes, accelerator = trainer.get("devices"), trainer.get("num_nodes"), trainer.get("accelerator")
     if devices not in (None, "auto", request.ntasks_per_node, str(request.ntasks_per_node)):
-        raise ValueError(f"trainer.devices {devices} contradicts the Slurm request ({request.ntasks_per_node} "
-                         "tasks per node); leave trainer.devices out, submit derives it")
+        raise ValueError(
+            f"trainer.devices {devices} contradicts the Slurm request ({request.ntasks_per_node} "
+            "tasks per node); leave trainer.devices out, submit derives it"
+        )
     if nodes not in (None, 1, request.nodes):
-        raise ValueError(f"trainer.num_nodes {nodes} contradicts --slurm.nodes {request.nodes}; "
-                         "leave trainer.num_nodes out, submit derives it")
+        raise ValueError(
+            f"trainer.num_nodes {nodes} contradicts --slurm.nodes {request.nodes}; "
+            "leave trainer.num_nodes out, submit derives it"
+        )
     wants_gpu = str(accelerator) in ("gpu", "cuda")
     if accelerator not in (None, "auto") and wants_gpu != bool(request.gpus_per_node):
         raise ValueError(f"trainer.accelerator {accelerator} contradicts --slurm.gpus_per_node {request.gpus_per_node}")

@@ -13,6 +13,7 @@ on when training starts; one during validation stops the validation and saves mi
 (Lightning reruns that validation from its start on resume); one after the fit's last check is
 handled by the job itself (`TrainingJob.__call__`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -128,21 +129,28 @@ class RequeueOnSignal(pl.Callback):
         self._stopped_validation = trainer.validating and not trainer.sanity_checking
         trainer.save_checkpoint(path)  # every rank: it holds a barrier
         self.saved_step = trainer.global_step
-        log.warning("signal received after step %d: saved %s at step %d (during %s)", job.noted_after_step(), path,
-                    trainer.global_step, where)
+        log.warning(
+            "signal received after step %d: saved %s at step %d (during %s)",
+            job.noted_after_step(),
+            path,
+            trainer.global_step,
+            where,
+        )
         if trainer.global_rank == 0:
             from convnets.platform.training.tracking import finish_wandb
 
             finish_wandb()  # before Slurm's SIGTERM reaches W&B's service: its rows are written now
-            code = job.hand_over(Path(trainer.default_root_dir), signum, trainer.global_step,
-                                 max_requeues=self.max_requeues)
+            code = job.hand_over(
+                Path(trainer.default_root_dir), signum, trainer.global_step, max_requeues=self.max_requeues
+            )
             _exit(code)
         # Other ranks: Slurm ends this task when it requeues or cancels the job (KillWait, 30 s by default).
         # Still alive after REQUEUE_GRACE_S means no requeue came (limit reached, refused): leave with an
         # error instead of waiting for the job's time limit in a collective rank 0 never joins.
         time.sleep(REQUEUE_GRACE_S if os.environ.get("SLURM_JOB_ID") else 0)
-        log.error("rank %d: stopped after the preemption save (see rank 0's log); resume from %s",
-                  trainer.global_rank, path)
+        log.error(
+            "rank %d: stopped after the preemption save (see rank 0's log); resume from %s", trainer.global_rank, path
+        )
         _exit(job.INTERRUPTED_EXIT)
 
 

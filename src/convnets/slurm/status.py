@@ -1,4 +1,5 @@
 """`convnets status RUN`: the job's state, requeues so far, the latest metrics and where the logs are."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,17 @@ from pathlib import Path
 
 from convnets.slurm.job import read_record
 
-FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+FINAL = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
 
 
 def resolve_run_dir(run: str) -> Path:
@@ -21,8 +32,10 @@ def resolve_run_dir(run: str) -> Path:
 
 def job_state(job_id: str) -> str:
     """squeue while the job is known to the controller, else sacct; UNKNOWN when neither answers."""
-    for cmd in (["squeue", "--noheader", "-o", "%T", "-j", job_id],
-                ["sacct", "--noheader", "-X", "-P", "-o", "State", "-j", job_id]):
+    for cmd in (
+        ["squeue", "--noheader", "-o", "%T", "-j", job_id],
+        ["sacct", "--noheader", "-X", "-P", "-o", "State", "-j", job_id],
+    ):
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired):
@@ -43,7 +56,9 @@ def latest_metrics(run_dir: Path) -> dict:
         return {}
     metrics = json.loads(path.read_text())
     last_val = (metrics.get("val_history") or [{}])[-1]
-    keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k.startswith(("val_", "test_", "train_"))}
+    keep = {
+        k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k.startswith(("val_", "test_", "train_"))
+    }
     return {**keep, **{k: v for k, v in last_val.items() if k.startswith("val_") or k == "epoch"}}
 
 
@@ -52,21 +67,32 @@ def status(run_dir: Path) -> dict:
     job_id = record.get("job_id")
     state = job_state(str(job_id)) if job_id else "not submitted through `convnets submit`"
     logs = sorted(Path(record["log_folder"]).glob(f"{job_id}_*_log.*")) if job_id and record.get("log_folder") else []
-    return {"run_dir": str(run_dir), "job_id": job_id, "state": state, "requeues": record.get("requeues", 0),
-            "max_requeues": record.get("max_requeues"), "failed": record.get("failed"),
-            "metrics": latest_metrics(run_dir), "logs": [str(p) for p in logs],
-            "checkpoint": str(run_dir / "checkpoints" / "last.ckpt") if (run_dir / "checkpoints" / "last.ckpt").is_file() else None}
+    return {
+        "run_dir": str(run_dir),
+        "job_id": job_id,
+        "state": state,
+        "requeues": record.get("requeues", 0),
+        "max_requeues": record.get("max_requeues"),
+        "failed": record.get("failed"),
+        "metrics": latest_metrics(run_dir),
+        "logs": [str(p) for p in logs],
+        "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")
+        if (run_dir / "checkpoints" / "last.ckpt").is_file()
+        else None,
+    }
 
 
 def status_text(run_dir: Path) -> str:
     s = status(Path(run_dir))
     metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(s["metrics"].items()))
-    lines = [f"run:        {s['run_dir']}",
-             f"job:        {s['job_id']} {s['state']}",
-             f"requeues:   {s['requeues']} of at most {s['max_requeues']}" + (f" ({s['failed']})" if s["failed"] else ""),
-             f"metrics:    {metrics or '(none yet)'}",
-             f"checkpoint: {s['checkpoint'] or '(none yet)'}",
-             "logs:       " + ("\n            ".join(s["logs"]) or "(none yet)")]
+    lines = [
+        f"run:        {s['run_dir']}",
+        f"job:        {s['job_id']} {s['state']}",
+        f"requeues:   {s['requeues']} of at most {s['max_requeues']}" + (f" ({s['failed']})" if s["failed"] else ""),
+        f"metrics:    {metrics or '(none yet)'}",
+        f"checkpoint: {s['checkpoint'] or '(none yet)'}",
+        "logs:       " + ("\n            ".join(s["logs"]) or "(none yet)"),
+    ]
     return "\n".join(lines)
 
 
@@ -87,8 +113,9 @@ def wait_for(jobs: list, *, poll_s: float = 5.0) -> list[str]:
         error = job.exception()
         if error is not None:
             lines = [ln for ln in str(error).strip().splitlines() if ln.strip()]
-            failed.append(f"job {job.job_id} failed: {lines[-1] if lines else type(error).__name__} "
-                          f"(logs: {job.paths.stderr})")
+            failed.append(
+                f"job {job.job_id} failed: {lines[-1] if lines else type(error).__name__} (logs: {job.paths.stderr})"
+            )
             print(f"convnets: {failed[-1]}", file=sys.stderr)
     return failed
 

@@ -6,6 +6,7 @@ Everything is checked before anything is queued: the fit config is parsed as `co
 and sbatch's own refusal is one line. The run name is fixed here, so a requeued job finds
 runs/<name>/checkpoints/last.ckpt and the run's W&B id. Shared by single runs and arrays (arrays.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,9 @@ class PlannedRun:
     test_args: list[str]
 
 
-def resolve_run(fit_args: list[str], request: SlurmRequest, *, default_name: str | None = None,
-                need_data: bool = True) -> PlannedRun:
+def resolve_run(
+    fit_args: list[str], request: SlurmRequest, *, default_name: str | None = None, need_data: bool = True
+) -> PlannedRun:
     """Parse and check the fit flags, fix the run name and folder (absolute), add the derived geometry."""
     from convnets.platform.training.lightning_cli import resolve_fit_config
 
@@ -47,8 +49,10 @@ def resolve_run(fit_args: list[str], request: SlurmRequest, *, default_name: str
     final = resolve_fit_config(args)
     data_dir = (final.get("data") or {}).get("data_dir")
     if need_data and data_dir and not (Path(data_dir) / "train" / "manifest.json").is_file():
-        raise ValueError(f"data.data_dir: {Path(data_dir).resolve()}/train/manifest.json is missing; write the shards "
-                         "first (`convnets shards ...`) on storage the compute nodes see")
+        raise ValueError(
+            f"data.data_dir: {Path(data_dir).resolve()}/train/manifest.json is missing; write the shards "
+            "first (`convnets shards ...`) on storage the compute nodes see"
+        )
     return PlannedRun(name=name, run_dir=runs_dir / name, fit_args=args, test_args=[])
 
 
@@ -80,13 +84,27 @@ def batch_script(folder: Path, request: SlurmRequest, *, job_name: str, count: i
 
     folder = Path(folder).expanduser().absolute()  # as SlurmExecutor stores it
     command = " ".join([PYTHON, "-u -m submitit.core._submit", shlex.quote(str(folder))])  # as SlurmExecutor's
-    return _make_sbatch_string(command=command, folder=folder, map_count=count,
-                               **executor_parameters(request, job_name=job_name))
+    return _make_sbatch_string(
+        command=command, folder=folder, map_count=count, **executor_parameters(request, job_name=job_name)
+    )
 
 
 # Squeue's states of a job that has not ended (a requeued job is PENDING or REQUEUE_HOLD again).
-LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-               "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "SUSPENDED", "SPECIAL_EXIT")
+LIVE_STATES = (
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "SUSPENDED",
+    "SPECIAL_EXIT",
+)
 
 
 def refuse_live_runs(runs: list[PlannedRun]) -> None:
@@ -100,8 +118,10 @@ def refuse_live_runs(runs: list[PlannedRun]) -> None:
             continue
         state = job_state(str(job_id))
         if state in LIVE_STATES:
-            raise ValueError(f"run {run.name}: its job {job_id} is still {state} ({run.run_dir}/slurm.json); "
-                             f"wait for it to end, or `scancel {job_id}`, before submitting this run again")
+            raise ValueError(
+                f"run {run.name}: its job {job_id} is still {state} ({run.run_dir}/slurm.json); "
+                f"wait for it to end, or `scancel {job_id}`, before submitting this run again"
+            )
 
 
 def submit_jobs(runs: list[PlannedRun], request: SlurmRequest, *, folder: Path, job_name: str) -> list:
@@ -110,8 +130,15 @@ def submit_jobs(runs: list[PlannedRun], request: SlurmRequest, *, folder: Path, 
 
     refuse_live_runs(runs)
     executor = make_executor(folder, request, job_name=job_name)
-    jobs_in = [TrainingJob(fit_args=tuple(job_fit_args(r.fit_args, request.preempt_check_steps)), run_dir=str(r.run_dir),
-                           max_requeues=request.max_requeues, test_args=tuple(r.test_args)) for r in runs]
+    jobs_in = [
+        TrainingJob(
+            fit_args=tuple(job_fit_args(r.fit_args, request.preempt_check_steps)),
+            run_dir=str(r.run_dir),
+            max_requeues=request.max_requeues,
+            test_args=tuple(r.test_args),
+        )
+        for r in runs
+    ]
     created = [p for p in (folder, *(r.run_dir for r in runs)) if not p.exists()]
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's refusal: ours is one line
@@ -125,8 +152,15 @@ def submit_jobs(runs: list[PlannedRun], request: SlurmRequest, *, folder: Path, 
             shutil.rmtree(path, ignore_errors=True)
         raise ValueError(f"sbatch refused the job: {_sbatch_reason(exc)}") from None
     for run, job in zip(runs, jobs):
-        update_record(run.run_dir, job_id=job.job_id, log_folder=str(folder), fit_args=run.fit_args,
-                      max_requeues=request.max_requeues, requeues=0, submitted_unix_time=time.time())
+        update_record(
+            run.run_dir,
+            job_id=job.job_id,
+            log_folder=str(folder),
+            fit_args=run.fit_args,
+            max_requeues=request.max_requeues,
+            requeues=0,
+            submitted_unix_time=time.time(),
+        )
     return jobs
 
 
@@ -147,14 +181,18 @@ def run_one(args, fit_args: list[str], request: SlurmRequest) -> int:
     """`convnets submit` of one run: print the script (--dry-run), or submit it (and --wait)."""
     run = resolve_run(fit_args, request, need_data=not args.dry_run)  # the shards may exist only on the cluster
     folder = run.run_dir / LOG_DIR
-    command = shlex.join(["convnets", "fit", *job_fit_args(run.fit_args, request.preempt_check_steps), "--ckpt_path", "last"])
+    command = shlex.join(
+        ["convnets", "fit", *job_fit_args(run.fit_args, request.preempt_check_steps), "--ckpt_path", "last"]
+    )
     if args.dry_run:
         print(batch_script(folder, request, job_name=run.name))
         print(f"# each of the {request.world_size} tasks runs (in process, through submitit):\n# {command}")
         return 0
     (job,) = submit_jobs([run], request, folder=folder, job_name=run.name)
-    print(f"submitted job {job.job_id}: run {run.run_dir}; logs {folder}/{job.job_id}_<rank>_log.out|err; "
-          f"`convnets status {run.run_dir}`")
+    print(
+        f"submitted job {job.job_id}: run {run.run_dir}; logs {folder}/{job.job_id}_<rank>_log.out|err; "
+        f"`convnets status {run.run_dir}`"
+    )
     if args.wait:
         from convnets.slurm.status import status_text, wait_for
 

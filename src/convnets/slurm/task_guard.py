@@ -10,6 +10,7 @@ reports the task the same way. It stays silent where Slurm itself stopped the ta
 preemption, a requeue, `scancel`, or srun ending the others after a failure: it got SIGTERM too).
 Slurm signals every process of the task: this parent ignores them all; the child acts on them.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,11 @@ import time
 FOLLOWER_WAIT_S = 3.0
 FORWARDED_BY_SLURM = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT, signal.SIGINT, signal.SIGHUP)
 REQUEUED_STATES = ("REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PENDING")
-HINTS = {signal.SIGKILL: " (the kernel's OOM-killer sends SIGKILL when the node runs out of memory)",
-         signal.SIGSEGV: " (a crash in native code: a driver, a kernel or an extension)",
-         signal.SIGBUS: " (a bad memory access: often a full /dev/shm)"}
+HINTS = {
+    signal.SIGKILL: " (the kernel's OOM-killer sends SIGKILL when the node runs out of memory)",
+    signal.SIGSEGV: " (a crash in native code: a driver, a kernel or an extension)",
+    signal.SIGBUS: " (a bad memory access: often a full /dev/shm)",
+}
 
 
 def describe(returncode: int) -> str:
@@ -62,11 +65,17 @@ def _stop_the_step() -> None:
 
 def report(returncode: int) -> str:
     env = os.environ
-    rank, job_id, host = env.get("SLURM_PROCID", "?"), env.get("SLURM_JOB_ID", "?"), env.get("SLURMD_NODENAME", os.uname().nodename)
-    return (f"convnets: rank {rank} (Slurm task {rank} of job {job_id} on host {host}) {describe(returncode)} at "
-            f"{time.strftime('%H:%M:%S')}; the other ranks are stopped now and the job ends without "
-            "a requeue (a crash is not a preemption): fix the cause, then submit the same command again to resume "
-            "from the run's checkpoints/last.ckpt")
+    rank, job_id, host = (
+        env.get("SLURM_PROCID", "?"),
+        env.get("SLURM_JOB_ID", "?"),
+        env.get("SLURMD_NODENAME", os.uname().nodename),
+    )
+    return (
+        f"convnets: rank {rank} (Slurm task {rank} of job {job_id} on host {host}) {describe(returncode)} at "
+        f"{time.strftime('%H:%M:%S')}; the other ranks are stopped now and the job ends without "
+        "a requeue (a crash is not a preemption): fix the cause, then submit the same command again to resume "
+        "from the run's checkpoints/last.ckpt"
+    )
 
 
 def main(command: list[str]) -> int:

@@ -12,6 +12,7 @@ name is required. Lightning's own Slurm requeue (USR1, an hpc_ckpt_N.ckpt that `
 would not load) is off. A task that dies ends the whole job at once (`srun --kill-on-bad-exit=1`).
 Every user string is shell-quoted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,9 @@ def add_template_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job-name", default="convnets", help="sbatch --job-name")
     parser.add_argument("--logs", default="runs/slurm-%j", help="sbatch --output prefix (%%j = job id)")
     add_slurm_arguments(parser)
-    parser.add_argument("fit_args", nargs=argparse.REMAINDER, help="`convnets fit` flags, e.g. --config X --run_name NAME")
+    parser.add_argument(
+        "fit_args", nargs=argparse.REMAINDER, help="`convnets fit` flags, e.g. --config X --run_name NAME"
+    )
 
 
 def run_name(fit_args: list[str]) -> str | None:
@@ -39,10 +42,18 @@ def run_name(fit_args: list[str]) -> str | None:
 
 
 def sbatch_lines(request, *, job_name: str, logs: str) -> list[str]:
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={shlex.quote(job_name)}", f"#SBATCH --nodes={request.nodes}",
-             f"#SBATCH --ntasks-per-node={request.ntasks_per_node}", f"#SBATCH --time={request.time}",
-             f"#SBATCH --output={shlex.quote(logs + '.out')}", f"#SBATCH --error={shlex.quote(logs + '.err')}",
-             f"#SBATCH --signal=USR2@{request.signal_delay_s}", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={shlex.quote(job_name)}",
+        f"#SBATCH --nodes={request.nodes}",
+        f"#SBATCH --ntasks-per-node={request.ntasks_per_node}",
+        f"#SBATCH --time={request.time}",
+        f"#SBATCH --output={shlex.quote(logs + '.out')}",
+        f"#SBATCH --error={shlex.quote(logs + '.err')}",
+        f"#SBATCH --signal=USR2@{request.signal_delay_s}",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+    ]
     if request.gpus_per_node:
         lines.append(f"#SBATCH --gpus-per-node={request.gpus_per_node}")
     for key in ("cpus_per_task", "mem", "partition", "account", "qos", "constraint"):
@@ -55,14 +66,20 @@ def sbatch_lines(request, *, job_name: str, logs: str) -> list[str]:
 
 def template(fit_args: list[str], request, *, job_name: str, logs: str) -> str:
     if run_name(fit_args) is None:
-        raise ValueError("--run_name NAME is required (after `--`): a requeued job finds its "
-                         "checkpoint (runs/NAME/checkpoints/last.ckpt) and its W&B run by that name")
+        raise ValueError(
+            "--run_name NAME is required (after `--`): a requeued job finds its "
+            "checkpoint (runs/NAME/checkpoints/last.ckpt) and its W&B run by that name"
+        )
     fit = ["convnets", "fit", *fit_args, *request.trainer_flags()]
     fit = [*job_fit_args(fit, request.preempt_check_steps, max_requeues=request.max_requeues), "--ckpt_path", "last"]
     lines = sbatch_lines(request, job_name=job_name, logs=logs)
-    lines += ["", "# One task per GPU; Lightning takes each rank from SLURM_PROCID / SLURM_NTASKS. A requeued job",
-              "# runs this script again and resumes from runs/<run_name>/checkpoints/last.ckpt.",
-              shlex.join(["srun", *SRUN_ARGS, *fit]), ""]
+    lines += [
+        "",
+        "# One task per GPU; Lightning takes each rank from SLURM_PROCID / SLURM_NTASKS. A requeued job",
+        "# runs this script again and resumes from runs/<run_name>/checkpoints/last.ckpt.",
+        shlex.join(["srun", *SRUN_ARGS, *fit]),
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ its group, and a SIGTERM or Ctrl-C to the parent is forwarded to the whole group
 parent waits for every rank to exit (SIGKILL after GRACE_S) and stops itself. The terminal's
 Ctrl-C reaches only the parent's group, hence the forwarding.
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ per device, the batch transfer override, short epochs vs the logging interval, a
 inside Lightning's own code). `convnets --verbose ...` or CONVNETS_DEBUG=1 brings all of it back,
 and tracebacks too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,8 @@ def verbose() -> bool:
 
 
 def quiet_console() -> None:
-    """After logging.basicConfig: install the filters in this process (and, through the environment, in the ranks and child
-    processes it starts); a no-op in verbose mode."""
+    """After logging.basicConfig: install the filters in this process (and, through the environment, in the
+    ranks and child processes it starts); a no-op in verbose mode."""
     if verbose():
         return
     for message in KNOWN_WARNINGS:

@@ -3,6 +3,7 @@
 Light to import (torch only inside the functions that read it): the command line and the report
 writers use it without loading torch and Lightning.
 """
+
 from __future__ import annotations
 
 import platform
@@ -14,8 +15,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-PACKAGES = ("convnets", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "nvidia-dali-cuda130",
-            "webdataset", "wandb", "submitit", "jsonargparse", "numpy")
+PACKAGES = (
+    "convnets",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "torchmetrics",
+    "nvidia-dali-cuda130",
+    "webdataset",
+    "wandb",
+    "submitit",
+    "jsonargparse",
+    "numpy",
+)
 
 
 def installed_version(distribution: str) -> str | None:
@@ -35,8 +47,11 @@ def runtime_versions() -> dict[str, str]:
     """Python, torch, Lightning and, on a GPU, CUDA and cuDNN: what a timing depends on."""
     import torch
 
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "pytorch_lightning": installed_version("pytorch-lightning")}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pytorch_lightning": installed_version("pytorch-lightning"),
+    }
     if torch.cuda.is_available():
         out["cuda"] = str(torch.version.cuda)
         out["cudnn"] = str(torch.backends.cudnn.version())
@@ -50,8 +65,13 @@ def git_revision(where: Path | None = None) -> str:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

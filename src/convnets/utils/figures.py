@@ -1,4 +1,5 @@
 """Matplotlib for files only, and the one way the project saves a figure."""
+
 from __future__ import annotations
 
 from pathlib import Path

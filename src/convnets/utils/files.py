@@ -5,6 +5,7 @@ Every write goes to "<name>.tmp" in the same folder, is fsynced, then renamed ov
 crash. A SIGKILL mid-write leaves the previous file intact and at most a ".tmp" that the next write
 overwrites. Shards, indexes, manifests, checkpoints and every JSON record go through here.
 """
+
 from __future__ import annotations
 
 import json

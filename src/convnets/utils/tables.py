@@ -1,4 +1,5 @@
 """Markdown tables for terminal output, reports and the docs."""
+
 from __future__ import annotations
 
 

@@ -15,6 +15,7 @@ Colour jitter (brightness, contrast, saturation, hue) goes on top of any preset.
 
 Eval, every preset: shorter side to image_size / crop_fraction, centre crop (or the 10 crops).
 """
+
 from __future__ import annotations
 
 import math
@@ -123,7 +124,12 @@ class AugmentSpec:
 
 
 def preset_spec(
-    preset: Preset, spec: InputSpec, *, flip: bool, min_area: float = 0.08, jitter: Jitter | None = None,
+    preset: Preset,
+    spec: InputSpec,
+    *,
+    flip: bool,
+    min_area: float = 0.08,
+    jitter: Jitter | None = None,
     uint8: bool = False,
 ) -> AugmentSpec:
     """The AugmentSpec of a named preset for a network's input (what `--data.preset` builds)."""
@@ -134,8 +140,16 @@ def preset_spec(
     if not 0.0 < min_area <= 1.0:
         raise ValueError(f"min_area={min_area} must be in (0, 1]")
     lighting = ALEXNET_LIGHTING if preset == "alexnet" and spec.channels == 3 else 0.0
-    return AugmentSpec(spec=spec, preset=preset, resize=resize, flip=flip, area=(min_area, 1.0),
-                       jitter=jitter or Jitter(), lighting=lighting, uint8=uint8)
+    return AugmentSpec(
+        spec=spec,
+        preset=preset,
+        resize=resize,
+        flip=flip,
+        area=(min_area, 1.0),
+        jitter=jitter or Jitter(),
+        lighting=lighting,
+        uint8=uint8,
+    )
 
 
 # RGB -> YIQ (NTSC), the space in which DALI's color_twist turns hue and scales saturation.
@@ -157,9 +171,11 @@ def color_twist_matrix(brightness: float, contrast: float, saturation: float, hu
     out = np.zeros((3, 4))
     for i in range(3):
         for j in range(3):
-            hue_sat_yiq = (YIQ_TO_RGB[i, 0] * RGB_TO_YIQ[0, j]
-                           + YIQ_TO_RGB[i, 1] * (c * RGB_TO_YIQ[1, j] - s * RGB_TO_YIQ[2, j])
-                           + YIQ_TO_RGB[i, 2] * (s * RGB_TO_YIQ[1, j] + c * RGB_TO_YIQ[2, j]))
+            hue_sat_yiq = (
+                YIQ_TO_RGB[i, 0] * RGB_TO_YIQ[0, j]
+                + YIQ_TO_RGB[i, 1] * (c * RGB_TO_YIQ[1, j] - s * RGB_TO_YIQ[2, j])
+                + YIQ_TO_RGB[i, 2] * (s * RGB_TO_YIQ[1, j] + c * RGB_TO_YIQ[2, j])
+            )
             out[i, j] = brightness * contrast * hue_sat_yiq
         out[i, 3] = brightness * (1.0 - contrast) * MID_GREY
     return out

@@ -21,6 +21,7 @@ DALI's Python wrapper would recompile its glue (~2 s) at every pipeline build, i
 test. The callbacks follow the C ABI that DALI's NumbaFuncImpl (CPU) calls: pointers arrive as
 integers; per sample, the output and input data pointers and shape pointers.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,7 +29,8 @@ import functools
 import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
-from numba import carray, cfunc, float32, njit, types as nb
+from numba import carray, cfunc, float32, njit
+from numba import types as nb
 from numba.core import cgutils
 from numba.extending import intrinsic
 from nvidia.dali.plugin.numba.experimental import NumbaFunction
@@ -44,6 +46,7 @@ _SETUP_SIG = nb.void(nb.uint64, nb.uint64, nb.int32, nb.uint64, nb.uint64, nb.in
 @intrinsic
 def _pointer(typingctx, address):
     """uint64 address -> void*, so carray can view the buffer DALI passes as an integer."""
+
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
 
@@ -64,6 +67,7 @@ def _shape3(shape_ptrs, i):
 
 def _op(run, setup, in_types, ins_ndim, out_type=types.UINT8):
     """A numba_function operator (one 3-D output) calling these callbacks instead of compiling its own."""
+
     class Kernel(NumbaFunction):
         def _get_run_fn_cpu(self, *args, **kwargs):
             return run.address
@@ -71,8 +75,7 @@ def _op(run, setup, in_types, ins_ndim, out_type=types.UINT8):
         def _get_setup_fn_cpu(self, setup_fn):
             return setup.address
 
-    return Kernel(run_fn=None, out_types=[out_type], in_types=in_types, outs_ndim=[3], ins_ndim=ins_ndim,
-                  device="cpu")
+    return Kernel(run_fn=None, out_types=[out_type], in_types=in_types, outs_ndim=[3], ins_ndim=ins_ndim, device="cpu")
 
 
 # -- colour twist --------------------------------------------------------------------------------
@@ -100,8 +103,11 @@ def _twist_run(out_ptrs, out_shapes, outs_ndim, num_outs, in_ptrs, in_shapes, in
     out = _address(out_ptrs, 0)
     size = shape[0] * shape[1] * shape[2]
     f = carray(_pointer(factors), 4, dtype=np.float32)
-    _twist(carray(_pointer(out), size, dtype=np.uint8), carray(_pointer(image), size, dtype=np.uint8),
-           _matrix(f[0], f[1], f[2], f[3]))
+    _twist(
+        carray(_pointer(out), size, dtype=np.uint8),
+        carray(_pointer(image), size, dtype=np.uint8),
+        _matrix(f[0], f[1], f[2], f[3]),
+    )
 
 
 @cfunc(_SETUP_SIG, nopython=True, cache=True)
@@ -124,8 +130,10 @@ def colour_twist(images, factors: dict):
 
 def _factor_nodes(factors: dict) -> list:
     """color_twist's four factors in the kernels' order, a neutral constant for each one not drawn."""
-    return [factors.get(name, types.Constant(np.float32(neutral)))
-            for name, neutral in (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.0))]
+    return [
+        factors.get(name, types.Constant(np.float32(neutral)))
+        for name, neutral in (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.0))
+    ]
 
 
 # -- the train view (inception and alexnet presets), fused -----------------------------------------
@@ -171,7 +179,7 @@ def _rows(src, width, index, weight):
             out[i, k] = 0.0
         for t in range(index.shape[1]):
             w, base = weight[i, t], index[i, t] * row
-            line = src[base:base + row]
+            line = src[base : base + row]
             for k in range(row):
                 out[i, k] += w * line[k]
     return out
@@ -214,7 +222,7 @@ def _finish(dst, planes, m, p, to_uint8):
         half, out_lo, out_hi = float32(0.0), float32(-3.0e38), float32(3.0e38)
     plane = planes.shape[1]
     red, green, blue = planes[0], planes[1], planes[2]
-    d0, d1, d2 = dst[:plane], dst[plane:2 * plane], dst[2 * plane:]
+    d0, d1, d2 = dst[:plane], dst[plane : 2 * plane], dst[2 * plane :]
     for k in range(plane):
         r, g, b = red[k], green[k], blue[k]
         d0[k] = min(max((min(max(m00 * r + m01 * g + m02 * b + o0, lo), hi) - mean0) * scale0 + half, out_lo), out_hi)
@@ -240,9 +248,15 @@ def _view_sample(out_ptrs, out_shapes, in_ptrs, in_shapes, dtype, to_uint8):
     params = _address(in_ptrs, 1)
     out, out_shape = _address(out_ptrs, 0), _shape3(out_shapes, 0)
     h, w, size = shape[0], shape[1], out_shape[1]
-    _view(carray(_pointer(out), 3 * size * size, dtype=dtype), size,
-          carray(_pointer(image), h * w * 3, dtype=np.uint8), h, w,
-          carray(_pointer(params), _PARAMS, dtype=np.float32), to_uint8)
+    _view(
+        carray(_pointer(out), 3 * size * size, dtype=dtype),
+        size,
+        carray(_pointer(image), h * w * 3, dtype=np.uint8),
+        h,
+        w,
+        carray(_pointer(params), _PARAMS, dtype=np.float32),
+        to_uint8,
+    )
 
 
 @cfunc(_RUN_SIG, nopython=True, cache=True)
@@ -258,6 +272,7 @@ def _view_uint8_run(out_ptrs, out_shapes, outs_ndim, num_outs, in_ptrs, in_shape
 @functools.cache
 def _chw_setup(size: int):
     """Setup callback giving every output (3, size, size): compiled per size (tiny; a closure is not cached)."""
+
     @cfunc(_SETUP_SIG, nopython=True)
     def setup(out_shapes, outs_ndim, num_outs, in_shapes, ins_ndim, num_ins, num_samples):
         outs = carray(_pointer(out_shapes), num_samples, dtype=np.uint64)
@@ -268,8 +283,9 @@ def _chw_setup(size: int):
     return setup
 
 
-def train_view(images, size: int, factors: dict, *, mirror, mean, std: list[float], uint8: bool,
-               antialias: bool = False):
+def train_view(
+    images, size: int, factors: dict, *, mirror, mean, std: list[float], uint8: bool, antialias: bool = False
+):
     """uint8 HWC RGB random crops -> the network's CHW input in one kernel: what fn.resize(antialias=
     antialias) + color_twist + crop_mirror_normalize give (within 2 levels; tests/unit/test_dali_pipeline.py).
 

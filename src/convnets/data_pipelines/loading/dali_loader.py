@@ -20,13 +20,15 @@ batch (`consumed_fn`), not the last fetched one. Each rank's RNGs differ (seed p
 only rank 0 writes the checkpoint, so `gather_fn` collects every rank's DALI checkpoint into it.
 On another number of ranks the position alone carries over (fresh pipelines, new draws).
 """
+
 from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,8 +150,14 @@ class DaliLoader(PlanLoader):
     KEEP_CHECKPOINTS = 8  # Lightning holds 1 batch ahead; a few more cost ~0.5 kB each
 
     def __init__(
-        self, index: SampleIndex, labels: np.ndarray, aug: AugmentSpec, cfg: LoaderConfig, *,
-        epoch_fn: Callable[[], int], consumed_fn: Callable[[], int] | None = None,
+        self,
+        index: SampleIndex,
+        labels: np.ndarray,
+        aug: AugmentSpec,
+        cfg: LoaderConfig,
+        *,
+        epoch_fn: Callable[[], int],
+        consumed_fn: Callable[[], int] | None = None,
         gather_fn: Callable[[Any], list] | None = None,
     ) -> None:
         super().__init__(index, labels, aug, cfg, epoch_fn=epoch_fn, consumed_fn=consumed_fn, gather_fn=gather_fn)
@@ -166,12 +174,23 @@ class DaliLoader(PlanLoader):
         # (the pipeline lives for the whole run), and a checkpoint restores it mid-epoch.
         seed = (c.seed * 1_000_003 + c.rank) % (2**31 - 1)
         pipe = build_pipeline(
-            self._source, self.aug, train=c.train, crops=c.crops, batch_size=c.batch_size,
-            num_threads=c.num_threads, device_id=c.device_id, seed=seed, hw_decoder_load=c.hw_decoder_load,
+            self._source,
+            self.aug,
+            train=c.train,
+            crops=c.crops,
+            batch_size=c.batch_size,
+            num_threads=c.num_threads,
+            device_id=c.device_id,
+            seed=seed,
+            hw_decoder_load=c.hw_decoder_load,
             checkpoint=checkpoint,
         )
         self._iterator = DALIGenericIterator(
-            pipe, OUTPUTS, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False, prepare_first_batch=False,
+            pipe,
+            OUTPUTS,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=False,
+            prepare_first_batch=False,
         )
 
     def _finish_epoch(self) -> bytes | None:
@@ -244,8 +263,10 @@ class DaliLoader(PlanLoader):
                 if culprit:
                     raise DataError(culprit) from None
                 # No sample is to blame (out of memory, a DALI fault): a failure of the run, exit 1.
-                raise RuntimeError(f"DALI failed while reading the shards (every recent sample decodes): "
-                                   f"{str(exc).strip().splitlines()[0]}") from exc
+                raise RuntimeError(
+                    f"DALI failed while reading the shards (every recent sample decodes): "
+                    f"{str(exc).strip().splitlines()[0]}"
+                ) from exc
             state.next_step = step + 1
             if self.cfg.train:
                 self._keep_checkpoint(state)
@@ -268,8 +289,9 @@ class DaliLoader(PlanLoader):
             return state.checkpoints.get(taken, state.start)
         checkpoint = state.checkpoints.get(taken)
         if checkpoint is None:
-            raise RuntimeError(f"no DALI checkpoint before batch {taken} of epoch {state.number} "
-                               f"(kept: {sorted(state.checkpoints)})")
+            raise RuntimeError(
+                f"no DALI checkpoint before batch {taken} of epoch {state.number} (kept: {sorted(state.checkpoints)})"
+            )
         return checkpoint
 
     def close(self) -> None:

@@ -8,11 +8,12 @@ Samples enter through `external_source` from a `ShardSource` (this rank's epoch 
 straight from the tar shards with the DALI .idx offsets), which is what gives the exact-once
 and equal-steps guarantees (see epoch_plan.py) that DALI's own readers do not.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import nvidia.dali.fn as fn
@@ -48,11 +49,19 @@ def _normalize(images, aug: AugmentSpec, device: str, *, pos=(0.5, 0.5), mirror=
         dtype, std, fill = types.FLOAT, aug.std255, [-m / s for m, s in zip(aug.spec.mean, aug.spec.std)]
         mean = mean if mean is not None else aug.mean255
     return fn.crop_mirror_normalize(
-        images, device=device, dtype=dtype, output_layout="CHW",
-        crop=(size, size) if crop else None, crop_pos_x=pos[0], crop_pos_y=pos[1], mirror=mirror,
-        mean=mean, std=std,
+        images,
+        device=device,
+        dtype=dtype,
+        output_layout="CHW",
+        crop=(size, size) if crop else None,
+        crop_pos_x=pos[0],
+        crop_pos_y=pos[1],
+        mirror=mirror,
+        mean=mean,
+        std=std,
         # "pad" lets a window larger than the image shift it around (preset "pad").
-        out_of_bounds_policy="pad", fill_values=fill,
+        out_of_bounds_policy="pad",
+        fill_values=fill,
     )
 
 
@@ -119,21 +128,30 @@ def _decode(encoded, aug: AugmentSpec, *, train: bool, device_id: int | None, hw
     extra = {"hw_decoder_load": hw_decoder_load} if decoder == "mixed" else {}
     if train and aug.preset == "inception":
         return fn.decoders.image_random_crop(
-            encoded, device=decoder, output_type=color, random_area=list(aug.area),
-            random_aspect_ratio=list(aug.aspect), num_attempts=10, **extra)
+            encoded,
+            device=decoder,
+            output_type=color,
+            random_area=list(aug.area),
+            random_aspect_ratio=list(aug.aspect),
+            num_attempts=10,
+            **extra,
+        )
     if train and aug.preset == "alexnet":
         shape = fn.peek_image_shape(encoded)  # (H, W, C) from the header, no decoding
         side = fn.cast(dmath.min(shape[0], shape[1]), dtype=types.FLOAT) * (aug.spec.image_size / aug.resize)
         pos = {f"crop_pos_{a}": fn.random.uniform(range=(0.0, 1.0)) for a in "xy"}
-        return fn.decoders.image_crop(encoded, device=decoder, output_type=color, crop_w=side, crop_h=side, **pos, **extra)
+        return fn.decoders.image_crop(
+            encoded, device=decoder, output_type=color, crop_w=side, crop_h=side, **pos, **extra
+        )
     return fn.decoders.image(encoded, device=decoder, output_type=color, **extra)
 
 
 def _train_images(images, aug: AugmentSpec, device: str):
     mirror = fn.random.coin_flip(probability=0.5) if aug.flip else 0
     if aug.preset == "pad":
-        images = _jitter(fn.resize(images, device=device, size=(aug.resize, aug.resize)), aug, device,
-                         _jitter_factors(aug))
+        images = _jitter(
+            fn.resize(images, device=device, size=(aug.resize, aug.resize)), aug, device, _jitter_factors(aug)
+        )
         pos = (fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0)))
         return _normalize(images, aug, device, pos=pos, mirror=mirror)
     mean = _lighting_mean(aug) if aug.lighting else None
@@ -151,8 +169,16 @@ def _train_view(images, aug: AugmentSpec, device: str, factors: dict, mirror, me
     if kernels is not None:
         if mean is None:
             mean = [0.0] * 3 if aug.uint8 else aug.mean255
-        return kernels.train_view(images, aug.spec.image_size, factors, mirror=mirror, mean=mean,
-                                  std=[1.0] * 3 if aug.uint8 else aug.std255, uint8=aug.uint8, antialias=antialias)
+        return kernels.train_view(
+            images,
+            aug.spec.image_size,
+            factors,
+            mirror=mirror,
+            mean=mean,
+            std=[1.0] * 3 if aug.uint8 else aug.std255,
+            uint8=aug.uint8,
+            antialias=antialias,
+        )
     return _train_ops(images, aug, device, factors, mirror, mean, antialias)
 
 
@@ -194,11 +220,20 @@ def build_pipeline(
     `checkpoint` restores a saved state: random draws and the source's batch index.
     """
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                  enable_checkpointing=True, checkpoint=checkpoint)
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed,
+        enable_checkpointing=True,
+        checkpoint=checkpoint,
+    )
     def graph():
         encoded, labels, valid, index = fn.external_source(
-            source=source, num_outputs=4, batch=True, batch_info=True,
+            source=source,
+            num_outputs=4,
+            batch=True,
+            batch_info=True,
             no_copy=True,  # the source keeps its read buffers until DALI is done with them
             dtype=[types.UINT8, types.INT64, types.UINT8, types.INT64],
         )

@@ -4,6 +4,7 @@ Rank and world size come from the Trainer (never the environment). The network's
 (channels, size, mean/std, crop fraction) come from the LightningModule's `input_spec`, which
 the platform derives from the model registry, so a config never repeats them.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,13 +18,26 @@ import torch
 from typing_extensions import override
 
 from convnets.data_pipelines.loading.augment import (
-    DEFAULT_PRESET, AugmentSpec, InputSpec, Jitter, Preset, eval_crop_count, preset_spec)
+    DEFAULT_PRESET,
+    AugmentSpec,
+    InputSpec,
+    Jitter,
+    Preset,
+    eval_crop_count,
+    preset_spec,
+)
 from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfig
 from convnets.data_pipelines.loading.plan_loader import saved_global_batch
-from convnets.data_pipelines.shards.format import (
-    Manifest, SampleIndex, check_same_classes, load_sample_index, read_labels, read_manifest)
-from convnets.data_pipelines.shards.reader import check_shard_sizes
 from convnets.data_pipelines.loading.torch_loader import normalize_batch
+from convnets.data_pipelines.shards.format import (
+    Manifest,
+    SampleIndex,
+    check_same_classes,
+    load_sample_index,
+    read_labels,
+    read_manifest,
+)
+from convnets.data_pipelines.shards.reader import check_shard_sizes
 
 if TYPE_CHECKING:  # annotations only: the loaders import DALI / torchvision
     from convnets.data_pipelines.loading.dali_loader import DaliLoader
@@ -101,7 +115,10 @@ class ShardDataModule(pl.LightningDataModule):
         self.jitter = Jitter(**dict(zip(("brightness", "contrast", "saturation"), _strengths(jitter))), hue=hue)
         self.backend = _resolve_backend(backend)
         if self.backend == "torch" and device == "gpu":
-            raise ValueError("data.device=gpu decodes with DALI's nvJPEG; the torch backend decodes on the CPU (use data.device=auto)")
+            raise ValueError(
+                "data.device=gpu decodes with DALI's nvJPEG; the torch backend decodes on the CPU "
+                "(use data.device=auto)"
+            )
         self._train_loader: DaliLoader | TorchLoader | None = None
         self._train_state: dict | None = None
         self._batch_told = False
@@ -150,8 +167,9 @@ class ShardDataModule(pl.LightningDataModule):
         if split in self._splits:
             return
         manifest = self.manifest(split)
-        check_same_classes(self.data_dir / split, manifest, self.data_dir / self.class_split,
-                           self.manifest(self.class_split))
+        check_same_classes(
+            self.data_dir / split, manifest, self.data_dir / self.class_split, self.manifest(self.class_split)
+        )
         check_shard_sizes(self.data_dir / split, manifest)
         index = load_sample_index(self.data_dir / split)
         # Every rank reads and checks every label up front (one labels.npy read, written with the
@@ -179,12 +197,20 @@ class ShardDataModule(pl.LightningDataModule):
         if saved is None or saved == per_rank * world:
             return per_rank
         if saved % world:
-            raise ValueError(f"the checkpoint was trained with a global batch of {saved}, which does not divide over "
-                             f"{world} processes: resume on a number of processes that divides {saved}")
+            raise ValueError(
+                f"the checkpoint was trained with a global batch of {saved}, which does not divide over "
+                f"{world} processes: resume on a number of processes that divides {saved}"
+            )
         if not self._batch_told:
             self._batch_told = True
-            log.warning("resuming with the checkpoint's global batch %d: %d per rank on %d processes "
-                        "(data.batch_size %d is not used)", saved, saved // world, world, per_rank)
+            log.warning(
+                "resuming with the checkpoint's global batch %d: %d per rank on %d processes "
+                "(data.batch_size %d is not used)",
+                saved,
+                saved // world,
+                world,
+                per_rank,
+            )
         return saved // world
 
     # Mid-epoch resume: Lightning restores the datamodule's state before it asks for the train
@@ -211,8 +237,14 @@ class ShardDataModule(pl.LightningDataModule):
         spec = self.input_spec or getattr(self.trainer.lightning_module, "input_spec", None)
         if spec is None:
             raise ValueError("ShardDataModule needs an input_spec (from the model or the constructor)")
-        return preset_spec(self.preset, spec, flip=self.manifest(split).flip_ok, min_area=self.hparams.min_area,
-                           jitter=self.jitter, uint8=self.hparams.normalize_on_device)
+        return preset_spec(
+            self.preset,
+            spec,
+            flip=self.manifest(split).flip_ok,
+            min_area=self.hparams.min_area,
+            jitter=self.jitter,
+            uint8=self.hparams.normalize_on_device,
+        )
 
     @override
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -240,10 +272,14 @@ class ShardDataModule(pl.LightningDataModule):
         index, labels = self.samples(split)
         hp, trainer = self.hparams, self.trainer
         cfg = LoaderConfig(
-            train=train, crops=crops,
+            train=train,
+            crops=crops,
             batch_size=self.train_batch_size() if train else (hp.eval_batch_size or hp.batch_size),
-            num_threads=hp.num_threads, device_id=self._device_id(), seed=hp.seed,
-            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+            num_threads=hp.num_threads,
+            device_id=self._device_id(),
+            seed=hp.seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
             hw_decoder_load=hp.hw_decoder_load,
         )
         if self.backend == "torch":
@@ -252,8 +288,14 @@ class ShardDataModule(pl.LightningDataModule):
             from convnets.data_pipelines.loading.dali_loader import DaliLoader as Loader
         # Mid-epoch resume: the loader's state needs the fit loop's batch count (and DALI every rank's state).
         hooks = _resume_hooks(trainer) if train and trainer else {}
-        return Loader(index, labels, self.augment_spec(split), cfg,
-                      epoch_fn=lambda: trainer.current_epoch if trainer else 0, **hooks)
+        return Loader(
+            index,
+            labels,
+            self.augment_spec(split),
+            cfg,
+            epoch_fn=lambda: trainer.current_epoch if trainer else 0,
+            **hooks,
+        )
 
 
 def resolve_preset(preset: Preset, augment: str | None, *, warn: bool = True) -> Preset:
@@ -278,8 +320,10 @@ def _strengths(jitter: float | tuple[float, ...]) -> tuple[float, float, float]:
 def _resolve_backend(backend: str) -> str:
     has_dali = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
     if backend == "dali" and not has_dali:
-        raise ValueError("data.backend=dali, but nvidia.dali is not installed (pip install nvidia-dali-cuda130, "
-                         "or use data.backend=torch)")
+        raise ValueError(
+            "data.backend=dali, but nvidia.dali is not installed (pip install nvidia-dali-cuda130, "
+            "or use data.backend=torch)"
+        )
     if backend == "auto":
         if not has_dali:
             log.info("nvidia.dali is not installed: reading the shards with the torch backend (torchvision)")
@@ -306,4 +350,3 @@ def _resume_hooks(trainer: pl.Trainer) -> dict:
         return out
 
     return {"consumed_fn": consumed, "gather_fn": gather}
-

@@ -8,6 +8,7 @@ segfaulted DALI 2.4.0 (3 of 4 runs under load here), which would take the rank's
 Run as `python -m convnets.data_pipelines.loading.decode_culprit` it reads [shard, offset, size, key] rows as
 JSON on stdin and prints the first refused image's one-line error (exit 3), or nothing (exit 0).
 """
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,8 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from convnets.data_pipelines.shards.format import SampleIndex, ShardError
 from convnets.data_pipelines.shards.reader import describe
@@ -44,11 +45,14 @@ def pil_culprit(index: SampleIndex, samples: list[int], read: Callable[[int], by
 def dali_culprit(index: SampleIndex, samples: list[int]) -> str | None:
     """The first sample DALI's CPU decoder refuses, named, decoded in a child process; None if all decode
     (or the child could not tell: it crashed or timed out)."""
-    rows = [[str(index.shard_paths[int(index.shard_id[i])]), int(index.img_offset[i]), int(index.img_size[i]),
-             index.key(i)] for i in samples]
+    rows = [
+        [str(index.shard_paths[int(index.shard_id[i])]), int(index.img_offset[i]), int(index.img_size[i]), index.key(i)]
+        for i in samples
+    ]
     try:
-        child = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(rows), capture_output=True,
-                               text=True, timeout=TIMEOUT_S)
+        child = subprocess.run(
+            [sys.executable, "-m", __name__], input=json.dumps(rows), capture_output=True, text=True, timeout=TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
         return None
     lines = child.stdout.strip().splitlines()

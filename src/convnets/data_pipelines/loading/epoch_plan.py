@@ -17,6 +17,7 @@ entry). With the global batch W x B kept, an epoch has ceil(N / (W x B)) steps o
 step count and the learning-rate schedule go on unchanged. On the same W the suffix plan is
 exactly the tail of the uninterrupted one (padding included).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,14 @@ def epoch_permutation(num_samples: int, *, seed: int, epoch: int) -> np.ndarray:
 
 
 def plan_rank(
-    num_samples: int, *, rank: int, world_size: int, batch_size: int, seed: int, epoch: int, shuffle: bool,
+    num_samples: int,
+    *,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
     start: int = 0,
 ) -> RankPlan:
     """This rank's padded share of the epoch after the first `start` samples of its permutation
@@ -66,8 +74,10 @@ def plan_rank(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     global_batch = world_size * batch_size
     if not 0 <= start < num_samples or start % global_batch:
-        raise ValueError(f"cannot start an epoch of {num_samples} samples after {start}: "
-                         f"not a multiple of the global batch {global_batch} below {num_samples}")
+        raise ValueError(
+            f"cannot start an epoch of {num_samples} samples after {start}: "
+            f"not a multiple of the global batch {global_batch} below {num_samples}"
+        )
     order = epoch_permutation(num_samples, seed=seed, epoch=epoch) if shuffle else np.arange(num_samples)
     mine = order[start + rank :: world_size]
     padded = math.ceil((num_samples - start) / world_size)

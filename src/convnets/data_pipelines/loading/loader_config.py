@@ -1,4 +1,5 @@
 """What both loader engines (DALI, torch) share and that must import without DALI: settings and the error."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,11 +11,13 @@ learning-rate schedule its course.
 What an engine adds (DALI: every rank's augmentation RNG state, for an exact resume) carries
 over only to the same number of ranks; on another number the draws start afresh.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -53,12 +55,16 @@ def read_state(state: dict, cfg: LoaderConfig, *, num_samples: int, engine: str)
     """A checkpoint's loader state, checked against this loader (one-line errors)."""
     version = state.get("version")
     if version not in (1, STATE_VERSION):
-        raise ValueError(f"the checkpoint's loader state has version {version!r}; this code reads 1 and {STATE_VERSION}")
+        raise ValueError(
+            f"the checkpoint's loader state has version {version!r}; this code reads 1 and {STATE_VERSION}"
+        )
     global_batch = saved_global_batch(state, cfg.batch_size)
     here = cfg.batch_size * cfg.world_size
     if global_batch != here:
-        raise ValueError(f"the checkpoint was trained with a global batch of {global_batch}, this loader reads "
-                         f"{cfg.world_size} x {cfg.batch_size} = {here} (per-rank batch = global batch / ranks)")
+        raise ValueError(
+            f"the checkpoint was trained with a global batch of {global_batch}, this loader reads "
+            f"{cfg.world_size} x {cfg.batch_size} = {here} (per-rank batch = global batch / ranks)"
+        )
     if version == 1:
         samples = consumed_samples(num_samples, steps=state["next_step"], global_batch=global_batch)
     else:
@@ -67,8 +73,14 @@ def read_state(state: dict, cfg: LoaderConfig, *, num_samples: int, engine: str)
     same_engine = state.get("engine", "dali") == engine
     carried = state.get("dali") if same_engine and ranks == cfg.world_size else None
     if ranks != cfg.world_size and cfg.rank == 0:
-        log.info("resuming epoch %d on %d ranks (the checkpoint has %d): the %d samples left are split again; "
-                 "augmentation draws start afresh", state["epoch"], cfg.world_size, ranks, num_samples - samples)
+        log.info(
+            "resuming epoch %d on %d ranks (the checkpoint has %d): the %d samples left are split again; "
+            "augmentation draws start afresh",
+            state["epoch"],
+            cfg.world_size,
+            ranks,
+            num_samples - samples,
+        )
     return Resume(epoch=state["epoch"], samples=samples, rank_count=ranks, engine=carried)
 
 
@@ -86,8 +98,14 @@ class PlanLoader:
     engine = ""
 
     def __init__(
-        self, index, labels: np.ndarray, aug: AugmentSpec, cfg: LoaderConfig, *,
-        epoch_fn: Callable[[], int], consumed_fn: Callable[[], int] | None = None,
+        self,
+        index,
+        labels: np.ndarray,
+        aug: AugmentSpec,
+        cfg: LoaderConfig,
+        *,
+        epoch_fn: Callable[[], int],
+        consumed_fn: Callable[[], int] | None = None,
         gather_fn: Callable[[Any], list] | None = None,
     ) -> None:
         self.index, self.labels, self.aug, self.cfg, self.epoch_fn = index, labels, aug, cfg, epoch_fn
@@ -106,8 +124,16 @@ class PlanLoader:
 
     def plan(self, epoch: int) -> RankPlan:
         c = self.cfg
-        return plan_rank(len(self.labels), rank=c.rank, world_size=c.world_size, batch_size=c.batch_size,
-                         seed=c.seed, epoch=epoch, shuffle=c.train, start=self._start(epoch))
+        return plan_rank(
+            len(self.labels),
+            rank=c.rank,
+            world_size=c.world_size,
+            batch_size=c.batch_size,
+            seed=c.seed,
+            epoch=epoch,
+            shuffle=c.train,
+            start=self._start(epoch),
+        )
 
     def _plan(self, epoch: int) -> RankPlan:
         key = (epoch, self._start(epoch))
@@ -143,9 +169,15 @@ class PlanLoader:
         engine = self._engine_state(taken)
         # Whether a rank has an engine state is the same on every rank, so all or none gather.
         every = None if engine is None else self.gather_fn(engine) if self.gather_fn else [engine]
-        return {"version": STATE_VERSION, "epoch": state.number, "samples": samples,
-                "global_batch": c.batch_size * c.world_size, "rank_count": c.world_size, "engine": self.engine,
-                "dali": every}
+        return {
+            "version": STATE_VERSION,
+            "epoch": state.number,
+            "samples": samples,
+            "global_batch": c.batch_size * c.world_size,
+            "rank_count": c.world_size,
+            "engine": self.engine,
+            "dali": every,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state:

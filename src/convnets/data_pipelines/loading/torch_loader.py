@@ -17,12 +17,13 @@ Workers: a torch DataLoader over batch numbers (each item is one whole batch), `
 processes; each batch's random draws come from a generator seeded by (seed, epoch, rank, step),
 so a batch is the same whichever worker makes it and however many workers there are.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,7 +32,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from convnets.data_pipelines.loading.augment import (
-    CROP_POSITIONS, MID_GREY, AugmentSpec, InputSpec, Jitter, color_twist_matrix, lighting_matrix)
+    CROP_POSITIONS,
+    MID_GREY,
+    AugmentSpec,
+    InputSpec,
+    Jitter,
+    color_twist_matrix,
+    lighting_matrix,
+)
 from convnets.data_pipelines.loading.epoch_plan import RankPlan
 from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfig
 from convnets.data_pipelines.loading.plan_loader import PlanLoader
@@ -63,13 +71,17 @@ def alexnet_train(*, aug: AugmentSpec) -> v2.Transform:
 def pad_train(*, aug: AugmentSpec) -> v2.Transform:
     # pad_if_needed pads (size - side) on both sides, so the image lands 0..(size - side) px from
     # the window's edge: the same range as DALI's window at a uniform crop_pos over the padded image.
-    steps = [v2.Resize((aug.resize, aug.resize), antialias=True),
-             v2.RandomCrop(aug.spec.image_size, pad_if_needed=True, fill=0)]
+    steps = [
+        v2.Resize((aug.resize, aug.resize), antialias=True),
+        v2.RandomCrop(aug.spec.image_size, pad_if_needed=True, fill=0),
+    ]
     return v2.Compose(steps + ([v2.RandomHorizontalFlip()] if aug.flip else []))
 
 
 TRAIN_PRESETS: dict[str, Callable[..., v2.Transform]] = {
-    "inception": inception_train, "alexnet": alexnet_train, "pad": pad_train,
+    "inception": inception_train,
+    "alexnet": alexnet_train,
+    "pad": pad_train,
 }
 
 
@@ -126,8 +138,9 @@ def _finish(image: torch.Tensor, aug: AugmentSpec, generator: torch.Generator) -
 class PlanBatches(torch.utils.data.Dataset):
     """Item `step` = batch `step` of one rank's epoch plan, decoded and augmented."""
 
-    def __init__(self, *, index, labels: np.ndarray, aug: AugmentSpec, plan: RankPlan, train: bool, crops: int,
-                 seed: int) -> None:
+    def __init__(
+        self, *, index, labels: np.ndarray, aug: AugmentSpec, plan: RankPlan, train: bool, crops: int, seed: int
+    ) -> None:
         self.index, self.labels, self.aug, self.plan = index, labels, aug, plan
         self.train, self.crops, self.seed = train, crops, seed
         self.geometry = TRAIN_PRESETS[aug.preset](aug=aug) if train else eval_resize(aug=aug)
@@ -165,8 +178,12 @@ class PlanBatches(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
             images = torch.stack([self._views(self._decode(int(i)), generator) for i in idx])
-        return {"images": images, "labels": torch.from_numpy(self.labels[idx]).long(),
-                "valid": torch.from_numpy(valid.copy()), "index": torch.from_numpy(idx.copy()).long()}
+        return {
+            "images": images,
+            "labels": torch.from_numpy(self.labels[idx]).long(),
+            "valid": torch.from_numpy(valid.copy()),
+            "index": torch.from_numpy(idx.copy()).long(),
+        }
 
 
 @dataclass
@@ -195,11 +212,13 @@ class TorchLoader(PlanLoader):
         plan = self._plan(epoch)
         state = self._epoch = _Epoch(number=epoch, next_step=plan.first_step)
         seed = (c.seed * 1_000_003 + epoch * 7_919 + c.rank) % (2**31 - 1)  # as DaliLoader's
-        batches = PlanBatches(index=self.index, labels=self.labels, aug=self.aug, plan=plan, train=c.train,
-                              crops=c.crops, seed=seed)
+        batches = PlanBatches(
+            index=self.index, labels=self.labels, aug=self.aug, plan=plan, train=c.train, crops=c.crops, seed=seed
+        )
         steps = range(plan.first_step, plan.steps)
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=steps, num_workers=c.num_threads,
-                                             persistent_workers=False)
+        loader = torch.utils.data.DataLoader(
+            batches, batch_size=None, sampler=steps, num_workers=c.num_threads, persistent_workers=False
+        )
         for step, batch in zip(steps, loader):
             state.next_step = step + 1
             batch["n_valid"] = int(plan.batch(step)[1].sum())  # numpy: host-side, no device sync
@@ -207,7 +226,13 @@ class TorchLoader(PlanLoader):
 
 
 def build_torch_loader(
-    split_dir: str | Path, aug: AugmentSpec, *, batch_size: int, workers: int, train: bool = True, seed: int = 0,
+    split_dir: str | Path,
+    aug: AugmentSpec,
+    *,
+    batch_size: int,
+    workers: int,
+    train: bool = True,
+    seed: int = 0,
 ) -> TorchLoader:
     """A one-rank loader over a split folder (for `convnets bench data --backend torch`)."""
     from convnets.data_pipelines.shards.format import load_sample_index, read_labels, read_manifest
@@ -215,6 +240,14 @@ def build_torch_loader(
     split_dir = Path(split_dir)
     index = load_sample_index(split_dir)
     labels = read_labels(index, num_classes=read_manifest(split_dir).num_classes)
-    cfg = LoaderConfig(train=train, crops=1, batch_size=batch_size, num_threads=workers, device_id=None,
-                       seed=seed, rank=0, world_size=1)
+    cfg = LoaderConfig(
+        train=train,
+        crops=1,
+        batch_size=batch_size,
+        num_threads=workers,
+        device_id=None,
+        seed=seed,
+        rank=0,
+        world_size=1,
+    )
     return TorchLoader(index, labels, aug, cfg, epoch_fn=lambda: 0)

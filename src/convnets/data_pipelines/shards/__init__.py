@@ -1,1 +1,2 @@
-"""The shard format: writer, index, manifest, verify, and the sources that feed the writer (ImageNet, MNIST, folders)."""
+"""The shard format: writer, index, manifest, verify, and the sources that feed the writer (ImageNet, MNIST,
+folders)."""

@@ -10,6 +10,7 @@
 The front door calls add_shards_subcommands(subparsers) and, for args.command == "shards",
 run_shards_command(args); errors are ValueError (ShardError included) with a one-line message.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,10 @@ import os
 from pathlib import Path
 
 from convnets.data_pipelines.shards.format import MANIFEST, Manifest, ShardError, check_same_classes, read_manifest
-from convnets.data_pipelines.shards.verify import VerifyReport, verify_shards
-from convnets.data_pipelines.shards.writer import write_shards
 from convnets.data_pipelines.shards.imagenet import ImagenetSource
 from convnets.data_pipelines.shards.sources import DigitsSource, ImageFolderSource, MnistSource, Source
+from convnets.data_pipelines.shards.verify import VerifyReport, verify_shards
+from convnets.data_pipelines.shards.writer import write_shards
 
 log = logging.getLogger(__name__)
 
@@ -30,30 +31,52 @@ def _add_write_options(parser: argparse.ArgumentParser, *, val_fraction: float |
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of the shuffle (default: 0)")
     cores = len(os.sched_getaffinity(0))  # the cores this process may use (a Slurm allocation, not the node)
-    parser.add_argument("--workers", type=int, default=cores,
-                        help=f"processes writing shards in parallel; the bytes do not depend on it (default: {cores})")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=cores,
+        help=f"processes writing shards in parallel; the bytes do not depend on it (default: {cores})",
+    )
     if val_fraction is not None:
-        parser.add_argument("--val-fraction", type=float, default=val_fraction,
-                            help=f"stratified val share when there is no val/ folder (default: {val_fraction})")
+        parser.add_argument(
+            "--val-fraction",
+            type=float,
+            default=val_fraction,
+            help=f"stratified val share when there is no val/ folder (default: {val_fraction})",
+        )
 
 
 def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resize", type=int, default=None,
-                        help="re-encode with the shorter side at most N px (cheaper decoding every epoch); default: keep the bytes")
+    parser.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        help="re-encode with the shorter side at most N px (cheaper decoding every epoch); default: keep the bytes",
+    )
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default: 90)")
 
 
 def _add_imagenet(sub: argparse._SubParsersAction) -> None:
-    imagenet = sub.add_parser("imagenet", help="ILSVRC-2012: ROOT/train/<wnid>/ or ILSVRC2012_img_train.tar, "
-                                                "ROOT/val/ILSVRC2012_val_*.JPEG or ILSVRC2012_img_val.tar")
+    imagenet = sub.add_parser(
+        "imagenet",
+        help="ILSVRC-2012: ROOT/train/<wnid>/ or ILSVRC2012_img_train.tar, "
+        "ROOT/val/ILSVRC2012_val_*.JPEG or ILSVRC2012_img_val.tar",
+    )
     imagenet.add_argument("src", type=Path, metavar="ROOT")
     imagenet.add_argument("out", type=Path)
-    imagenet.add_argument("--val-labels", type=Path, default=None,
-                          help="ILSVRC2012_validation_ground_truth.txt (+ meta.mat beside it), LOC_val_solution.csv "
-                               "or Caffe val.txt; default: found in ROOT or its devkit folder")
-    imagenet.add_argument("--synsets", type=Path, default=None,
-                          help="synset list '<wnid> <names>' per line (synset_words.txt, LOC_synset_mapping.txt); "
-                               "default: found in ROOT")
+    imagenet.add_argument(
+        "--val-labels",
+        type=Path,
+        default=None,
+        help="ILSVRC2012_validation_ground_truth.txt (+ meta.mat beside it), LOC_val_solution.csv "
+        "or Caffe val.txt; default: found in ROOT or its devkit folder",
+    )
+    imagenet.add_argument(
+        "--synsets",
+        type=Path,
+        default=None,
+        help="synset list '<wnid> <names>' per line (synset_words.txt, LOC_synset_mapping.txt); default: found in ROOT",
+    )
     _add_write_options(imagenet, val_fraction=None)
     _add_encoding_options(imagenet)
 
@@ -61,8 +84,9 @@ def _add_imagenet(sub: argparse._SubParsersAction) -> None:
 def add_shards_subcommands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `shards {imagefolder,imagenet,mnist,digits,verify}` to a parent's subparsers; returns the `shards` parser."""
     shards = subparsers.add_parser("shards", help="write or verify webdataset shards (+ DALI .idx + manifest.json)")
-    sub = shards.add_subparsers(dest="shards_command", required=True,
-                                metavar="{imagefolder,imagenet,mnist,digits,verify}")
+    sub = shards.add_subparsers(
+        dest="shards_command", required=True, metavar="{imagefolder,imagenet,mnist,digits,verify}"
+    )
     folder = sub.add_parser("imagefolder", help="SRC/<class>/<image> or SRC/{train,val}/<class>/<image>")
     folder.add_argument("src", type=Path)
     folder.add_argument("out", type=Path)
@@ -72,31 +96,42 @@ def add_shards_subcommands(subparsers: argparse._SubParsersAction) -> argparse.A
     mnist = sub.add_parser("mnist", help="MNIST idx files (.gz or plain) in SRC")
     mnist.add_argument("src", type=Path)
     mnist.add_argument("out", type=Path)
-    mnist.add_argument("--n-train", type=int, default=8000,
-                       help="with only the t10k set present: its first N are train, the rest val (default: 8000)")
+    mnist.add_argument(
+        "--n-train",
+        type=int,
+        default=8000,
+        help="with only the t10k set present: its first N are train, the rest val (default: 8000)",
+    )
     _add_write_options(mnist, val_fraction=None)
     digits = sub.add_parser("digits", help="scikit-learn's bundled 8x8 digits (1,797 images)")
     digits.add_argument("out", type=Path)
     _add_write_options(digits, val_fraction=0.2)
     verify = sub.add_parser("verify", help="check shards against manifest.json (sha256, counts, .idx, labels)")
     verify.add_argument("out", type=Path)
-    verify.add_argument("--deep", action="store_true",
-                        help="also decode every image with DALI's CPU decoder (the one training uses), on every core")
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="also decode every image with DALI's CPU decoder (the one training uses), on every core",
+    )
     return shards
 
 
 def _source(args: argparse.Namespace) -> Source:
     if args.shards_command == "imagefolder":
-        return ImageFolderSource(root=args.src, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize,
-                                 quality=args.quality)
+        return ImageFolderSource(
+            root=args.src, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize, quality=args.quality
+        )
     if args.shards_command == "imagenet":
-        return ImagenetSource(root=args.src, val_labels=args.val_labels, synsets=args.synsets, resize=args.resize,
-                              quality=args.quality)
+        return ImagenetSource(
+            root=args.src, val_labels=args.val_labels, synsets=args.synsets, resize=args.resize, quality=args.quality
+        )
     if args.shards_command == "mnist":
         return MnistSource(root=args.src, n_train=args.n_train)
     if args.shards_command == "digits":
         return DigitsSource(val_fraction=args.val_fraction, seed=args.seed)
-    raise ValueError(f"unknown shards command {args.shards_command!r}; choose imagefolder, imagenet, mnist, digits or verify")
+    raise ValueError(
+        f"unknown shards command {args.shards_command!r}; choose imagefolder, imagenet, mnist, digits or verify"
+    )
 
 
 def split_dirs(out: Path) -> list[Path]:
@@ -128,12 +163,24 @@ def run_shards_command(args: argparse.Namespace) -> int:
     """Run a parsed `convnets shards ...` command; returns 0 or raises ValueError/ShardError (one line)."""
     if args.shards_command == "verify":
         for report in verify_output(args.out, deep=args.deep):
-            log.info("%s: OK, %d shards, %d samples%s", report.split_dir, report.num_shards, report.num_samples,
-                     ", every image decoded" if report.deep else "")
+            log.info(
+                "%s: OK, %d shards, %d samples%s",
+                report.split_dir,
+                report.num_shards,
+                report.num_samples,
+                ", every image decoded" if report.deep else "",
+            )
         return 0
-    manifests: dict[str, Manifest] = write_shards(_source(args), args.out, shard_size=args.shard_size, seed=args.seed,
-                                                  workers=args.workers)
+    manifests: dict[str, Manifest] = write_shards(
+        _source(args), args.out, shard_size=args.shard_size, seed=args.seed, workers=args.workers
+    )
     for split, manifest in manifests.items():
-        log.info("%s: %d samples, %d classes, %d shards, %d unreadable files skipped", Path(args.out) / split,
-                 manifest.num_samples, manifest.num_classes, len(manifest.shards), len(manifest.skipped))
+        log.info(
+            "%s: %d samples, %d classes, %d shards, %d unreadable files skipped",
+            Path(args.out) / split,
+            manifest.num_samples,
+            manifest.num_classes,
+            len(manifest.shards),
+            len(manifest.skipped),
+        )
     return 0

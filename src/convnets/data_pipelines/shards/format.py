@@ -12,6 +12,7 @@ Layout of one split folder (written by shard_writer, checked by shard_verify):
 
 Format version 1 folders (no labels.npy) are still read: their labels come from the .cls members.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
 from convnets.errors import ConvnetsInputError
 
 FORMAT = "convnets-shards"
@@ -99,13 +101,29 @@ class Manifest:
     def to_json(self) -> str:
         fields = asdict(self)
         fields["num_classes"] = self.num_classes
-        order = ("format", "format_version", "split", "num_samples", "num_classes", "classes", "class_names",
-                 "class_counts", "flip_ok", "source", "seed", "shard_size", "labels", "small_images", "skipped",
-                 "shards")
+        order = (
+            "format",
+            "format_version",
+            "split",
+            "num_samples",
+            "num_classes",
+            "classes",
+            "class_names",
+            "class_counts",
+            "flip_ok",
+            "source",
+            "seed",
+            "shard_size",
+            "labels",
+            "small_images",
+            "skipped",
+            "shards",
+        )
         ordered = {k: fields[k] for k in order}
         # One line per field, per shard and per skipped file: readable, diffable, short even for 1,000 classes.
-        body = "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in ordered.items()
-                       if k not in ("shards", "skipped"))
+        body = "".join(
+            f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in ordered.items() if k not in ("shards", "skipped")
+        )
         skipped = ",\n".join(f"  {json.dumps(s)}" for s in ordered["skipped"])
         body += ' "skipped": [' + (f"\n{skipped}\n ],\n" if skipped else "],\n")
         shards = ",\n".join(f"  {json.dumps(s)}" for s in ordered["shards"])
@@ -119,19 +137,36 @@ SMALL_SIDE = 224  # px: the usual train crop; smaller images are counted in the 
 
 
 def _manifest_from_dict(raw: dict) -> Manifest:
-    shards = tuple(ShardEntry(name=str(s["name"]), index=str(s["index"]), num_samples=int(s["num_samples"]),
-                              num_bytes=int(s["num_bytes"]), sha256=str(s["sha256"])) for s in raw["shards"])
+    shards = tuple(
+        ShardEntry(
+            name=str(s["name"]),
+            index=str(s["index"]),
+            num_samples=int(s["num_samples"]),
+            num_bytes=int(s["num_bytes"]),
+            sha256=str(s["sha256"]),
+        )
+        for s in raw["shards"]
+    )
     labels = raw.get("labels")
-    return Manifest(split=str(raw["split"]), num_samples=int(raw["num_samples"]),
-                    classes=tuple(str(c) for c in raw["classes"]),
-                    class_counts=tuple(int(c) for c in raw["class_counts"]), flip_ok=bool(raw["flip_ok"]),
-                    source=str(raw["source"]), seed=int(raw["seed"]), shard_size=int(raw["shard_size"]),
-                    shards=shards, class_names=tuple(str(c) for c in raw.get("class_names", ())),
-                    labels=None if labels is None else LabelsEntry(name=str(labels["name"]), dtype=str(labels["dtype"]),
-                                                                   sha256=str(labels["sha256"])),
-                    small_images=int(raw.get("small_images", 0)),
-                    skipped=tuple(Skipped(path=str(s["path"]), reason=str(s["reason"])) for s in raw.get("skipped", ())),
-                    format=str(raw["format"]), format_version=int(raw["format_version"]))
+    return Manifest(
+        split=str(raw["split"]),
+        num_samples=int(raw["num_samples"]),
+        classes=tuple(str(c) for c in raw["classes"]),
+        class_counts=tuple(int(c) for c in raw["class_counts"]),
+        flip_ok=bool(raw["flip_ok"]),
+        source=str(raw["source"]),
+        seed=int(raw["seed"]),
+        shard_size=int(raw["shard_size"]),
+        shards=shards,
+        class_names=tuple(str(c) for c in raw.get("class_names", ())),
+        labels=None
+        if labels is None
+        else LabelsEntry(name=str(labels["name"]), dtype=str(labels["dtype"]), sha256=str(labels["sha256"])),
+        small_images=int(raw.get("small_images", 0)),
+        skipped=tuple(Skipped(path=str(s["path"]), reason=str(s["reason"])) for s in raw.get("skipped", ())),
+        format=str(raw["format"]),
+        format_version=int(raw["format_version"]),
+    )
 
 
 def read_manifest(split_dir: Path) -> Manifest:
@@ -145,22 +180,28 @@ def read_manifest(split_dir: Path) -> Manifest:
         raise ShardError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
         found = (raw.get("format"), raw.get("format_version")) if isinstance(raw, dict) else type(raw).__name__
-        raise ShardError(f"{path}: format {found} is not ({FORMAT!r}, {' or '.join(map(str, READABLE_VERSIONS))}); "
-                         "rewrite the shards with this version")
+        raise ShardError(
+            f"{path}: format {found} is not ({FORMAT!r}, {' or '.join(map(str, READABLE_VERSIONS))}); "
+            "rewrite the shards with this version"
+        )
     try:
         manifest = _manifest_from_dict(raw)
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardError(f"{path}: invalid manifest ({type(exc).__name__}: {exc})") from None
     if raw.get("num_classes") != manifest.num_classes or len(manifest.class_counts) != manifest.num_classes:
-        raise ShardError(f"{path}: num_classes {raw.get('num_classes')} disagrees with {manifest.num_classes} classes "
-                         f"/ {len(manifest.class_counts)} class_counts")
+        raise ShardError(
+            f"{path}: num_classes {raw.get('num_classes')} disagrees with {manifest.num_classes} classes "
+            f"/ {len(manifest.class_counts)} class_counts"
+        )
     if manifest.format_version >= 2 and manifest.labels is None:
         raise ShardError(f"{path}: format {manifest.format_version} but no labels entry; rewrite the shards")
     if not manifest.shards:
         raise ShardError(f"{path}: lists no shards")
     if sum(s.num_samples for s in manifest.shards) != manifest.num_samples:
-        raise ShardError(f"{path}: shards hold {sum(s.num_samples for s in manifest.shards)} samples, "
-                         f"num_samples says {manifest.num_samples}")
+        raise ShardError(
+            f"{path}: shards hold {sum(s.num_samples for s in manifest.shards)} samples, "
+            f"num_samples says {manifest.num_samples}"
+        )
     return manifest
 
 
@@ -169,11 +210,15 @@ def check_same_classes(split_dir: Path, manifest: Manifest, reference_dir: Path,
     if manifest.classes == reference.classes:
         return
     if manifest.num_classes != reference.num_classes:
-        raise ShardError(f"{split_dir}: {manifest.num_classes} classes, but {reference_dir} has {reference.num_classes}")
+        raise ShardError(
+            f"{split_dir}: {manifest.num_classes} classes, but {reference_dir} has {reference.num_classes}"
+        )
     i = next(i for i, (a, b) in enumerate(zip(manifest.classes, reference.classes)) if a != b)
-    raise ShardError(f"{split_dir}: label {i} is class {manifest.classes[i]!r}, but in {reference_dir} it is "
-                     f"{reference.classes[i]!r}: the splits were written from different class lists "
-                     "(rewrite them together with `convnets shards ...`)")
+    raise ShardError(
+        f"{split_dir}: label {i} is class {manifest.classes[i]!r}, but in {reference_dir} it is "
+        f"{reference.classes[i]!r}: the splits were written from different class lists "
+        "(rewrite them together with `convnets shards ...`)"
+    )
 
 
 # ---------------------------------------------------------------- the .idx files
@@ -197,8 +242,10 @@ def parse_idx(path: Path) -> list[IdxRecord]:
         raise ShardError(f"{path}: unreadable index ({exc})") from None
     header = lines[0].split() if lines else []
     if len(header) != 2 or header[0] != IDX_VERSION or not header[1].isdigit() or int(header[1]) != len(lines) - 1:
-        raise ShardError(f"{path}: bad header {lines[0] if lines else ''!r} (expected '{IDX_VERSION} <n>' "
-                         f"with n = {len(lines) - 1} sample lines)")
+        raise ShardError(
+            f"{path}: bad header {lines[0] if lines else ''!r} (expected '{IDX_VERSION} <n>' "
+            f"with n = {len(lines) - 1} sample lines)"
+        )
     return [_parse_idx_line(path, number, line) for number, line in enumerate(lines[1:], start=2)]
 
 
@@ -207,14 +254,16 @@ def _parse_idx_line(path: Path, number: int, line: str) -> IdxRecord:
     parts = {}
     try:
         for i in range(0, len(tokens), 4):
-            ext, offset, size, name = tokens[i:i + 4]
+            ext, offset, size, name = tokens[i : i + 4]
             parts[ext] = (int(offset), int(size), name.split(".", 1)[0])
         (img_ext,) = [e for e in parts if e in IMAGE_EXTS]
         cls_offset, cls_size, key = parts["cls"]
         img_offset, img_size, img_key = parts[img_ext]
     except (ValueError, KeyError) as exc:
-        raise ShardError(f"{path}: line {number} is not '<img ext> <offset> <size> <name> cls <offset> <size> <name>' "
-                         f"({type(exc).__name__}: {exc}): {line[:120]!r}") from None
+        raise ShardError(
+            f"{path}: line {number} is not '<img ext> <offset> <size> <name> cls <offset> <size> <name>' "
+            f"({type(exc).__name__}: {exc}): {line[:120]!r}"
+        ) from None
     if img_key != key or len(parts) != 2:
         raise ShardError(f"{path}: line {number} does not pair one image with one .cls of the same key: {line[:120]!r}")
     return IdxRecord(key, img_ext, img_offset, img_size, cls_offset, cls_size)
@@ -298,8 +347,12 @@ def _idx_columns_fast(data: bytes) -> dict[str, np.ndarray] | None:
     ext = _fixed_width(body, starts[:, 0], lengths[:, 0], 4).view("S4").ravel()
     cls = _fixed_width(body, starts[:, 4], lengths[:, 4], 4).view("S4").ravel()
     key_len = lengths[:, 3] - 4  # "<key>.jpg" / "<key>.png"
-    if not (np.isin(ext, [e.encode() for e in IMAGE_EXTS]).all() and (cls == b"cls").all()
-            and (lengths[:, 7] - 4 == key_len).all() and key_len.min() > 0):
+    if not (
+        np.isin(ext, [e.encode() for e in IMAGE_EXTS]).all()
+        and (cls == b"cls").all()
+        and (lengths[:, 7] - 4 == key_len).all()
+        and key_len.min() > 0
+    ):
         return None
     width = int(key_len.max())
     if width > _IDX_PAD - 4:
@@ -313,8 +366,14 @@ def _idx_columns_fast(data: bytes) -> dict[str, np.ndarray] | None:
     numbers = [_uints(body, starts[:, i], lengths[:, i]) for i in (1, 2, 5, 6)]
     if any(column is None for column in numbers):
         return None
-    return {"img_offset": numbers[0], "img_size": numbers[1], "cls_offset": numbers[2], "cls_size": numbers[3],
-            "img_ext": (ext == IMAGE_EXTS[1].encode()).astype(np.uint8), "keys": keys.view(f"S{width}").ravel()}
+    return {
+        "img_offset": numbers[0],
+        "img_size": numbers[1],
+        "cls_offset": numbers[2],
+        "cls_size": numbers[3],
+        "img_ext": (ext == IMAGE_EXTS[1].encode()).astype(np.uint8),
+        "keys": keys.view(f"S{width}").ravel(),
+    }
 
 
 def _idx_columns(path: Path) -> dict[str, np.ndarray]:
@@ -323,12 +382,14 @@ def _idx_columns(path: Path) -> dict[str, np.ndarray]:
     if columns is not None:
         return columns
     records = parse_idx(path)
-    return {"img_offset": np.array([r.img_offset for r in records], np.int64),
-            "img_size": np.array([r.img_size for r in records], np.int64),
-            "cls_offset": np.array([r.cls_offset for r in records], np.int64),
-            "cls_size": np.array([r.cls_size for r in records], np.int64),
-            "img_ext": np.array([IMAGE_EXTS.index(r.img_ext) for r in records], np.uint8),
-            "keys": np.array([r.key for r in records], dtype="S")}
+    return {
+        "img_offset": np.array([r.img_offset for r in records], np.int64),
+        "img_size": np.array([r.img_size for r in records], np.int64),
+        "cls_offset": np.array([r.cls_offset for r in records], np.int64),
+        "cls_size": np.array([r.cls_size for r in records], np.int64),
+        "img_ext": np.array([IMAGE_EXTS.index(r.img_ext) for r in records], np.uint8),
+        "keys": np.array([r.key for r in records], dtype="S"),
+    }
 
 
 def load_sample_index(split_dir: Path) -> SampleIndex:
@@ -342,13 +403,20 @@ def load_sample_index(split_dir: Path) -> SampleIndex:
         except (OSError, UnicodeDecodeError) as exc:
             raise ShardError(f"{split_dir / entry.index}: unreadable index ({exc})") from None
         if len(columns["keys"]) != entry.num_samples:
-            raise ShardError(f"{split_dir / entry.index}: {len(columns['keys'])} samples, "
-                             f"manifest says {entry.num_samples}")
+            raise ShardError(
+                f"{split_dir / entry.index}: {len(columns['keys'])} samples, manifest says {entry.num_samples}"
+            )
         per_shard.append(columns)
     joined = {name: np.concatenate([c[name] for c in per_shard]) for name in per_shard[0]}
     shard_id = np.repeat(np.arange(len(per_shard), dtype=np.int32), [len(c["keys"]) for c in per_shard])
-    return SampleIndex(shard_paths=[split_dir / e.name for e in manifest.shards], image_exts=IMAGE_EXTS,
-                       shard_id=shard_id, split_dir=split_dir, labels=manifest.labels, **joined)
+    return SampleIndex(
+        shard_paths=[split_dir / e.name for e in manifest.shards],
+        image_exts=IMAGE_EXTS,
+        shard_id=shard_id,
+        split_dir=split_dir,
+        labels=manifest.labels,
+        **joined,
+    )
 
 
 # ---------------------------------------------------------------- labels
@@ -368,8 +436,10 @@ def load_labels_file(split_dir: Path, entry: LabelsEntry, *, num_samples: int) -
         raise ShardError(f"{path}: unreadable ({exc}); rewrite the shards") from None
     sha = hashlib.sha256(data).hexdigest()
     if sha != entry.sha256:
-        raise ShardError(f"{path}: sha256 {sha[:16]}... differs from the manifest's {entry.sha256[:16]}...; "
-                         "the file changed after writing: rewrite the shards")
+        raise ShardError(
+            f"{path}: sha256 {sha[:16]}... differs from the manifest's {entry.sha256[:16]}...; "
+            "the file changed after writing: rewrite the shards"
+        )
     try:
         labels = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -419,7 +489,8 @@ def read_labels(index: SampleIndex | Path, *, num_classes: int) -> np.ndarray:
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
         i = int(bad[0])
-        raise ShardError(f"{index.where(i)}: label {labels[i]} outside the {num_classes} classes "
-                         f"[0, {num_classes - 1}] ({len(bad)} such labels)")
+        raise ShardError(
+            f"{index.where(i)}: label {labels[i]} outside the {num_classes} classes "
+            f"[0, {num_classes - 1}] ({len(bad)} such labels)"
+        )
     return labels
-

@@ -11,6 +11,7 @@ EXIF-rotated files become upright RGB JPEGs; empty, truncated or corrupt files a
 the manifest (`skipped`), never silently and without stopping the conversion. Images are never upscaled
 (the pipeline's resize does that); the manifest counts those below 224 px (`small_images`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,7 +19,15 @@ from functools import partial
 from pathlib import Path
 
 from convnets.data_pipelines.shards.imagenet_labels import VAL_NAME, WNID, ValLabels, find_synsets, find_val_labels
-from convnets.data_pipelines.shards.sources import (Encoding, Sample, UnreadableImage, check_reencode, encode_image, list_images, read_image_file)
+from convnets.data_pipelines.shards.sources import (
+    Encoding,
+    Sample,
+    UnreadableImage,
+    check_reencode,
+    encode_image,
+    list_images,
+    read_image_file,
+)
 from convnets.data_pipelines.shards.tar_members import TarMember, list_members, read_member
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -47,8 +56,7 @@ def _file_images(paths: list[Path], encoding: Encoding) -> list[_Image]:
 
 
 def _tar_images(members: list[TarMember], encoding: Encoding) -> list[_Image]:
-    return [_Image(m.where, m.name.rsplit("/", 1)[-1], partial(read_tar_image, m, encoding=encoding))
-            for m in members]
+    return [_Image(m.where, m.name.rsplit("/", 1)[-1], partial(read_tar_image, m, encoding=encoding)) for m in members]
 
 
 def _train_classes(root: Path) -> tuple[str, list[str]]:
@@ -60,12 +68,16 @@ def _train_classes(root: Path) -> tuple[str, list[str]]:
         names = sorted(m.name.removesuffix(".tar") for m in list_members(root / TRAIN_TAR))
         kind, where = "tar", root / TRAIN_TAR
     else:
-        raise ValueError(f"{root}: no train/ folder and no {TRAIN_TAR}; expected ROOT/train/<wnid>/*.JPEG "
-                         f"or the {TRAIN_TAR} from image-net.org")
+        raise ValueError(
+            f"{root}: no train/ folder and no {TRAIN_TAR}; expected ROOT/train/<wnid>/*.JPEG "
+            f"or the {TRAIN_TAR} from image-net.org"
+        )
     bad = [n for n in names if not WNID.fullmatch(n)]
     if bad or not names:
-        raise ValueError(f"{where}: {'entry ' + repr(bad[0]) + ' is not' if bad else 'holds no'} "
-                         "per-class WordNet id (nXXXXXXXX) folders or tars")
+        raise ValueError(
+            f"{where}: {'entry ' + repr(bad[0]) + ' is not' if bad else 'holds no'} "
+            "per-class WordNet id (nXXXXXXXX) folders or tars"
+        )
     return kind, names
 
 
@@ -75,8 +87,9 @@ def _train_images(root: Path, kind: str, wnids: list[str], encoding: Encoding) -
     images = {}
     for inner in list_members(root / TRAIN_TAR):
         wnid = inner.name.removesuffix(".tar")
-        images[wnid] = _tar_images(list_members(root / TRAIN_TAR, start=inner.offset, size=inner.size,
-                                                prefix=inner.name + "/"), encoding)
+        images[wnid] = _tar_images(
+            list_members(root / TRAIN_TAR, start=inner.offset, size=inner.size, prefix=inner.name + "/"), encoding
+        )
     return images
 
 
@@ -137,23 +150,36 @@ class ImagenetSource:
         if self._synsets is not None:
             missing = [w for w in self.classes if w not in self._synsets]
             if missing:
-                raise ValueError(f"{self._synsets_path}: lacks train class {missing[0]} ({len(missing)} missing); "
-                                 "a synset list of another dataset?")
+                raise ValueError(
+                    f"{self._synsets_path}: lacks train class {missing[0]} ({len(missing)} missing); "
+                    "a synset list of another dataset?"
+                )
         self.class_names = [(self._synsets or {}).get(w) or w for w in self.classes]
         self._encoding = Encoding(resize=self.resize, quality=self.quality, rgb_jpeg=True)
-        self._labels = None if _val_in_folders(self.root) else find_val_labels(
-            self.root, self.val_labels and Path(self.val_labels), synsets=self._synsets,
-            synsets_path=self._synsets_path)
+        self._labels = (
+            None
+            if _val_in_folders(self.root)
+            else find_val_labels(
+                self.root,
+                self.val_labels and Path(self.val_labels),
+                synsets=self._synsets,
+                synsets_path=self._synsets_path,
+            )
+        )
         resized = f", shorter side <= {self.resize} px" if self.resize else ""
-        self.description = (f"imagenet {self.root.resolve()} (train: {self._train_kind}, val labels: "
-                            f"{self._labels.origin if self._labels else 'val/<wnid>/ folders'}{resized}, "
-                            f"re-encoded JPEG q{self.quality})")
+        self.description = (
+            f"imagenet {self.root.resolve()} (train: {self._train_kind}, val labels: "
+            f"{self._labels.origin if self._labels else 'val/<wnid>/ folders'}{resized}, "
+            f"re-encoded JPEG q{self.quality})"
+        )
 
     def splits(self) -> dict[str, list[Sample]]:
         index = {wnid: i for i, wnid in enumerate(self.classes)}
-        train = [Sample(key=image.where, label=index[wnid], read=image.read)
-                 for wnid, images in _train_images(self.root, self._train_kind, self.classes, self._encoding).items()
-                 for image in images]
+        train = [
+            Sample(key=image.where, label=index[wnid], read=image.read)
+            for wnid, images in _train_images(self.root, self._train_kind, self.classes, self._encoding).items()
+            for image in images
+        ]
         images, by_folder = _val_images(self.root, self._encoding)
         val = []
         for image in images:

@@ -9,6 +9,7 @@
 Each reader returns {val image number: wnid}; the class index is then the wnid's position among the
 sorted train wnids (torchvision's convention), computed in one place (imagenet.py).
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,13 @@ class ValLabels:
 
 def search_dirs(root: Path) -> list[Path]:
     """Where label files are looked for: ROOT, then the devkit folders in it."""
-    dirs = [root, root / "ILSVRC2012_devkit_t12" / "data", root / "ILSVRC2012_devkit_t12", root / "devkit" / "data",
-            root / "devkit"]
+    dirs = [
+        root,
+        root / "ILSVRC2012_devkit_t12" / "data",
+        root / "ILSVRC2012_devkit_t12",
+        root / "devkit" / "data",
+        root / "devkit",
+    ]
     dirs += sorted(p for p in root.glob("*devkit*/data") if p not in dirs)
     dirs += sorted(p for p in root.glob("*devkit*") if p not in dirs)
     return [d for d in dirs if d.is_dir()]
@@ -66,28 +72,35 @@ def read_meta_mat(path: Path) -> dict[int, tuple[str, str]]:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise ValueError(f"{path}: reading the devkit's meta.mat needs scipy (pip install scipy); or label val "
-                         f"with {CAFFE_VAL} or {KAGGLE_SOLUTION} (--val-labels)") from None
+        raise ValueError(
+            f"{path}: reading the devkit's meta.mat needs scipy (pip install scipy); or label val "
+            f"with {CAFFE_VAL} or {KAGGLE_SOLUTION} (--val-labels)"
+        ) from None
     try:
         synsets = loadmat(str(path), squeeze_me=True)["synsets"]
         ids, wnids, words = synsets["ILSVRC2012_ID"], synsets["WNID"], synsets["words"]
         leaf = synsets["num_children"] if "num_children" in synsets.dtype.names else [0] * len(ids)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not the devkit's meta.mat (a 'synsets' struct with ILSVRC2012_ID, WNID, words; "
-                         f"{type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{path}: not the devkit's meta.mat (a 'synsets' struct with ILSVRC2012_ID, WNID, words; "
+            f"{type(exc).__name__}: {exc})"
+        ) from None
     return {int(i): (str(w), str(name)) for i, w, name, children in zip(ids, wnids, words, leaf) if int(children) == 0}
 
 
 def _devkit(ground_truth: Path, meta: Path | None) -> ValLabels:
     if meta is None:
-        raise ValueError(f"{ground_truth}: its ILSVRC ids need the devkit's {META} (ids are in meta.mat order, not "
-                         f"sorted-wnid order); put it next to the ground truth or in ROOT")
+        raise ValueError(
+            f"{ground_truth}: its ILSVRC ids need the devkit's {META} (ids are in meta.mat order, not "
+            f"sorted-wnid order); put it next to the ground truth or in ROOT"
+        )
     id_to_wnid = {i: wnid for i, (wnid, _) in read_meta_mat(meta).items()}
     by_number = {}
     for number, line in enumerate(ground_truth.read_text(encoding="utf-8").split(), start=1):
         if not line.isdigit() or int(line) not in id_to_wnid:
-            raise ValueError(f"{ground_truth}: line {number} is {line!r}, not an ILSVRC2012_ID of a leaf class "
-                             f"in {meta}")
+            raise ValueError(
+                f"{ground_truth}: line {number} is {line!r}, not an ILSVRC2012_ID of a leaf class in {meta}"
+            )
         by_number[number] = id_to_wnid[int(line)]
     return ValLabels(by_number, f"devkit {ground_truth.name} + {META}")
 
@@ -106,8 +119,10 @@ def _kaggle(solution: Path) -> ValLabels:
 
 def _caffe(val_txt: Path, synsets: dict[str, str] | None, synsets_path: Path | None) -> ValLabels:
     if synsets is None:
-        raise ValueError(f"{val_txt}: its 0-based indices need the synset list (one of {', '.join(SYNSET_LISTS)} "
-                         "in ROOT, or --synsets FILE)")
+        raise ValueError(
+            f"{val_txt}: its 0-based indices need the synset list (one of {', '.join(SYNSET_LISTS)} "
+            "in ROOT, or --synsets FILE)"
+        )
     ordered = sorted(synsets)  # Caffe's index is into the sorted wnids (synset_words.txt is already sorted)
     by_number = {}
     for number, line in enumerate(val_txt.read_text(encoding="utf-8").splitlines(), start=1):
@@ -116,8 +131,10 @@ def _caffe(val_txt: Path, synsets: dict[str, str] | None, synsets_path: Path | N
             continue
         match = VAL_NAME.fullmatch(parts[0]) if len(parts) == 2 else None
         if match is None or not parts[1].isdigit() or int(parts[1]) >= len(ordered):
-            raise ValueError(f"{val_txt}: line {number} is not 'ILSVRC2012_val_<8 digits>.JPEG <index < "
-                             f"{len(ordered)}>': {line[:80]!r}")
+            raise ValueError(
+                f"{val_txt}: line {number} is not 'ILSVRC2012_val_<8 digits>.JPEG <index < "
+                f"{len(ordered)}>': {line[:80]!r}"
+            )
         by_number[int(match.group(1))] = ordered[int(parts[1])]
     return ValLabels(by_number, f"caffe {val_txt.name} + {synsets_path.name if synsets_path else 'synsets'}")
 
@@ -132,8 +149,9 @@ def find_synsets(root: Path, given: Path | None) -> tuple[dict[str, str] | None,
     return read_synset_list(Path(path)), Path(path)
 
 
-def find_val_labels(root: Path, given: Path | None, *, synsets: dict[str, str] | None,
-                    synsets_path: Path | None) -> ValLabels:
+def find_val_labels(
+    root: Path, given: Path | None, *, synsets: dict[str, str] | None, synsets_path: Path | None
+) -> ValLabels:
     """The val labels from --val-labels FILE (format from its name) or the first standard file in ROOT,
     in the order devkit, Kaggle, Caffe."""
     dirs = search_dirs(root)
@@ -152,5 +170,7 @@ def find_val_labels(root: Path, given: Path | None, *, synsets: dict[str, str] |
         return _kaggle(solution)
     if (val_txt := find_file(dirs, CAFFE_VAL)) is not None:
         return _caffe(val_txt, synsets, synsets_path)
-    raise ValueError(f"{root}: no val labels found (looked for {GROUND_TRUTH} + {META}, {KAGGLE_SOLUTION}, "
-                     f"{CAFFE_VAL} in {', '.join(str(d) for d in dirs)}); name one with --val-labels FILE")
+    raise ValueError(
+        f"{root}: no val labels found (looked for {GROUND_TRUTH} + {META}, {KAGGLE_SOLUTION}, "
+        f"{CAFFE_VAL} in {', '.join(str(d) for d in dirs)}); name one with --val-labels FILE"
+    )

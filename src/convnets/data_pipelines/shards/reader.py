@@ -1,4 +1,5 @@
 """Random access to the samples of a shard folder: bytes by offset, labels checked up front."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,9 @@ def check_shard_sizes(split_dir: Path, manifest: Manifest) -> None:
             raise ShardError(f"{path}: shard listed in the manifest is missing")
         size = path.stat().st_size
         if size != entry.num_bytes:
-            raise ShardError(f"{path}: {size} bytes, the manifest says {entry.num_bytes} (truncated or rewritten shard)")
+            raise ShardError(
+                f"{path}: {size} bytes, the manifest says {entry.num_bytes} (truncated or rewritten shard)"
+            )
 
 
 class ShardFiles:
@@ -129,4 +132,3 @@ class ShardFiles:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-

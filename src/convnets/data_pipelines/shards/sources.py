@@ -12,6 +12,7 @@ ValueError naming the file; an undecodable image raises its subclass UnreadableI
 skips and reports for sources with `skip_unreadable = True` (ImageNet) and fails on otherwise.
 Image bytes go through one function, encode_image: original bytes when plain, else re-encoded.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
+
 from convnets.errors import ConvnetsInputError
 
 MNIST_IMAGES_MAGIC = 2051  # idx3: unsigned bytes, 3 dimensions
@@ -185,12 +187,15 @@ def _class_dirs(tree: Path) -> dict[str, Path]:
     return dirs
 
 
-def _tree_samples(tree: Path, class_index: dict[str, int], *, require_images: bool, reader=read_image_file) -> list[Sample]:
+def _tree_samples(
+    tree: Path, class_index: dict[str, int], *, require_images: bool, reader=read_image_file
+) -> list[Sample]:
     samples = []
     for name, class_dir in _class_dirs(tree).items():
         if name not in class_index:
-            raise ValueError(f"{class_dir}: class {name!r} is not among the train classes; "
-                             "add it to train/ or remove it")
+            raise ValueError(
+                f"{class_dir}: class {name!r} is not among the train classes; add it to train/ or remove it"
+            )
         images = list_images(class_dir)
         if require_images and not images:
             raise ValueError(f"{class_dir}: class folder has no images")
@@ -229,8 +234,9 @@ class ImageFolderSource:
         if has_train != has_val:
             missing = "val" if has_train else "train"
             present = "train" if has_train else "val"
-            raise ValueError(f"{self.root}: has {present}/ but no {missing}/; "
-                             "provide both or a plain <root>/<class>/ tree")
+            raise ValueError(
+                f"{self.root}: has {present}/ but no {missing}/; provide both or a plain <root>/<class>/ tree"
+            )
         self._presplit = has_train
         self.classes = sorted(_class_dirs(self.root / "train" if has_train else self.root))
         how = "train/ + val/" if has_train else f"val_fraction={self.val_fraction}, seed={self.seed}"
@@ -242,7 +248,10 @@ class ImageFolderSource:
         reader = partial(read_image_file, encoding=Encoding(resize=self.resize, quality=self.quality))
         if self._presplit:
             train = _tree_samples(self.root / "train", class_index, require_images=True, reader=reader)
-            return {"train": train, "val": _tree_samples(self.root / "val", class_index, require_images=False, reader=reader)}
+            return {
+                "train": train,
+                "val": _tree_samples(self.root / "val", class_index, require_images=False, reader=reader),
+            }
         samples = _tree_samples(self.root, class_index, require_images=True, reader=reader)
         labels = np.array([s.label for s in samples])
         train_idx, val_idx = stratified_split(labels, val_fraction=self.val_fraction, seed=self.seed)
@@ -264,8 +273,9 @@ def _read_idx_file(path: Path, *, magic: int, header: str) -> tuple[tuple[int, .
         raise ValueError(f"{path}: bad magic {found} (expected {magic}); not an MNIST idx file of this kind")
     expected = size + int(np.prod(dims))
     if len(data) != expected:
-        raise ValueError(f"{path}: {len(data)} bytes but the header {tuple(dims)} needs {expected}; "
-                         "truncated or corrupt")
+        raise ValueError(
+            f"{path}: {len(data)} bytes but the header {tuple(dims)} needs {expected}; truncated or corrupt"
+        )
     return tuple(dims), np.frombuffer(data, dtype=np.uint8, offset=size)
 
 
@@ -327,13 +337,18 @@ class MnistSource:
         images, labels, path = test
         train = load_mnist_set(self.root, "train")
         if train is not None:
-            return {"train": _array_samples(train[0], train[1], train[2].name, np.arange(len(train[1]))),
-                    "val": _array_samples(images, labels, path.name, np.arange(len(labels)))}
+            return {
+                "train": _array_samples(train[0], train[1], train[2].name, np.arange(len(train[1]))),
+                "val": _array_samples(images, labels, path.name, np.arange(len(labels))),
+            }
         if not 0 < self.n_train < len(labels):
-            raise ValueError(f"n_train={self.n_train} must be in [1, {len(labels) - 1}] "
-                             f"for {path} ({len(labels)} images)")
-        return {"train": _array_samples(images, labels, path.name, np.arange(self.n_train)),
-                "val": _array_samples(images, labels, path.name, np.arange(self.n_train, len(labels)))}
+            raise ValueError(
+                f"n_train={self.n_train} must be in [1, {len(labels) - 1}] for {path} ({len(labels)} images)"
+            )
+        return {
+            "train": _array_samples(images, labels, path.name, np.arange(self.n_train)),
+            "val": _array_samples(images, labels, path.name, np.arange(self.n_train, len(labels))),
+        }
 
 
 @dataclass(kw_only=True)
@@ -356,5 +371,7 @@ class DigitsSource:
         images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
         labels = digits.target.astype(np.int64)
         train_idx, val_idx = stratified_split(labels, val_fraction=self.val_fraction, seed=self.seed)
-        return {"train": _array_samples(images, labels, "sklearn-digits", train_idx),
-                "val": _array_samples(images, labels, "sklearn-digits", val_idx)}
+        return {
+            "train": _array_samples(images, labels, "sklearn-digits", train_idx),
+            "val": _array_samples(images, labels, "sklearn-digits", val_idx),
+        }

@@ -5,6 +5,7 @@ hour. Here only the headers are read (one 512-byte read per member, seeking over
 is later read with one pread at its offset, from any process. Member names are checked as if they were
 going to be extracted, since they become sample names: no absolute paths, no "..", no links or devices.
 """
+
 from __future__ import annotations
 
 import io
@@ -12,6 +13,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
 from convnets.errors import ConvnetsInputError
 
 
@@ -54,7 +56,7 @@ class _Window(io.RawIOBase):
     def readinto(self, buffer) -> int:
         n = max(0, min(len(buffer), self._size - self._pos))
         data = os.pread(self._file.fileno(), n, self._start + self._pos) if n else b""
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
@@ -63,13 +65,21 @@ def check_member(tar: str, member: tarfile.TarInfo) -> None:
     """UnsafeMemberError (one line naming the member) for links, devices, absolute names and "..": the
     path-traversal shapes of CVE-2007-4559, refused although nothing is extracted."""
     path = PurePosixPath(member.name)
-    kind = ("a symbolic link" if member.issym() else "a hard link" if member.islnk()
-            else "a device or fifo" if member.isdev() else None)
+    kind = (
+        "a symbolic link"
+        if member.issym()
+        else "a hard link"
+        if member.islnk()
+        else "a device or fifo"
+        if member.isdev()
+        else None
+    )
     if kind is not None:
         raise UnsafeMemberError(f"{tar}: member {member.name!r} is {kind}; refusing it (expected regular files)")
     if path.is_absolute() or ".." in path.parts:
-        raise UnsafeMemberError(f"{tar}: member {member.name!r} is an absolute or '..' path; refusing it "
-                                "(path traversal)")
+        raise UnsafeMemberError(
+            f"{tar}: member {member.name!r} is an absolute or '..' path; refusing it (path traversal)"
+        )
 
 
 def list_members(path: Path, *, start: int = 0, size: int | None = None, prefix: str = "") -> list[TarMember]:
@@ -85,8 +95,7 @@ def list_members(path: Path, *, start: int = 0, size: int | None = None, prefix:
                 for member in tar:
                     check_member(where, member)
                     if member.isfile():
-                        members.append(TarMember(path, prefix + member.name, start + member.offset_data,
-                                                 member.size))
+                        members.append(TarMember(path, prefix + member.name, start + member.offset_data, member.size))
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ValueError(f"{where}: not a readable tar ({type(exc).__name__}: {exc})") from None
     return members

@@ -3,6 +3,7 @@
 The fast path reads each shard once as a stream (tarfile + sha256, no image decoding, no PIL). --deep also
 decodes every image with DALI's CPU decoder, the decoder training uses, in parallel over all cores.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,15 +70,19 @@ def _tar_members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, bytes]
 
 def _check_member(shard: Path, member: tarfile.TarInfo, name: str, offset: int, size: int) -> None:
     if (member.name, member.offset_data, member.size) != (name, offset, size):
-        raise ShardError(f"{shard}: member {member.name!r} (offset {member.offset_data}, {member.size} bytes) "
-                         f"disagrees with {shard.with_suffix('.idx').name}: {name!r} (offset {offset}, {size} bytes)")
+        raise ShardError(
+            f"{shard}: member {member.name!r} (offset {member.offset_data}, {member.size} bytes) "
+            f"disagrees with {shard.with_suffix('.idx').name}: {name!r} (offset {offset}, {size} bytes)"
+        )
 
 
 def _check_label(shard: Path, record: IdxRecord, cls: bytes, *, num_classes: int) -> int:
     label = parse_label(cls)
     if label is None or not 0 <= label < num_classes:
-        raise ShardError(f"{shard}: sample {record.key!r} has label {cls.decode('ascii', errors='replace')!r} "
-                         f"outside [0, {num_classes}) (the manifest.json classes)")
+        raise ShardError(
+            f"{shard}: sample {record.key!r} has label {cls.decode('ascii', errors='replace')!r} "
+            f"outside [0, {num_classes}) (the manifest.json classes)"
+        )
     return label
 
 
@@ -92,8 +97,10 @@ class DeepDecoder:
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
-            raise ShardError("verify --deep decodes with DALI, the decoder training uses, but nvidia-dali is not "
-                             "installed; install it or verify without --deep") from None
+            raise ShardError(
+                "verify --deep decodes with DALI, the decoder training uses, but nvidia-dali is not "
+                "installed; install it or verify without --deep"
+            ) from None
         self.num_threads = num_threads or len(os.sched_getaffinity(0))
         self.batch_size = max(64, 8 * self.num_threads)  # enough images per run() to keep every thread busy
         self.pending: list[tuple[Path, str, bytes]] = []
@@ -103,8 +110,14 @@ class DeepDecoder:
         from nvidia.dali import fn, types
         from nvidia.dali.pipeline import Pipeline
 
-        pipe = Pipeline(batch_size=batch_size, num_threads=self.num_threads, device_id=None, prefetch_queue_depth=1,
-                        exec_async=False, exec_pipelined=False)
+        pipe = Pipeline(
+            batch_size=batch_size,
+            num_threads=self.num_threads,
+            device_id=None,
+            prefetch_queue_depth=1,
+            exec_async=False,
+            exec_pipelined=False,
+        )
         with pipe:
             raw = fn.external_source(name="raw", dtype=types.UINT8, ndim=1)
             pipe.set_outputs(fn.decoders.image(raw, device="cpu", output_type=types.RGB))
@@ -147,20 +160,23 @@ class DeepDecoder:
                 self._run(self._build(1), [image])
             except RuntimeError as exc:
                 raise ShardError(f"{shard}: image {name} does not decode with DALI ({_dali_reason(exc)})") from None
-        raise ShardError(f"{batch[0][0]}: a batch of {len(batch)} images from {batch[0][1]} on failed to decode "
-                         "with DALI, but each decodes alone")
+        raise ShardError(
+            f"{batch[0][0]}: a batch of {len(batch)} images from {batch[0][1]} on failed to decode "
+            "with DALI, but each decodes alone"
+        )
 
 
 def _dali_reason(exc: RuntimeError) -> str:
     """The decoder's own words from DALI's multi-line error (the line after 'encountered:')."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    after = lines[lines.index("encountered:") + 1:] if "encountered:" in lines else lines
+    after = lines[lines.index("encountered:") + 1 :] if "encountered:" in lines else lines
     useful = [line for line in after if "no longer valid" not in line]
     return (useful[0] if useful else lines[-1] if lines else type(exc).__name__).rstrip(" :")
 
 
-def _scan_shard(shard: Path, records: list[IdxRecord], *, num_classes: int,
-                decoder: DeepDecoder | None) -> tuple[str, list[int]]:
+def _scan_shard(
+    shard: Path, records: list[IdxRecord], *, num_classes: int, decoder: DeepDecoder | None
+) -> tuple[str, list[int]]:
     """One streaming pass: (sha256, labels), checking every member against the .idx records."""
     labels: list[int] = []
     expected = f"{records[0].key}.{records[0].img_ext}" if records else "(none)"
@@ -183,12 +199,15 @@ def _scan_shard(shard: Path, records: list[IdxRecord], *, num_classes: int,
                     labels.append(_check_label(shard, record, label, num_classes=num_classes))
                 extra = next(members, None)
                 if extra is not None:
-                    raise ShardError(f"{shard}: extra member {extra[0].name!r} "
-                                     f"after the {len(records)} indexed samples")
+                    raise ShardError(
+                        f"{shard}: extra member {extra[0].name!r} after the {len(records)} indexed samples"
+                    )
         except (tarfile.TarError, EOFError, StopIteration) as exc:
             why = "the archive ends early" if isinstance(exc, StopIteration) else f"{type(exc).__name__}: {exc}"
-            raise ShardError(f"{shard}: truncated or corrupt at member {expected!r} "
-                             f"(expected {len(records):,} samples, read {len(labels):,}; {why})") from None
+            raise ShardError(
+                f"{shard}: truncated or corrupt at member {expected!r} "
+                f"(expected {len(records):,} samples, read {len(labels):,}; {why})"
+            ) from None
         return reader.drain(), labels
 
 
@@ -200,8 +219,10 @@ def _check_labels_file(split_dir: Path, manifest: Manifest, labels: list[int], k
     differ = np.flatnonzero(stored.astype(np.int64) != np.asarray(labels, dtype=np.int64))
     if len(differ):
         i = int(differ[0])
-        raise ShardError(f"{split_dir / manifest.labels.name}: sample {keys[i]!r} has label {int(stored[i])}, "
-                         f"its .cls member says {labels[i]} ({len(differ)} such samples)")
+        raise ShardError(
+            f"{split_dir / manifest.labels.name}: sample {keys[i]!r} has label {int(stored[i])}, "
+            f"its .cls member says {labels[i]} ({len(differ)} such samples)"
+        )
 
 
 def verify_shards(split_dir: Path, *, deep: bool = False) -> VerifyReport:
@@ -227,8 +248,10 @@ def verify_shards(split_dir: Path, *, deep: bool = False) -> VerifyReport:
             raise ShardError(f"{split_dir / entry.index}: {len(records)} samples, manifest says {entry.num_samples}")
         sha, shard_labels = _scan_shard(shard, records, num_classes=manifest.num_classes, decoder=decoder)
         if sha != entry.sha256:
-            raise ShardError(f"{shard}: sha256 {sha[:16]}... differs from the manifest's {entry.sha256[:16]}...; "
-                             f"the file changed after writing: rewrite the shards")
+            raise ShardError(
+                f"{shard}: sha256 {sha[:16]}... differs from the manifest's {entry.sha256[:16]}...; "
+                f"the file changed after writing: rewrite the shards"
+            )
         labels += shard_labels
         keys += [r.key for r in records]
     if decoder is not None:
@@ -237,5 +260,10 @@ def verify_shards(split_dir: Path, *, deep: bool = False) -> VerifyReport:
     if counts != manifest.class_counts:
         raise ShardError(f"{split_dir / MANIFEST}: class_counts {manifest.class_counts} but the shards hold {counts}")
     _check_labels_file(split_dir, manifest, labels, keys)
-    return VerifyReport(split_dir=split_dir, num_shards=len(manifest.shards), num_samples=manifest.num_samples,
-                        class_counts=manifest.class_counts, deep=deep)
+    return VerifyReport(
+        split_dir=split_dir,
+        num_shards=len(manifest.shards),
+        num_samples=manifest.num_samples,
+        class_counts=manifest.class_counts,
+        deep=deep,
+    )

@@ -11,6 +11,7 @@ split's labels.npy and manifest.json are written last; the manifest is removed f
 without one is never mistaken for a dataset. Every file goes through atomic_file: "<name>.tmp" in the
 same folder, fsynced, then os.replace()d, so a crash (even SIGKILL) leaves no half-written file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,8 +112,15 @@ class _ShardResult:
     small_images: int
 
     def to_json(self, digest: str) -> str:
-        return json.dumps({"plan": digest, "entry": asdict(self.entry), "labels": self.labels,
-                           "skipped": [asdict(s) for s in self.skipped], "small_images": self.small_images})
+        return json.dumps(
+            {
+                "plan": digest,
+                "entry": asdict(self.entry),
+                "labels": self.labels,
+                "skipped": [asdict(s) for s in self.skipped],
+                "small_images": self.small_images,
+            }
+        )
 
 
 def _done_path(tar: Path) -> Path:
@@ -128,8 +136,12 @@ def _finished(job: _ShardJob) -> _ShardResult | None:
         entry = ShardEntry(**raw["entry"])
         if job.path.stat().st_size != entry.num_bytes or not job.path.with_suffix(".idx").is_file():
             return None
-        return _ShardResult(entry=entry, labels=[int(x) for x in raw["labels"]],
-                            skipped=[Skipped(**s) for s in raw["skipped"]], small_images=int(raw["small_images"]))
+        return _ShardResult(
+            entry=entry,
+            labels=[int(x) for x in raw["labels"]],
+            skipped=[Skipped(**s) for s in raw["skipped"]],
+            small_images=int(raw["small_images"]),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -208,8 +220,15 @@ class _Progress:
         self.bar.update(len(result.labels) + len(result.skipped))
         if self.bar.disable:
             rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            log.info("%s: %s done (%d/%d images, %.0f images/s, %d skipped so far)", self.desc, result.entry.name,
-                     self.done, self.bar.total, rate, skipped_total)
+            log.info(
+                "%s: %s done (%d/%d images, %.0f images/s, %d skipped so far)",
+                self.desc,
+                result.entry.name,
+                self.done,
+                self.bar.total,
+                rate,
+                skipped_total,
+            )
 
     def close(self) -> None:
         self.bar.close()
@@ -227,8 +246,12 @@ def _run_jobs(jobs: list[_ShardJob], *, workers: int, progress: _Progress) -> di
         for i, job in enumerate(jobs):
             record(i, _write_shard(job))
         return results
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork"),
-                               initializer=_init_worker, initargs=(jobs,))
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_worker,
+        initargs=(jobs,),
+    )
     try:
         pending = {pool.submit(_run_job, i): i for i in range(len(jobs))}
         while pending:
@@ -249,8 +272,9 @@ def _check_source(source: Source, splits: dict[str, list[Sample]]) -> None:
         raise ValueError(f"{source.description}: no classes")
     for split, samples in splits.items():
         if not SPLIT_NAME.match(split):
-            raise ValueError(f"split name {split!r} must match {SPLIT_NAME.pattern} "
-                             "(no dots: a dot ends a webdataset key)")
+            raise ValueError(
+                f"split name {split!r} must match {SPLIT_NAME.pattern} (no dots: a dot ends a webdataset key)"
+            )
         if not samples:
             raise ValueError(f"{source.description}: split {split!r} has no samples")
         for sample in samples:
@@ -264,8 +288,10 @@ def _check_no_stale_splits(out_dir: Path, splits: dict[str, list[Sample]]) -> No
         return
     for sub in sorted(out_dir.iterdir()):
         if sub.is_dir() and sub.name not in splits and ((sub / MANIFEST).exists() or any(sub.glob("shard-*"))):
-            raise ValueError(f"{sub}: shards of a split this source does not write ({', '.join(splits)}); "
-                             f"remove that folder or write to another directory")
+            raise ValueError(
+                f"{sub}: shards of a split this source does not write ({', '.join(splits)}); "
+                f"remove that folder or write to another directory"
+            )
 
 
 def _shuffled(n: int, *, seed: int, split: str) -> np.ndarray:
@@ -273,18 +299,20 @@ def _shuffled(n: int, *, seed: int, split: str) -> np.ndarray:
     return np.random.default_rng([seed, zlib.crc32(split.encode())]).permutation(n)
 
 
-def _plan(source: Source, split: str, samples: list[Sample], split_dir: Path, *,
-          shard_size: int, seed: int) -> list[_ShardJob]:
+def _plan(
+    source: Source, split: str, samples: list[Sample], split_dir: Path, *, shard_size: int, seed: int
+) -> list[_ShardJob]:
     order = _shuffled(len(samples), seed=seed, split=split)
     skip = bool(getattr(source, "skip_unreadable", False))
     jobs = []
     for shard_id, start in enumerate(range(0, len(samples), shard_size)):
-        items = [(f"{split}_{start + j:08d}", samples[k]) for j, k in enumerate(order[start:start + shard_size])]
+        items = [(f"{split}_{start + j:08d}", samples[k]) for j, k in enumerate(order[start : start + shard_size])]
         # The digest covers what decides the bytes: format, source settings (root, resize, quality), the items.
         plan = [FORMAT_VERSION, source.description, skip, [(key, s.key, s.label) for key, s in items]]
         digest = hashlib.sha256(json.dumps(plan).encode("utf-8")).hexdigest()
-        jobs.append(_ShardJob(path=split_dir / f"shard-{shard_id:06d}.tar", items=items, digest=digest,
-                              skip_unreadable=skip))
+        jobs.append(
+            _ShardJob(path=split_dir / f"shard-{shard_id:06d}.tar", items=items, digest=digest, skip_unreadable=skip)
+        )
     return jobs
 
 
@@ -336,13 +364,21 @@ def _write_split(source: Source, split: str, samples: list[Sample], split_dir: P
     skipped = tuple(s for r in ordered for s in r.skipped)
     if skipped:
         log.warning("%s: %d unreadable files skipped (listed in %s)", split_dir, len(skipped), MANIFEST)
-    manifest = Manifest(split=split, num_samples=len(labels), classes=tuple(source.classes),
-                        class_counts=tuple(int(c) for c in np.bincount(labels, minlength=len(source.classes))),
-                        flip_ok=bool(source.flip_ok), source=source.description, seed=seed, shard_size=shard_size,
-                        shards=tuple(r.entry for r in ordered),
-                        class_names=tuple(getattr(source, "class_names", None) or ()),
-                        labels=_write_labels(split_dir, labels), small_images=sum(r.small_images for r in ordered),
-                        skipped=skipped)
+    manifest = Manifest(
+        split=split,
+        num_samples=len(labels),
+        classes=tuple(source.classes),
+        class_counts=tuple(int(c) for c in np.bincount(labels, minlength=len(source.classes))),
+        flip_ok=bool(source.flip_ok),
+        source=source.description,
+        seed=seed,
+        shard_size=shard_size,
+        shards=tuple(r.entry for r in ordered),
+        class_names=tuple(getattr(source, "class_names", None) or ()),
+        labels=_write_labels(split_dir, labels),
+        small_images=sum(r.small_images for r in ordered),
+        skipped=skipped,
+    )
     atomic_write_bytes(split_dir / MANIFEST, manifest.to_json().encode("utf-8"))
     return manifest
 
@@ -353,8 +389,9 @@ def _positive_int(name: str, value: object, *, minimum: int) -> int:
     return value
 
 
-def write_shards(source: Source, out_dir: Path, *, shard_size: int = 1000, seed: int = 0,
-                 workers: int = 1) -> dict[str, Manifest]:
+def write_shards(
+    source: Source, out_dir: Path, *, shard_size: int = 1000, seed: int = 0, workers: int = 1
+) -> dict[str, Manifest]:
     """Write every split of `source` to out_dir/<split>/; returns split -> Manifest.
 
     shard_size 1000 gives ~110 MB shards for ImageNet-sized JPEGs (1,282 train shards), enough shards

@@ -12,6 +12,7 @@ Images are the centre crops the evaluation uses (decoded once, through the DALI 
 transforms act on the normalized crop (fill 0 = the mean colour). Outputs: JSON, a markdown table,
 PNGs, and the same to W&B (the training run's when its folder is known).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,22 @@ def add_analyze_subcommands(sub) -> None:
         p.add_argument("--data", type=Path, required=True, help="shard folder (DIR with DIR/train, DIR/val)")
         p.add_argument("--split", default="val", help="split of the evaluation images (default val)")
         p.add_argument("--samples", type=int, default=64 if p is inv else 2000, help="evaluation images")
-        p.add_argument("--layers", default=None, help="comma-separated layer names (default: first conv and last hidden "
-                       "layer for invariance, every layer for layers)")
+        p.add_argument(
+            "--layers",
+            default=None,
+            help="comma-separated layer names (default: first conv and last hidden "
+            "layer for invariance, every layer for layers)",
+        )
         p.add_argument("--batch", type=int, default=64, help="images per forward pass")
         p.add_argument("--num-threads", type=int, default=2, help="DALI threads")
-        p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/analysis or ./analysis-CKPT)")
+        p.add_argument(
+            "--out", type=Path, default=None, help="output folder (default: RUN/analysis or ./analysis-CKPT)"
+        )
         p.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
         p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not log to W&B")
-    layers.add_argument("--train-samples", type=int, default=2000, help="train-split images for the probes (default 2000)")
+    layers.add_argument(
+        "--train-samples", type=int, default=2000, help="train-split images for the probes (default 2000)"
+    )
 
 
 def run_analyze_command(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """What both analyses share: their configuration, the checkpoint and data they load, the centre crops
 they read, the layers they tap, and where and how they publish a result."""
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,13 @@ def load_setup(cfg: AnalyzeConfig):
 
     ckpt = read_checkpoint(cfg.ckpt)
     module = build_module(ckpt)
-    dm = build_datamodule(EvalConfig(ckpt=cfg.ckpt, data=cfg.data, split=cfg.split, crops=1, batch=cfg.batch,
-                                     num_threads=cfg.num_threads), ckpt, module)
+    dm = build_datamodule(
+        EvalConfig(
+            ckpt=cfg.ckpt, data=cfg.data, split=cfg.split, crops=1, batch=cfg.batch, num_threads=cfg.num_threads
+        ),
+        ckpt,
+        module,
+    )
     return ckpt, module, dm
 
 
@@ -75,8 +81,9 @@ def choose_layers(net: nn.Module, wanted: str | None, default: list[str] | None 
 
 
 @torch.no_grad()
-def features(module, images: torch.Tensor, layers: dict[str, nn.Module], *, batch: int,
-             pool: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def features(
+    module, images: torch.Tensor, layers: dict[str, nn.Module], *, batch: int, pool: int | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Each layer's output (flattened; conv maps average-pooled to pool x pool first when given) and the logits."""
     store: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
 
@@ -86,11 +93,12 @@ def features(module, images: torch.Tensor, layers: dict[str, nn.Module], *, batc
             if pool and out.dim() == 4:
                 out = nn.functional.adaptive_avg_pool2d(out, pool)
             store[name].append(out.flatten(1).clone())  # clone: an in-place ReLU follows some layers
+
         return save
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
     try:
-        logits = torch.cat([module(images[i: i + batch]).float() for i in range(0, len(images), batch)])
+        logits = torch.cat([module(images[i : i + batch]).float() for i in range(0, len(images), batch)])
     finally:
         for h in handles:
             h.remove()

@@ -5,17 +5,26 @@ is transformed; per tapped layer the normalized distance ||f(x) - f(T x)|| / ||f
 probability of the true class are averaged over the images. Magnitude 0 (the identity) is always
 included: distance 0 and the plain centre-crop P(true class) there.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from convnets.platform.analysis.common import (
+    AnalyzeConfig,
+    centre_crops,
+    choose_layers,
+    features,
+    load_setup,
+    output_folder,
+    publish,
+    tapped_layers,
+)
 from convnets.platform.evaluation import plots as eval_plots
-from convnets.platform.analysis.common import (AnalyzeConfig, centre_crops, choose_layers, features, load_setup, output_folder,
-                                       publish, tapped_layers)
-from convnets.utils.tables import markdown_table
 from convnets.utils.figures import plt, save_figure
+from convnets.utils.tables import markdown_table
 
 # name -> (magnitudes, unit); translation in fractions of the image height (ZF: -60..60 px of 224)
 TRANSFORMS: dict[str, tuple[np.ndarray, str]] = {
@@ -30,8 +39,14 @@ def transform(images: torch.Tensor, name: str, value: float) -> torch.Tensor:
     if name == "vertical translation":
         return TF.affine(images, angle=0.0, translate=[0, round(value * images.shape[-2])], scale=1.0, shear=[0.0])
     if name == "scale":
-        return TF.affine(images, angle=0.0, translate=[0, 0], scale=float(value), shear=[0.0],
-                         interpolation=TF.InterpolationMode.BILINEAR)
+        return TF.affine(
+            images,
+            angle=0.0,
+            translate=[0, 0],
+            scale=float(value),
+            shear=[0.0],
+            interpolation=TF.InterpolationMode.BILINEAR,
+        )
     return TF.rotate(images, float(value), interpolation=TF.InterpolationMode.BILINEAR)
 
 
@@ -68,10 +83,22 @@ def plot_invariance(curves: dict, layers: list[str], path):
     for c, (name, cur) in enumerate(curves.items()):
         x = np.asarray(cur["magnitudes"])
         for r, layer in enumerate(layers):
-            eval_plots.curves(x, {layer: np.asarray(cur["distance"][layer])}, xlabel=cur["unit"],
-                              ylabel="||f(x) - f(Tx)|| / ||f(x)||", title=f"{name}: {layer}", ax=axes[r, c])
-        eval_plots.curves(x, {"P(true class)": np.asarray(cur["p_true"]), "top-1": np.asarray(cur["top1"])},
-                          xlabel=cur["unit"], ylabel="probability", title=f"{name}: output", ax=axes[-1, c])
+            eval_plots.curves(
+                x,
+                {layer: np.asarray(cur["distance"][layer])},
+                xlabel=cur["unit"],
+                ylabel="||f(x) - f(Tx)|| / ||f(x)||",
+                title=f"{name}: {layer}",
+                ax=axes[r, c],
+            )
+        eval_plots.curves(
+            x,
+            {"P(true class)": np.asarray(cur["p_true"]), "top-1": np.asarray(cur["top1"])},
+            xlabel=cur["unit"],
+            ylabel="probability",
+            title=f"{name}: output",
+            ax=axes[-1, c],
+        )
         axes[-1, c].set_ylim(0, 1)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -89,12 +116,29 @@ def run_invariance(cfg: AnalyzeConfig) -> dict:
         m = cur["magnitudes"]
         shown = [0.0, 90.0, 180.0] if name == "rotation" else [m[0], 1.0 if name == "scale" else 0.0, m[-1]]
         for i in [m.index(v) for v in shown if v in m]:
-            rows.append([name, f"{cur['magnitudes'][i]:g}", *[f"{cur['distance'][n][i]:.3f}" for n in layers],
-                         f"{cur['p_true'][i]:.3f}"])
+            rows.append(
+                [
+                    name,
+                    f"{cur['magnitudes'][i]:g}",
+                    *[f"{cur['distance'][n][i]:.3f}" for n in layers],
+                    f"{cur['p_true'][i]:.3f}",
+                ]
+            )
     table = markdown_table(["transform", "magnitude", *[f"distance {n}" for n in layers], "P(true)"], rows)
-    summary = {name: {"p_true_min": min(c["p_true"]), **{f"distance_max_{n}": max(c["distance"][n]) for n in layers}}
-               for name, c in curves.items()}
-    result = {"analysis": "invariance", "ckpt": str(cfg.ckpt), "arch": ckpt.hparams["arch"], "split": dm.test_split_name,
-              "n": len(images), "layers": list(layers), "curves": curves, "table": table, "summary": summary}
+    summary = {
+        name: {"p_true_min": min(c["p_true"]), **{f"distance_max_{n}": max(c["distance"][n]) for n in layers}}
+        for name, c in curves.items()
+    }
+    result = {
+        "analysis": "invariance",
+        "ckpt": str(cfg.ckpt),
+        "arch": ckpt.hparams["arch"],
+        "split": dm.test_split_name,
+        "n": len(images),
+        "layers": list(layers),
+        "curves": curves,
+        "table": table,
+        "summary": summary,
+    }
     publish(cfg, ckpt, out, "invariance", result, {"invariance": png})
     return result

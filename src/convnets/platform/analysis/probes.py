@@ -5,14 +5,23 @@ Features: each tapped layer's output, conv maps average-pooled to 2 x 2 (so conv
 training sample's mean and std. The probe is multinomial logistic regression (L2 1e-4) fitted by
 L-BFGS on the whole training sample (deterministic: no shuffling, no learning rate to tune).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from convnets.platform.analysis.common import AnalyzeConfig, centre_crops, choose_layers, features, load_setup, output_folder, publish
-from convnets.utils.tables import markdown_table
+from convnets.platform.analysis.common import (
+    AnalyzeConfig,
+    centre_crops,
+    choose_layers,
+    features,
+    load_setup,
+    output_folder,
+    publish,
+)
 from convnets.utils.figures import plt, save_figure
+from convnets.utils.tables import markdown_table
 
 POOL = 2  # conv maps -> POOL x POOL per channel
 L2 = 1e-4
@@ -40,15 +49,26 @@ def accuracy(probe: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((probe(x).argmax(-1) == y).double().mean())
 
 
-def probe_layers(train: dict[str, torch.Tensor], y_train: torch.Tensor, test: dict[str, torch.Tensor],
-                 y_test: torch.Tensor, num_classes: int) -> list[dict]:
+def probe_layers(
+    train: dict[str, torch.Tensor],
+    y_train: torch.Tensor,
+    test: dict[str, torch.Tensor],
+    y_test: torch.Tensor,
+    num_classes: int,
+) -> list[dict]:
     rows = []
     for name, xtr in train.items():
         mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
         a, b = ((xtr - mean) / std).double(), ((test[name] - mean) / std).double()
         probe = fit_probe(a, y_train, num_classes)
-        rows.append({"layer": name, "features": int(xtr.shape[1]), "train_top1": accuracy(probe, a, y_train),
-                     "top1": accuracy(probe, b, y_test)})
+        rows.append(
+            {
+                "layer": name,
+                "features": int(xtr.shape[1]),
+                "train_top1": accuracy(probe, a, y_train),
+                "top1": accuracy(probe, b, y_test),
+            }
+        )
     return rows
 
 
@@ -76,11 +96,22 @@ def run_layer_probes(cfg: AnalyzeConfig) -> dict:
     rows = probe_layers(f_train, y_train, f_test, y_test, ckpt.hparams["num_classes"])
     out = output_folder(cfg, ckpt, "layers")
     png = plot_probes(rows, model_top1, out / "plots" / "layer_probes.png")
-    table = markdown_table(["layer", "features", "probe train top-1", "probe test top-1"],
-                           [[r["layer"], str(r["features"]), f"{r['train_top1']:.3f}", f"{r['top1']:.3f}"] for r in rows])
-    result = {"analysis": "layers", "ckpt": str(cfg.ckpt), "arch": ckpt.hparams["arch"], "split": dm.test_split_name,
-              "n_train": len(x_train), "n": len(x_test), "pool": POOL, "model_top1": model_top1, "layers": rows,
-              "table": table + f"\n\nthe network itself (centre crop): top-1 {model_top1:.3f} on {len(x_test)} images",
-              "summary": {r["layer"]: r["top1"] for r in rows}}
+    table = markdown_table(
+        ["layer", "features", "probe train top-1", "probe test top-1"],
+        [[r["layer"], str(r["features"]), f"{r['train_top1']:.3f}", f"{r['top1']:.3f}"] for r in rows],
+    )
+    result = {
+        "analysis": "layers",
+        "ckpt": str(cfg.ckpt),
+        "arch": ckpt.hparams["arch"],
+        "split": dm.test_split_name,
+        "n_train": len(x_train),
+        "n": len(x_test),
+        "pool": POOL,
+        "model_top1": model_top1,
+        "layers": rows,
+        "table": table + f"\n\nthe network itself (centre crop): top-1 {model_top1:.3f} on {len(x_test)} images",
+        "summary": {r["layer"]: r["top1"] for r in rows},
+    }
     publish(cfg, ckpt, out, "layers", result, {"layer_probes": png})
     return result

@@ -4,6 +4,7 @@ Light to import (argparse only): building the `convnets` parser must not load to
 (~8 s on 2 cores), or `convnets shards`, `status` and `--help` would pay it; each benchmark
 imports what it measures when it runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,9 @@ def add_bench_subcommands(sub) -> None:
     add_data_arguments(sub.add_parser("data", help="data path alone: bytes fed, decode-only, the train loader"))
     from convnets.platform.bench.epoch import add_epoch_arguments
 
-    add_epoch_arguments(sub.add_parser("epoch", help="whole epochs of `convnets fit` by phase, and the recipe's wall time"))
+    add_epoch_arguments(
+        sub.add_parser("epoch", help="whole epochs of `convnets fit` by phase, and the recipe's wall time")
+    )
     ev = sub.add_parser("eval", help="multi-crop test images/s through the platform's test step")
     _add_common(ev)
     ev.add_argument("--crops", type=int, default=10, choices=[1, 5, 10], help="crops per image (default 10)")
@@ -43,8 +46,11 @@ def add_bench_subcommands(sub) -> None:
     model = sub.add_parser("model", help="training images/s: the Lightning loop vs a bare PyTorch loop")
     _add_common(model)
     model.add_argument("--compile", action="store_true", help="torch.compile the network")
-    model.add_argument("--space-to-depth", action="store_true",
-                       help="the strided stem convolution as a stride-1 one over pixel blocks (same output)")
+    model.add_argument(
+        "--space-to-depth",
+        action="store_true",
+        help="the strided stem convolution as a stride-1 one over pixel blocks (same output)",
+    )
     model.add_argument("--rounds", type=int, default=5, help="A/B rounds; the ratio is their median (default 5)")
 
 
@@ -67,10 +73,19 @@ def run_bench_command(args: argparse.Namespace) -> int:
         return _report(bench_e2e(args), format_e2e_table, args.json)
     from convnets.platform.bench.model import ModelBench, bench_eval, bench_model
 
-    cfg = ModelBench(arch=args.arch, batch=args.batch, precision=args.precision, channels_last=args.channels_last,
-                     compile=getattr(args, "compile", False),
-                     space_to_depth=getattr(args, "space_to_depth", False), steps=args.steps, warmup=args.warmup,
-                     rounds=getattr(args, "rounds", 1), num_classes=args.num_classes, device=args.device)
+    cfg = ModelBench(
+        arch=args.arch,
+        batch=args.batch,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=getattr(args, "compile", False),
+        space_to_depth=getattr(args, "space_to_depth", False),
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=getattr(args, "rounds", 1),
+        num_classes=args.num_classes,
+        device=args.device,
+    )
     if min(cfg.batch, cfg.steps, cfg.rounds) < 1 or cfg.warmup < 0:
         raise ValueError("--batch, --steps and --rounds must be >= 1 and --warmup >= 0")
     import torch

@@ -23,21 +23,20 @@ the accelerator after the copy and is not part of what is timed here.
 Rates come from the median batch time (robust to the bursts of a shared machine) and, beside
 it, the whole window; the first `--warmup` batches (pipeline start, page cache) are not timed.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from convnets.platform.bench.report import Timing
-
 from convnets.utils.environment import hardware, runtime_versions
-
 from convnets.utils.tables import markdown_table
 
 
@@ -61,12 +60,24 @@ class DataBench:
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", type=Path, required=True, help="a split folder, or a folder of splits (train is used)")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="dali")
-    p.add_argument("--preset", choices=("alexnet", "inception", "pad"), default="inception",
-                   help="augmentation (dali and torch backends)")
-    p.add_argument("--jitter", type=float, nargs="+", default=[0.0],
-                   help="colour jitter strength, or three: brightness contrast saturation (dali and torch backends)")
-    p.add_argument("--uint8", action="store_true",
-                   help="uint8 output, normalized on the device afterwards (data.normalize_on_device; dali and torch)")
+    p.add_argument(
+        "--preset",
+        choices=("alexnet", "inception", "pad"),
+        default="inception",
+        help="augmentation (dali and torch backends)",
+    )
+    p.add_argument(
+        "--jitter",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="colour jitter strength, or three: brightness contrast saturation (dali and torch backends)",
+    )
+    p.add_argument(
+        "--uint8",
+        action="store_true",
+        help="uint8 output, normalized on the device afterwards (data.normalize_on_device; dali and torch)",
+    )
     p.add_argument("--threads", type=int, default=2, help="DALI threads and reader threads; torch: worker processes")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seconds", type=float, default=10.0, help="timed window, after the warm-up batches")
@@ -76,9 +87,18 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> DataBench:
-    cfg = DataBench(shards=split_dir(args.shards), backend=args.backend, batch=args.batch, threads=args.threads,
-                    seconds=args.seconds, warmup=args.warmup, preset=args.preset, image_size=args.image_size,
-                    jitter=_jitter_arg(args.jitter), uint8=args.uint8)
+    cfg = DataBench(
+        shards=split_dir(args.shards),
+        backend=args.backend,
+        batch=args.batch,
+        threads=args.threads,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        preset=args.preset,
+        image_size=args.image_size,
+        jitter=_jitter_arg(args.jitter),
+        uint8=args.uint8,
+    )
     if min(cfg.batch, cfg.threads) < 1 or cfg.seconds <= 0 or cfg.warmup < 0:
         raise ValueError("--batch and --threads must be >= 1, --seconds > 0 and --warmup >= 0")
     return cfg
@@ -86,7 +106,9 @@ def config_from_args(args: argparse.Namespace) -> DataBench:
 
 def _jitter_arg(values: list[float]) -> float | tuple[float, float, float]:
     if len(values) not in (1, 3):
-        raise ValueError(f"--jitter {' '.join(map(str, values))}: one strength, or three (brightness contrast saturation)")
+        raise ValueError(
+            f"--jitter {' '.join(map(str, values))}: one strength, or three (brightness contrast saturation)"
+        )
     return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -96,7 +118,9 @@ def split_dir(path: Path) -> Path:
     for candidate in (path, path / "train"):
         if (candidate / "manifest.json").exists():
             return candidate
-    raise ValueError(f"--shards {path}: no manifest.json there nor in {path / 'train'} (write shards with `convnets shards`)")
+    raise ValueError(
+        f"--shards {path}: no manifest.json there nor in {path / 'train'} (write shards with `convnets shards`)"
+    )
 
 
 # -- backends: each yields the number of images in every batch it delivers, forever --------------
@@ -130,15 +154,27 @@ def _plain_pipeline(cfg: DataBench, *, decode: str | None) -> Iterator[int]:
 
     @pipeline_def(batch_size=cfg.batch, num_threads=cfg.threads, device_id=None, seed=0)
     def graph():
-        encoded, labels, valid, index = fn.external_source(source=source, num_outputs=4, batch=True, batch_info=True,
-                                                  no_copy=True, dtype=[types.UINT8, types.INT64, types.UINT8, types.INT64])
+        encoded, labels, valid, index = fn.external_source(
+            source=source,
+            num_outputs=4,
+            batch=True,
+            batch_info=True,
+            no_copy=True,
+            dtype=[types.UINT8, types.INT64, types.UINT8, types.INT64],
+        )
         # feed returns only each sample's byte count: the bytes stop inside DALI, as in training
         # (where the decoder takes them); returning them would time one more 14 MB copy per batch.
         if decode == "full":
             out = fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
         elif decode == "crop":  # the inception preset's fused decoder, same window distribution
-            out = fn.decoders.image_random_crop(encoded, device="cpu", output_type=types.RGB, num_attempts=10,
-                                                random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
+            out = fn.decoders.image_random_crop(
+                encoded,
+                device="cpu",
+                output_type=types.RGB,
+                num_attempts=10,
+                random_area=[0.08, 1.0],
+                random_aspect_ratio=[3 / 4, 4 / 3],
+            )
         else:
             out = fn.shapes(encoded)
         return out, valid, labels, index
@@ -177,9 +213,17 @@ def decode_crop(cfg: DataBench) -> Iterator[int]:
 def _augmenting_loader(cfg: DataBench, *, backend: str) -> Iterator[int]:
     from convnets.data_pipelines.loading.datamodule import ShardDataModule
 
-    dm = ShardDataModule(data_dir=str(cfg.shards.parent), batch_size=cfg.batch, num_threads=cfg.threads,
-                         input_spec=_rgb(cfg.image_size), preset=cfg.preset, jitter=cfg.jitter, device="cpu",
-                         backend=backend, normalize_on_device=cfg.uint8)
+    dm = ShardDataModule(
+        data_dir=str(cfg.shards.parent),
+        batch_size=cfg.batch,
+        num_threads=cfg.threads,
+        input_spec=_rgb(cfg.image_size),
+        preset=cfg.preset,
+        jitter=cfg.jitter,
+        device="cpu",
+        backend=backend,
+        normalize_on_device=cfg.uint8,
+    )
     loader = dm.loader(cfg.shards.name, train=True)
     epoch = 0
     while True:
@@ -200,12 +244,18 @@ def torch_backend(cfg: DataBench) -> Iterator[int]:
 def _rgb(size: int):
     from convnets.data_pipelines.loading.augment import InputSpec
 
-    return InputSpec(channels=3, image_size=size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                     crop_fraction=0.875)
+    return InputSpec(
+        channels=3, image_size=size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_fraction=0.875
+    )
 
 
-BACKENDS: dict[str, Callable[[DataBench], Iterator[int]]] = {"feed": feed, "decode": decode, "decode-crop": decode_crop,
-                                                             "dali": dali, "torch": torch_backend}
+BACKENDS: dict[str, Callable[[DataBench], Iterator[int]]] = {
+    "feed": feed,
+    "decode": decode,
+    "decode-crop": decode_crop,
+    "dali": dali,
+    "torch": torch_backend,
+}
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -223,14 +273,21 @@ def bench_data(cfg: DataBench) -> dict:
     window = marks[-1] - marks[0]
     median_rate = Timing(marks=marks, batch=cfg.batch).step_rate  # an epoch's short last batch: an outlier
     return {
-        "bench": "data", **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "images": int(sum(counts)), "batches": len(counts), "window_s": window,
-        "images_per_s": sum(counts) / window, "images_per_s_median_batch": median_rate,
+        "bench": "data",
+        **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "images": int(sum(counts)),
+        "batches": len(counts),
+        "window_s": window,
+        "images_per_s": sum(counts) / window,
+        "images_per_s_median_batch": median_rate,
         # CPU time of this process (all threads) and its children (the torch backend's worker
         # processes): images per CPU-second hardly depends on what else runs on a shared machine,
         # unlike images/s; 2 x this is the rate 2 free cores could reach.
-        "cpu_seconds": cpu, "images_per_cpu_second": sum(counts) / max(cpu, 1e-9), "cpu_includes_children": True,
-        "hardware": hardware_cpu(), "versions": {**runtime_versions(), "nvidia_dali": _dali_version()},
+        "cpu_seconds": cpu,
+        "images_per_cpu_second": sum(counts) / max(cpu, 1e-9),
+        "cpu_includes_children": True,
+        "hardware": hardware_cpu(),
+        "versions": {**runtime_versions(), "nvidia_dali": _dali_version()},
     }
 
 
@@ -266,14 +323,37 @@ def _dali_version() -> str:
 
 def format_data_table(results: list[dict]) -> str:
     return markdown_table(
-        ["backend", "preset", "threads", "batch", "images", "images/s (median batch)", "images/s (window)",
-         "images/CPU-s"],
-        [[r["backend"], _augmentation(r) if r["backend"] in ("dali", "torch") else "-", str(r["threads"]), str(r["batch"]),
-          str(r["images"]), f"{r['images_per_s_median_batch']:.0f}",
-          f"{r['images_per_s']:.0f}", f"{r['images_per_cpu_second']:.0f}"] for r in results])
+        [
+            "backend",
+            "preset",
+            "threads",
+            "batch",
+            "images",
+            "images/s (median batch)",
+            "images/s (window)",
+            "images/CPU-s",
+        ],
+        [
+            [
+                r["backend"],
+                _augmentation(r) if r["backend"] in ("dali", "torch") else "-",
+                str(r["threads"]),
+                str(r["batch"]),
+                str(r["images"]),
+                f"{r['images_per_s_median_batch']:.0f}",
+                f"{r['images_per_s']:.0f}",
+                f"{r['images_per_cpu_second']:.0f}",
+            ]
+            for r in results
+        ],
+    )
 
 
 def _augmentation(r: dict) -> str:
     jitter = r.get("jitter")
     jitter = "/".join(f"{v:g}" for v in jitter) if isinstance(jitter, (list, tuple)) else jitter
-    return r["preset"] + (f" + jitter {jitter}" if jitter and jitter != "0/0/0" else "") + (", uint8" if r.get("uint8") else "")
+    return (
+        r["preset"]
+        + (f" + jitter {jitter}" if jitter and jitter != "0/0/0" else "")
+        + (", uint8" if r.get("uint8") else "")
+    )

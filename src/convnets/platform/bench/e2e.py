@@ -11,6 +11,7 @@ pass), so a small shard set measures the same per-image work as ImageNet.
     convnets bench e2e --data SHARDS --arch alexnet --batch 256 --precision bf16-mixed \\
         --channels-last --hw-decoder-load 0.65 --json bench/e2e.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,18 @@ def _loader(args, cfg: ModelBench, total_batches: int):
     order = np.concatenate([epoch_permutation(n, seed=0, epoch=e) for e in range(-(-need // n))])[:need]
     plan = RankPlan(indices=order.astype(np.int64), valid=np.ones(need, dtype=bool), batch_size=cfg.batch)
     device_id = 0 if cfg.torch_device.type == "cuda" else None
-    lc = LoaderConfig(train=True, crops=1, batch_size=cfg.batch, num_threads=args.num_threads, device_id=device_id,
-                      seed=0, rank=0, world_size=1, hw_decoder_load=args.hw_decoder_load)
+    lc = LoaderConfig(
+        train=True,
+        crops=1,
+        batch_size=cfg.batch,
+        num_threads=args.num_threads,
+        device_id=device_id,
+        seed=0,
+        rank=0,
+        world_size=1,
+        hw_decoder_load=args.hw_decoder_load,
+    )
+
     class CycledLoader(DaliLoader):
         def plan(self, epoch: int) -> RankPlan:  # the cycled plan instead of one epoch's
             return cycled
@@ -65,8 +76,11 @@ def _timed(batches, warmup: int, device: torch.device, work=None) -> float:
 def _train_step_fn(cfg: ModelBench, num_classes: int):
     from convnets.platform.training.module import ClassifierModule, PerfConfig, masked_cross_entropy
 
-    net = ClassifierModule(arch=cfg.arch, num_classes=num_classes,
-                           perf=PerfConfig(channels_last=cfg.channels_last)).net.to(cfg.torch_device).train()
+    net = (
+        ClassifierModule(arch=cfg.arch, num_classes=num_classes, perf=PerfConfig(channels_last=cfg.channels_last))
+        .net.to(cfg.torch_device)
+        .train()
+    )
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.precision)
 
@@ -75,7 +89,9 @@ def _train_step_fn(cfg: ModelBench, num_classes: int):
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(cfg.torch_device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = masked_cross_entropy(net(images), batch["labels"].to(cfg.torch_device), batch["valid"].to(cfg.torch_device))
+            loss = masked_cross_entropy(
+                net(images), batch["labels"].to(cfg.torch_device), batch["valid"].to(cfg.torch_device)
+            )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -84,8 +100,16 @@ def _train_step_fn(cfg: ModelBench, num_classes: int):
 
 
 def bench_e2e(args: argparse.Namespace) -> dict:
-    cfg = ModelBench(arch=args.arch, batch=args.batch, precision=args.precision, channels_last=args.channels_last,
-                     steps=args.steps, warmup=args.warmup, rounds=1, device=args.device)
+    cfg = ModelBench(
+        arch=args.arch,
+        batch=args.batch,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=1,
+        device=args.device,
+    )
     if cfg.torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     total = cfg.warmup + cfg.steps
@@ -98,9 +122,19 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     loader, _ = _loader(args, cfg, total)
     both = _timed(iter(loader), cfg.warmup, cfg.torch_device, work=_train_step_fn(cfg, num_classes))
     return {
-        "bench": "e2e", "arch": cfg.arch, "batch": cfg.batch, "precision": cfg.precision,
-        "channels_last": cfg.channels_last, "decode": "mixed (nvJPEG)" if cfg.torch_device.type == "cuda" else "cpu",
-        "hw_decoder_load": args.hw_decoder_load, "num_threads": args.num_threads, "steps": cfg.steps,
-        "data_images_per_s": data, "model_images_per_s": model, "both_images_per_s": both,
-        "bottleneck": "data" if data < model else "model", "hardware": hardware(cfg.torch_device), "versions": runtime_versions(),
+        "bench": "e2e",
+        "arch": cfg.arch,
+        "batch": cfg.batch,
+        "precision": cfg.precision,
+        "channels_last": cfg.channels_last,
+        "decode": "mixed (nvJPEG)" if cfg.torch_device.type == "cuda" else "cpu",
+        "hw_decoder_load": args.hw_decoder_load,
+        "num_threads": args.num_threads,
+        "steps": cfg.steps,
+        "data_images_per_s": data,
+        "model_images_per_s": model,
+        "both_images_per_s": both,
+        "bottleneck": "data" if data < model else "model",
+        "hardware": hardware(cfg.torch_device),
+        "versions": runtime_versions(),
     }

@@ -26,6 +26,7 @@ The projection (`project_recipe`, a pure function): the recipe's epochs at the m
 rate plus one validation per epoch at the measured validation rate, plus the measured start-up
 once; for G GPUs the training and validation time divided by G (linear scaling: an assumption).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,38 +49,67 @@ SCALING_CAVEAT = (
     "linear scaling is an assumption: each GPU keeps the measured one-GPU rate on its share of every epoch, which "
     "needs its own CPU threads and JPEG decoder (8 data paths on one host share its cores), a gradient all-reduce "
     "hidden behind the backward pass (AlexNet: ~120 MB of bf16 gradients per step), and the recipe's per-GPU "
-    "batch; the start-up is counted once")
+    "batch; the start-up is counted once"
+)
 
 
 def add_epoch_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shards", type=Path, required=True, help="shard folder with train/ (and val/ for --val, --test-crops)")
-    p.add_argument("--recipe", default="alexnet2012_imagenet",
-                   help="packaged recipe or YAML the fit starts from; its max_epochs is the projection's (default alexnet2012_imagenet)")
+    p.add_argument(
+        "--shards", type=Path, required=True, help="shard folder with train/ (and val/ for --val, --test-crops)"
+    )
+    p.add_argument(
+        "--recipe",
+        default="alexnet2012_imagenet",
+        help="packaged recipe or YAML the fit starts from; its max_epochs is the projection's "
+        "(default alexnet2012_imagenet)",
+    )
     p.add_argument("--arch", default="alexnet", help="registered model (default alexnet)")
-    p.add_argument("--precision", default=None, choices=["32-true", "bf16-mixed", "16-mixed"], help="default: the recipe's")
+    p.add_argument(
+        "--precision", default=None, choices=["32-true", "bf16-mixed", "16-mixed"], help="default: the recipe's"
+    )
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--space-to-depth", action="store_true", help="the stem convolution over pixel blocks (same output)")
     p.add_argument("--batch", type=int, default=None, help="images per step (default: the recipe's)")
     p.add_argument("--epochs", type=int, default=1, help="epochs to run (default 1)")
     p.add_argument("--val", action="store_true", help="validate after each epoch, as the recipe does")
-    p.add_argument("--test-crops", type=int, default=0, choices=[0, 1, 5, 10],
-                   help="after the fit, evaluate the val split with this many crops per image (default 0: no)")
+    p.add_argument(
+        "--test-crops",
+        type=int,
+        default=0,
+        choices=[0, 1, 5, 10],
+        help="after the fit, evaluate the val split with this many crops per image (default 0: no)",
+    )
     p.add_argument("--num-threads", type=int, default=None, help="DALI threads (default: the recipe's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="auto: gpu where CUDA is visible")
-    p.add_argument("--data-only", action="store_true",
-                   help="the fit's train loader alone (same data module, device and threads), no model: the data path's rate")
+    p.add_argument(
+        "--data-only",
+        action="store_true",
+        help="the fit's train loader alone (same data module, device and threads), no model: the data path's rate",
+    )
     p.add_argument("--blocks", type=int, default=10, help="steady blocks per epoch, for the interval (default 10)")
-    p.add_argument("--train-images", type=int, default=IMAGENET_TRAIN, help="projection: images per epoch (default ImageNet's)")
-    p.add_argument("--val-images", type=int, default=IMAGENET_VAL, help="projection: images per validation (default ImageNet's)")
+    p.add_argument(
+        "--train-images", type=int, default=IMAGENET_TRAIN, help="projection: images per epoch (default ImageNet's)"
+    )
+    p.add_argument(
+        "--val-images", type=int, default=IMAGENET_VAL, help="projection: images per validation (default ImageNet's)"
+    )
     p.add_argument("--runs-dir", type=Path, default=None, help="keep the run folder here (default: a temporary one)")
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     p.add_argument("fit_args", nargs=argparse.REMAINDER, help="after `--`: more `convnets fit` flags")
 
 
 # -- the projection (pure arithmetic) --------------------------------------------------------------
-def project_recipe(*, epochs: int, train_images: int, train_images_per_s: float, val_images: int,
-                   val_images_per_s: float | None, startup_s: float, gpus: int = 1) -> dict:
+def project_recipe(
+    *,
+    epochs: int,
+    train_images: int,
+    train_images_per_s: float,
+    val_images: int,
+    val_images_per_s: float | None,
+    startup_s: float,
+    gpus: int = 1,
+) -> dict:
     """The recipe's wall time at measured rates: start-up + epochs x (train_images / rate + one validation).
 
     With `gpus` > 1 the training and validation time is divided by `gpus` (linear scaling, see
@@ -88,10 +118,20 @@ def project_recipe(*, epochs: int, train_images: int, train_images_per_s: float,
     epoch_s = train_images / train_images_per_s
     val_s = val_images / val_images_per_s if val_images_per_s else 0.0
     total = startup_s + epochs * (epoch_s + val_s) / gpus
-    return {"gpus": gpus, "epochs": epochs, "train_images": train_images, "train_images_per_s": train_images_per_s,
-            "epoch_s": epoch_s / gpus, "val_images": val_images, "val_images_per_s": val_images_per_s,
-            "val_s": val_s / gpus, "validation_included": bool(val_images_per_s), "startup_s": startup_s,
-            "total_s": total, "total_min": total / 60}
+    return {
+        "gpus": gpus,
+        "epochs": epochs,
+        "train_images": train_images,
+        "train_images_per_s": train_images_per_s,
+        "epoch_s": epoch_s / gpus,
+        "val_images": val_images,
+        "val_images_per_s": val_images_per_s,
+        "val_s": val_s / gpus,
+        "validation_included": bool(val_images_per_s),
+        "startup_s": startup_s,
+        "total_s": total,
+        "total_min": total / 60,
+    }
 
 
 # -- the clock ---------------------------------------------------------------------------------------
@@ -101,8 +141,11 @@ class Span:
     images: int = 0
 
     def as_dict(self) -> dict:
-        return {"seconds": self.seconds, "images": self.images,
-                "images_per_s": self.images / self.seconds if self.seconds > 0 and self.images else None}
+        return {
+            "seconds": self.seconds,
+            "images": self.images,
+            "images_per_s": self.images / self.seconds if self.seconds > 0 and self.images else None,
+        }
 
 
 def _epoch_clock(blocks: int):
@@ -137,8 +180,10 @@ def _epoch_clock(blocks: int):
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self.n = int(trainer.num_training_batches)
             if self.n < 3:
-                raise ValueError(f"bench epoch: {self.n} steps per epoch; a start, steady and tail phase need >= 3 "
-                                 "(lower --batch or use a larger split)")
+                raise ValueError(
+                    f"bench epoch: {self.n} steps per epoch; a start, steady and tail phase need >= 3 "
+                    "(lower --batch or use a larger split)"
+                )
             k = max(1, min(blocks, self.n - 2))
             self.edges = {int(round(x)) for x in np.linspace(0, self.n - 2, k + 1)}  # step ends closing blocks
 
@@ -252,13 +297,37 @@ class DeviceSampler:
 def fit_argv(args: argparse.Namespace, run_dir: Path) -> list[str]:
     """The `convnets fit` flags of this benchmark: the recipe, then the command line's overrides."""
     accelerator = {"auto": _auto_accelerator(), "cpu": "cpu", "gpu": "gpu"}[args.device]
-    argv = ["--config", args.recipe, "--model.arch", args.arch, "--data.data_dir", str(args.shards),
-            "--trainer.max_epochs", str(args.epochs), "--trainer.devices", "1", "--trainer.strategy", "auto",
-            "--trainer.accelerator", accelerator, "--runs_dir", str(run_dir.parent), "--run_name", run_dir.name,
-            "--model.perf.channels_last", str(args.channels_last).lower(), "--model.perf.compile",
-            str(args.compile).lower(), "--model.perf.space_to_depth", str(args.space_to_depth).lower()]
-    for flag, value in (("--trainer.precision", args.precision), ("--data.batch_size", args.batch),
-                        ("--data.num_threads", args.num_threads)):
+    argv = [
+        "--config",
+        args.recipe,
+        "--model.arch",
+        args.arch,
+        "--data.data_dir",
+        str(args.shards),
+        "--trainer.max_epochs",
+        str(args.epochs),
+        "--trainer.devices",
+        "1",
+        "--trainer.strategy",
+        "auto",
+        "--trainer.accelerator",
+        accelerator,
+        "--runs_dir",
+        str(run_dir.parent),
+        "--run_name",
+        run_dir.name,
+        "--model.perf.channels_last",
+        str(args.channels_last).lower(),
+        "--model.perf.compile",
+        str(args.compile).lower(),
+        "--model.perf.space_to_depth",
+        str(args.space_to_depth).lower(),
+    ]
+    for flag, value in (
+        ("--trainer.precision", args.precision),
+        ("--data.batch_size", args.batch),
+        ("--data.num_threads", args.num_threads),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     if not args.val:
@@ -280,23 +349,28 @@ def _build_cli(argv: list[str]):
     import argparse as _argparse
     import contextlib
     import io
+    import warnings
 
     from convnets.data_pipelines.loading.datamodule import ShardDataModule
     from convnets.platform.training.lightning_cli import CLI_DEFAULTS, ConvnetsCLI, resolve_config_args
     from convnets.platform.training.module import ClassifierModule
-
-    import warnings
 
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), warnings.catch_warnings():
             # The flags are built here on purpose, beside the `convnets bench` command line: not a mistake.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            return ConvnetsCLI(ClassifierModule, ShardDataModule, args=resolve_config_args(argv), run=False,
-                               save_config_kwargs={"overwrite": True}, **CLI_DEFAULTS)
+            return ConvnetsCLI(
+                ClassifierModule,
+                ShardDataModule,
+                args=resolve_config_args(argv),
+                run=False,
+                save_config_kwargs={"overwrite": True},
+                **CLI_DEFAULTS,
+            )
     except (_argparse.ArgumentError, SystemExit) as exc:
         text = err.getvalue() or str(exc)
-        message = " ".join(text[text.rfind("error:") + len("error:"):].split()) if "error:" in text else text.strip()
+        message = " ".join(text[text.rfind("error:") + len("error:") :].split()) if "error:" in text else text.strip()
         raise ValueError(f"bench epoch: the fit refused its flags: {message or 'invalid'}") from None
 
 
@@ -310,10 +384,14 @@ def check_args(args: argparse.Namespace) -> None:
     try:
         resolve_config_args(["--config", args.recipe])
     except ValueError:
-        raise ValueError(f"--recipe {args.recipe}: no such file, nor a packaged recipe ({', '.join(packaged_configs())})") from None
+        raise ValueError(
+            f"--recipe {args.recipe}: no such file, nor a packaged recipe ({', '.join(packaged_configs())})"
+        ) from None
     if not (args.shards / "train" / "manifest.json").is_file():
-        raise ValueError(f"--shards {args.shards}: no train/manifest.json (write shards with `convnets shards` "
-                         "or scripts/make_scale_shards.py)")
+        raise ValueError(
+            f"--shards {args.shards}: no train/manifest.json (write shards with `convnets shards` "
+            "or scripts/make_scale_shards.py)"
+        )
     if (args.val or args.test_crops) and not (args.shards / "val" / "manifest.json").is_file():
         raise ValueError(f"--shards {args.shards}: --val and --test-crops need val/manifest.json")
 
@@ -322,8 +400,11 @@ def bench_epoch(args: argparse.Namespace) -> dict:
     check_args(args)
     if args.data_only and (args.val or args.test_crops):
         raise ValueError("bench epoch: --data-only times the train loader alone; drop --val and --test-crops")
-    run_dir = Path(tempfile.mkdtemp(prefix="convnets-bench-epoch-")) / "run" if args.runs_dir is None else \
-        Path(args.runs_dir) / f"bench-epoch-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (
+        Path(tempfile.mkdtemp(prefix="convnets-bench-epoch-")) / "run"
+        if args.runs_dir is None
+        else Path(args.runs_dir) / f"bench-epoch-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     try:
         return (_measure_data if args.data_only else _measure)(args, run_dir)
     finally:
@@ -349,8 +430,9 @@ def _measure(args: argparse.Namespace, run_dir: Path) -> dict:
             t0 = time.perf_counter()
             trainer.test(module, datamodule=data, verbose=False)
             test_wall = time.perf_counter() - t0
-    return summarize(args, trainer, clock, sampler, wall_s=t_return - clock.t_call, test_wall_s=test_wall,
-                     run_dir=run_dir)
+    return summarize(
+        args, trainer, clock, sampler, wall_s=t_return - clock.t_call, test_wall_s=test_wall, run_dir=run_dir
+    )
 
 
 def _measure_data(args: argparse.Namespace, run_dir: Path) -> dict:
@@ -393,41 +475,61 @@ def _measure_data(args: argparse.Namespace, run_dir: Path) -> dict:
     spans["tail"].seconds += now - last
     rates = [b.images / b.seconds for b in blocks]
     phases = {k: v.as_dict() for k, v in spans.items()}
-    phases["steady"].update(blocks=[b.as_dict() for b in blocks], block_median_images_per_s=statistics.median(rates),
-                            block_ci95=median_ci95(rates))
+    phases["steady"].update(
+        blocks=[b.as_dict() for b in blocks],
+        block_median_images_per_s=statistics.median(rates),
+        block_ci95=median_ci95(rates),
+    )
     steady, tail = spans["steady"], spans["tail"]
-    return {"bench": "epoch", "mode": "data", "recipe": args.recipe, "arch": args.arch,
-            "batch": int(data.hparams.batch_size), "device": device.type, "data_device": "gpu" if data._device_id() is not None else "cpu",
-            "num_threads": int(data.hparams.num_threads), "hw_decoder_load": float(data.hparams.hw_decoder_load),
-            "epochs": args.epochs, "shards": str(args.shards), "fit_args": fit_argv(args, run_dir), "wall_s": now - start,
-            "phases": phases, "train_images": sum(v.images for v in spans.values()),
-            "epoch_images_per_s": (steady.images + tail.images) / (steady.seconds + tail.seconds),
-            "steady_images_per_s": phases["steady"]["images_per_s"], "hardware": hardware(device), "versions": runtime_versions()}
+    return {
+        "bench": "epoch",
+        "mode": "data",
+        "recipe": args.recipe,
+        "arch": args.arch,
+        "batch": int(data.hparams.batch_size),
+        "device": device.type,
+        "data_device": "gpu" if data._device_id() is not None else "cpu",
+        "num_threads": int(data.hparams.num_threads),
+        "hw_decoder_load": float(data.hparams.hw_decoder_load),
+        "epochs": args.epochs,
+        "shards": str(args.shards),
+        "fit_args": fit_argv(args, run_dir),
+        "wall_s": now - start,
+        "phases": phases,
+        "train_images": sum(v.images for v in spans.values()),
+        "epoch_images_per_s": (steady.images + tail.images) / (steady.seconds + tail.seconds),
+        "steady_images_per_s": phases["steady"]["images_per_s"],
+        "hardware": hardware(device),
+        "versions": runtime_versions(),
+    }
 
 
 def _recipe_epochs(trainer_max_epochs: int, args: argparse.Namespace) -> int:
     """The recipe's own max_epochs (the fit ran --epochs of them)."""
-    from convnets.platform.training.lightning_cli import resolve_config_args
-
     import yaml
+
+    from convnets.platform.training.lightning_cli import resolve_config_args
 
     path = Path(resolve_config_args(["--config", args.recipe])[1])
     return int(((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get("max_epochs") or trainer_max_epochs)
 
 
-def summarize(args, trainer, clock, sampler: DeviceSampler, *, wall_s: float, test_wall_s: float | None,
-              run_dir: Path) -> dict:
-    from convnets.utils.environment import hardware, runtime_versions
+def summarize(
+    args, trainer, clock, sampler: DeviceSampler, *, wall_s: float, test_wall_s: float | None, run_dir: Path
+) -> dict:
     from convnets.platform.training.callbacks import RunReport, ThroughputMonitor, peak_flops
+    from convnets.utils.environment import hardware, runtime_versions
 
     monitor = next(c for c in trainer.callbacks if isinstance(c, ThroughputMonitor))
     report = next(c for c in trainer.callbacks if isinstance(c, RunReport))
     phases = {k: v.as_dict() for k, v in clock.phases.items() if k != "test"}
     steady, tail, val = clock.phases["steady"], clock.phases["tail"], clock.phases["validation"]
     block_rates = [b.images / b.seconds for b in clock.blocks]
-    phases["steady"].update(blocks=[b.as_dict() for b in clock.blocks],
-                            block_median_images_per_s=statistics.median(block_rates),
-                            block_ci95=median_ci95(block_rates))
+    phases["steady"].update(
+        blocks=[b.as_dict() for b in clock.blocks],
+        block_median_images_per_s=statistics.median(block_rates),
+        block_ci95=median_ci95(block_rates),
+    )
     train_rate = (steady.images + tail.images) / (steady.seconds + tail.seconds)  # an epoch once running
     val_rate = val.images / val.seconds if val.seconds > 0 and val.images else None
     peak = peak_flops(trainer.strategy.root_device, trainer.precision)
@@ -435,25 +537,53 @@ def summarize(args, trainer, clock, sampler: DeviceSampler, *, wall_s: float, te
     waits = [h["data_wait_fraction"] for h in report.history if "data_wait_fraction" in h]
     data = trainer.datamodule
     recipe_epochs = _recipe_epochs(trainer.max_epochs, args)
-    project = dict(epochs=recipe_epochs, train_images=args.train_images, train_images_per_s=train_rate,
-                   val_images=args.val_images, val_images_per_s=val_rate, startup_s=clock.phases["startup"].seconds)
+    project = dict(
+        epochs=recipe_epochs,
+        train_images=args.train_images,
+        train_images_per_s=train_rate,
+        val_images=args.val_images,
+        val_images_per_s=val_rate,
+        startup_s=clock.phases["startup"].seconds,
+    )
     result = {
-        "bench": "epoch", "mode": "fit", "recipe": args.recipe, "arch": args.arch, "batch": int(data.hparams.batch_size),
-        "precision": str(trainer.precision), "channels_last": args.channels_last, "compile": args.compile,
-        "space_to_depth": args.space_to_depth, "epochs": args.epochs, "val": args.val, "device": trainer.strategy.root_device.type,
-        "num_threads": int(data.hparams.num_threads), "hw_decoder_load": float(data.hparams.hw_decoder_load),
-        "shards": str(args.shards), "split_images": {s: m.num_samples for s, m in data.manifests.items()},
-        "fit_args": fit_argv(args, run_dir), "wall_s": wall_s, "phases": phases,
+        "bench": "epoch",
+        "mode": "fit",
+        "recipe": args.recipe,
+        "arch": args.arch,
+        "batch": int(data.hparams.batch_size),
+        "precision": str(trainer.precision),
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "space_to_depth": args.space_to_depth,
+        "epochs": args.epochs,
+        "val": args.val,
+        "device": trainer.strategy.root_device.type,
+        "num_threads": int(data.hparams.num_threads),
+        "hw_decoder_load": float(data.hparams.hw_decoder_load),
+        "shards": str(args.shards),
+        "split_images": {s: m.num_samples for s, m in data.manifests.items()},
+        "fit_args": fit_argv(args, run_dir),
+        "wall_s": wall_s,
+        "phases": phases,
         "train_images": sum(clock.phases[k].images for k in ("startup", "steady", "tail")),
-        "epoch_images_per_s": train_rate, "steady_images_per_s": phases["steady"]["images_per_s"],
-        "data_wait_fraction": statistics.fmean(waits) if waits else None, "data_wait_fraction_per_epoch": waits,
-        "flops_per_image": flops, "peak_flops": peak,
+        "epoch_images_per_s": train_rate,
+        "steady_images_per_s": phases["steady"]["images_per_s"],
+        "data_wait_fraction": statistics.fmean(waits) if waits else None,
+        "data_wait_fraction_per_epoch": waits,
+        "flops_per_image": flops,
+        "peak_flops": peak,
         "mfu": phases["steady"]["images_per_s"] * flops / peak if peak and flops else None,
-        **sampler.means(clock.windows), "utilization_source": sampler.source,
+        **sampler.means(clock.windows),
+        "utilization_source": sampler.source,
         "test": _test_result(clock, args, test_wall_s) if args.test_crops else None,
-        "projection": {"recipe": args.recipe, **project_recipe(**project),
-                       "gpus_8": project_recipe(**project, gpus=8), "scaling_caveat": SCALING_CAVEAT},
-        "hardware": hardware(trainer.strategy.root_device), "versions": runtime_versions(),
+        "projection": {
+            "recipe": args.recipe,
+            **project_recipe(**project),
+            "gpus_8": project_recipe(**project, gpus=8),
+            "scaling_caveat": SCALING_CAVEAT,
+        },
+        "hardware": hardware(trainer.strategy.root_device),
+        "versions": runtime_versions(),
         "run_dir": str(run_dir) if args.runs_dir is not None else None,
     }
     return result
@@ -461,9 +591,14 @@ def summarize(args, trainer, clock, sampler: DeviceSampler, *, wall_s: float, te
 
 def _test_result(clock, args, wall_s: float) -> dict:
     span = clock.phases["test"]
-    return {"crops": args.test_crops, "images": span.images, "seconds": span.seconds, "wall_s": wall_s,
-            "images_per_s": span.images / span.seconds if span.seconds > 0 else None,
-            "crops_per_s": span.images * args.test_crops / span.seconds if span.seconds > 0 else None}
+    return {
+        "crops": args.test_crops,
+        "images": span.images,
+        "seconds": span.seconds,
+        "wall_s": wall_s,
+        "images_per_s": span.images / span.seconds if span.seconds > 0 else None,
+        "crops_per_s": span.images * args.test_crops / span.seconds if span.seconds > 0 else None,
+    }
 
 
 # -- tables ------------------------------------------------------------------------------------------
@@ -487,31 +622,113 @@ def format_epoch_table(results: list[dict]) -> str:
     fits = [r for r in results if r.get("mode") != "data"]
     tables = [_fit_tables(fits)] if fits else []
     if data:
-        tables.append(markdown_table(
-            ["data path alone", "batch", "decode", "threads", "images", "wall s", "start-up s", "steady img/s [95% CI]",
-             "tail img/s", "epoch img/s"],
-            [[r["arch"] + " loader", str(r["batch"]), r["data_device"], str(r["num_threads"]), f"{r['train_images']:,}",
-              f"{r['wall_s']:.1f}", f"{r['phases']['startup']['seconds']:.1f}", _steady_cell(r),
-              _rate(r["phases"]["tail"]["images_per_s"]), _rate(r["epoch_images_per_s"])] for r in data]))
+        tables.append(
+            markdown_table(
+                [
+                    "data path alone",
+                    "batch",
+                    "decode",
+                    "threads",
+                    "images",
+                    "wall s",
+                    "start-up s",
+                    "steady img/s [95% CI]",
+                    "tail img/s",
+                    "epoch img/s",
+                ],
+                [
+                    [
+                        r["arch"] + " loader",
+                        str(r["batch"]),
+                        r["data_device"],
+                        str(r["num_threads"]),
+                        f"{r['train_images']:,}",
+                        f"{r['wall_s']:.1f}",
+                        f"{r['phases']['startup']['seconds']:.1f}",
+                        _steady_cell(r),
+                        _rate(r["phases"]["tail"]["images_per_s"]),
+                        _rate(r["epoch_images_per_s"]),
+                    ]
+                    for r in data
+                ],
+            )
+        )
     return "\n\n".join(tables)
 
 
 def _fit_tables(results: list[dict]) -> str:
     runs = markdown_table(
-        ["arch", "batch", "precision", "compile", "s2d", "images", "wall s", "start-up s", "steady img/s [95% CI]",
-         "tail img/s", "epoch img/s", "val img/s", "data wait", "MFU", "GPU util", "decoder util", "JPEG util",
-         "10-crop img/s"],
-        [[r["arch"], str(r["batch"]), r["precision"], yes_no(r["compile"]), yes_no(r["space_to_depth"]),
-          f"{r['train_images']:,}", f"{r['wall_s']:.1f}", f"{r['phases']['startup']['seconds']:.1f}", _steady_cell(r),
-          _rate(r["phases"]["tail"]["images_per_s"]), _rate(r["epoch_images_per_s"]),
-          _rate(r["phases"]["validation"]["images_per_s"]), _pct(r["data_wait_fraction"], 100), _pct(r["mfu"], 100),
-          _pct(r["gpu_utilization"]), _pct(r["decoder_utilization"]), _pct(r["jpeg_utilization"]),
-          _rate((r.get("test") or {}).get("images_per_s"))] for r in results])
+        [
+            "arch",
+            "batch",
+            "precision",
+            "compile",
+            "s2d",
+            "images",
+            "wall s",
+            "start-up s",
+            "steady img/s [95% CI]",
+            "tail img/s",
+            "epoch img/s",
+            "val img/s",
+            "data wait",
+            "MFU",
+            "GPU util",
+            "decoder util",
+            "JPEG util",
+            "10-crop img/s",
+        ],
+        [
+            [
+                r["arch"],
+                str(r["batch"]),
+                r["precision"],
+                yes_no(r["compile"]),
+                yes_no(r["space_to_depth"]),
+                f"{r['train_images']:,}",
+                f"{r['wall_s']:.1f}",
+                f"{r['phases']['startup']['seconds']:.1f}",
+                _steady_cell(r),
+                _rate(r["phases"]["tail"]["images_per_s"]),
+                _rate(r["epoch_images_per_s"]),
+                _rate(r["phases"]["validation"]["images_per_s"]),
+                _pct(r["data_wait_fraction"], 100),
+                _pct(r["mfu"], 100),
+                _pct(r["gpu_utilization"]),
+                _pct(r["decoder_utilization"]),
+                _pct(r["jpeg_utilization"]),
+                _rate((r.get("test") or {}).get("images_per_s")),
+            ]
+            for r in results
+        ],
+    )
     projection = markdown_table(
-        ["recipe", "epochs", "images/epoch", "train img/s", "epoch s", "val img/s", "val s", "start-up s",
-         "1 GPU", "8 GPUs (linear)"],
-        [[p["recipe"], str(p["epochs"]), f"{p['train_images']:,}", _rate(p["train_images_per_s"]), f"{p['epoch_s']:.1f}",
-          _rate(p["val_images_per_s"]) if p["validation_included"] else "not measured", f"{p['val_s']:.1f}",
-          f"{p['startup_s']:.1f}", f"{p['total_min']:.1f} min", f"{p['gpus_8']['total_min']:.1f} min"]
-         for p in (r["projection"] for r in results)])
+        [
+            "recipe",
+            "epochs",
+            "images/epoch",
+            "train img/s",
+            "epoch s",
+            "val img/s",
+            "val s",
+            "start-up s",
+            "1 GPU",
+            "8 GPUs (linear)",
+        ],
+        [
+            [
+                p["recipe"],
+                str(p["epochs"]),
+                f"{p['train_images']:,}",
+                _rate(p["train_images_per_s"]),
+                f"{p['epoch_s']:.1f}",
+                _rate(p["val_images_per_s"]) if p["validation_included"] else "not measured",
+                f"{p['val_s']:.1f}",
+                f"{p['startup_s']:.1f}",
+                f"{p['total_min']:.1f} min",
+                f"{p['gpus_8']['total_min']:.1f} min",
+            ]
+            for p in (r["projection"] for r in results)
+        ],
+    )
     return runs + "\n\n" + projection

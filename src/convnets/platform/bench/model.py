@@ -20,6 +20,7 @@ the reported ratio is the median of the per-round ratios (per-step medians are i
 
 It imports neither DALI nor jsonargparse, so it runs on a machine with only torch and Lightning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,6 @@ import pytorch_lightning as pl
 import torch
 
 from convnets.platform.bench.report import Timing, median_ci95
-
 from convnets.utils.environment import hardware, runtime_versions
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,9 @@ class ModelBench:
         return torch.device(self.device)
 
 
-def synthetic_batch(batch: int, input_size: tuple[int, ...], num_classes: int, device: torch.device,
-                    *, n_valid: int | None = None) -> dict:
+def synthetic_batch(
+    batch: int, input_size: tuple[int, ...], num_classes: int, device: torch.device, *, n_valid: int | None = None
+) -> dict:
     """A batch as the data module makes it; the last batch - n_valid samples are padding."""
     g = torch.Generator().manual_seed(0)
     n_valid = batch if n_valid is None else n_valid
@@ -97,9 +98,11 @@ def _module(cfg: ModelBench):
     from convnets.platform.training.module import ClassifierModule, PerfConfig
 
     torch.manual_seed(0)
-    return ClassifierModule(arch=cfg.arch, num_classes=cfg.num_classes,
-                            perf=PerfConfig(channels_last=cfg.channels_last, compile=cfg.compile,
-                                            space_to_depth=cfg.space_to_depth))
+    return ClassifierModule(
+        arch=cfg.arch,
+        num_classes=cfg.num_classes,
+        perf=PerfConfig(channels_last=cfg.channels_last, compile=cfg.compile, space_to_depth=cfg.space_to_depth),
+    )
 
 
 class BareArm:
@@ -113,8 +116,9 @@ class BareArm:
         self.net, o = module.net.to(cfg.torch_device), module.optim
         if cfg.compile:
             self.net.compile()
-        self.optimizer = torch.optim.SGD(parameter_groups(self.net, o), lr=o.lr, momentum=o.momentum,
-                                         nesterov=o.nesterov)
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(self.net, o), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(o, s / total_steps, 1.0))
         dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.precision)
         self.autocast = (lambda: torch.autocast(cfg.torch_device.type, dtype=dtype)) if dtype else nullcontext
@@ -216,8 +220,14 @@ def interleaved_steps(cfg: ModelBench) -> int:
     return cfg.warmup + cfg.steps * cfg.rounds + 1
 
 
-def interleaved_fit(cfg: ModelBench, batch: dict, run_dir: Path, *, module: pl.LightningModule | None = None,
-                    timer: Interleaved | None = None) -> Interleaved:
+def interleaved_fit(
+    cfg: ModelBench,
+    batch: dict,
+    run_dir: Path,
+    *,
+    module: pl.LightningModule | None = None,
+    timer: Interleaved | None = None,
+) -> Interleaved:
     """One fit of the platform's Trainer (callbacks, logger, progress bar on) with the bare blocks inside.
 
     `module` and `timer` default to the platform's module and `Interleaved` with a `BareArm`
@@ -228,16 +238,26 @@ def interleaved_fit(cfg: ModelBench, batch: dict, run_dir: Path, *, module: pl.L
     total = interleaved_steps(cfg)
     timer = timer or Interleaved(cfg, BareArm(cfg, batch, total))
     trainer = pl.Trainer(
-        accelerator="gpu" if cfg.torch_device.type == "cuda" else "cpu", devices=1, precision=cfg.precision,
-        max_steps=total, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
-        callbacks=[*platform_callbacks(run_dir, {"bench": "model"}), timer], logger=_logger(run_dir),
-        log_every_n_steps=50, enable_model_summary=False, default_root_dir=str(run_dir),
+        accelerator="gpu" if cfg.torch_device.type == "cuda" else "cpu",
+        devices=1,
+        precision=cfg.precision,
+        max_steps=total,
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[*platform_callbacks(run_dir, {"bench": "model"}), timer],
+        logger=_logger(run_dir),
+        log_every_n_steps=50,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
         benchmark=cfg.torch_device.type == "cuda",
     )
     trainer.fit(module or _module(cfg), train_dataloaders=SyntheticBatches(batch, total))
     if len(timer.lightning) != cfg.rounds or len(timer.bare_blocks) != cfg.rounds:
-        raise RuntimeError(f"bench model: {len(timer.lightning)} Lightning and {len(timer.bare_blocks)} bare blocks "
-                           f"timed, {cfg.rounds} expected")
+        raise RuntimeError(
+            f"bench model: {len(timer.lightning)} Lightning and {len(timer.bare_blocks)} bare blocks "
+            f"timed, {cfg.rounds} expected"
+        )
     return timer
 
 
@@ -291,8 +311,8 @@ def _logger(run_dir: Path):
 # -- orchestration and report -----------------------------------------------------------------
 def bench_model(cfg: ModelBench) -> dict:
     from convnets.models import get_model_info
-    from convnets.platform.training.callbacks import peak_flops
     from convnets.models.flops import forward_flops
+    from convnets.platform.training.callbacks import peak_flops
 
     info = get_model_info(cfg.arch)
     if cfg.torch_device.type == "cuda":
@@ -303,19 +323,47 @@ def bench_model(cfg: ModelBench) -> dict:
     rounds = []
     for r, (lt, bt) in enumerate(zip(timer.lightning, timer.bare_blocks)):
         lit, bare = lt.window_rate, bt.window_rate
-        rounds.append({"images_per_s": lit, "bare_images_per_s": bare, "ratio": lit / bare,
-                       "step_images_per_s": lt.step_rate, "bare_step_images_per_s": bt.step_rate,
-                       "step_ratio": lt.step_rate / bt.step_rate})
-        log.info("round %d: lightning %.1f images/s, bare %.1f images/s, ratio %.3f (median steps: %.3f)",
-                 r, lit, bare, lit / bare, lt.step_rate / bt.step_rate)
+        rounds.append(
+            {
+                "images_per_s": lit,
+                "bare_images_per_s": bare,
+                "ratio": lit / bare,
+                "step_images_per_s": lt.step_rate,
+                "bare_step_images_per_s": bt.step_rate,
+                "step_ratio": lt.step_rate / bt.step_rate,
+            }
+        )
+        log.info(
+            "round %d: lightning %.1f images/s, bare %.1f images/s, ratio %.3f (median steps: %.3f)",
+            r,
+            lit,
+            bare,
+            lit / bare,
+            lt.step_rate / bt.step_rate,
+        )
     lit = statistics.median(r["images_per_s"] for r in rounds)
     bare = statistics.median(r["bare_images_per_s"] for r in rounds)
     train_flops = 3.0 * forward_flops(cfg.arch, num_classes=cfg.num_classes)
     peak = peak_flops(cfg.torch_device, cfg.precision)
     return {
-        "bench": "model", **{k: getattr(cfg, k) for k in ("arch", "batch", "precision", "channels_last", "compile",
-                                                        "space_to_depth", "steps", "warmup", "rounds", "num_classes")},
-        "images_per_s": lit, "bare_images_per_s": bare,
+        "bench": "model",
+        **{
+            k: getattr(cfg, k)
+            for k in (
+                "arch",
+                "batch",
+                "precision",
+                "channels_last",
+                "compile",
+                "space_to_depth",
+                "steps",
+                "warmup",
+                "rounds",
+                "num_classes",
+            )
+        },
+        "images_per_s": lit,
+        "bare_images_per_s": bare,
         "ratio": statistics.median(r["ratio"] for r in rounds),
         "ratio_ci95": median_ci95([r["ratio"] for r in rounds]),
         "step_ratio": statistics.median(r["step_ratio"] for r in rounds),
@@ -337,9 +385,16 @@ def _eval_timing(cfg: ModelBench, crops: int) -> Timing:
     info = get_model_info(cfg.arch)
     batch = synthetic_batch(cfg.batch, (crops, *info.input_size), cfg.num_classes, cfg.torch_device)
     timer = WindowTimer(cfg.warmup, cfg.warmup + cfg.steps - 1, cfg.torch_device)
-    trainer = pl.Trainer(accelerator="gpu" if cfg.torch_device.type == "cuda" else "cpu", devices=1,
-                         precision=cfg.precision, callbacks=[timer], logger=False, enable_model_summary=False,
-                         enable_progress_bar=False, benchmark=cfg.torch_device.type == "cuda")
+    trainer = pl.Trainer(
+        accelerator="gpu" if cfg.torch_device.type == "cuda" else "cpu",
+        devices=1,
+        precision=cfg.precision,
+        callbacks=[timer],
+        logger=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        benchmark=cfg.torch_device.type == "cuda",
+    )
     trainer.test(_module(cfg), dataloaders=SyntheticBatches(batch, cfg.warmup + cfg.steps), verbose=False)
     return Timing(timer.marks, cfg.batch)
 
@@ -359,15 +414,32 @@ def bench_eval(cfg: ModelBench, *, crops: int) -> dict:
         timings = {c: _eval_timing(cfg, c) for c in order}
         single, multi = timings[1].step_rate, timings[crops].step_rate
         rounds.append({"single_images_per_s": single, "images_per_s": multi, "cost_ratio": single / multi})
-        log.info("round %d: 1 crop %.1f images/s, %d crops %.1f images/s, cost ratio %.2f", r, single, crops, multi,
-                 single / multi)
+        log.info(
+            "round %d: 1 crop %.1f images/s, %d crops %.1f images/s, cost ratio %.2f",
+            r,
+            single,
+            crops,
+            multi,
+            single / multi,
+        )
     rate = statistics.median(r["images_per_s"] for r in rounds)
     return {
-        "bench": "eval", "arch": cfg.arch, "batch": cfg.batch, "crops": crops, "precision": cfg.precision,
-        "channels_last": cfg.channels_last, "steps": cfg.steps, "rounds": cfg.rounds, "images_per_s": rate,
-        "crops_per_s": rate * crops, "single_images_per_s": statistics.median(r["single_images_per_s"] for r in rounds),
-        "cost_ratio": statistics.median(r["cost_ratio"] for r in rounds), "target_cost_ratio": EVAL_COST_TARGET * crops / 10,
-        "per_round": rounds, "hardware": hardware(cfg.torch_device), "versions": runtime_versions(),
+        "bench": "eval",
+        "arch": cfg.arch,
+        "batch": cfg.batch,
+        "crops": crops,
+        "precision": cfg.precision,
+        "channels_last": cfg.channels_last,
+        "steps": cfg.steps,
+        "rounds": cfg.rounds,
+        "images_per_s": rate,
+        "crops_per_s": rate * crops,
+        "single_images_per_s": statistics.median(r["single_images_per_s"] for r in rounds),
+        "cost_ratio": statistics.median(r["cost_ratio"] for r in rounds),
+        "target_cost_ratio": EVAL_COST_TARGET * crops / 10,
+        "per_round": rounds,
+        "hardware": hardware(cfg.torch_device),
+        "versions": runtime_versions(),
     }
 
 

@@ -3,6 +3,7 @@
 Light to import (numpy only): the command line and `scripts/gpu_check.sh`'s summary use it without
 loading torch and Lightning.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -45,17 +46,52 @@ def median_ci95(values: list[float], resamples: int = 10_000) -> list[float] | N
 
 def format_eval_table(results: list[dict]) -> str:
     return markdown_table(
-        ["arch", "batch", "crops", "precision", "NHWC", "images/s", "crops/s", "1-crop images/s", "cost ratio", "target"],
-        [[r["arch"], str(r["batch"]), str(r["crops"]), r["precision"], yes_no(r["channels_last"]),
-          f"{r['images_per_s']:.1f}", f"{r['crops_per_s']:.1f}", f"{r['single_images_per_s']:.1f}",
-          f"{r['cost_ratio']:.2f}x", f"<= {r['target_cost_ratio']:.2f}x"] for r in results])
+        [
+            "arch",
+            "batch",
+            "crops",
+            "precision",
+            "NHWC",
+            "images/s",
+            "crops/s",
+            "1-crop images/s",
+            "cost ratio",
+            "target",
+        ],
+        [
+            [
+                r["arch"],
+                str(r["batch"]),
+                str(r["crops"]),
+                r["precision"],
+                yes_no(r["channels_last"]),
+                f"{r['images_per_s']:.1f}",
+                f"{r['crops_per_s']:.1f}",
+                f"{r['single_images_per_s']:.1f}",
+                f"{r['cost_ratio']:.2f}x",
+                f"<= {r['target_cost_ratio']:.2f}x",
+            ]
+            for r in results
+        ],
+    )
 
 
 def format_e2e_table(results: list[dict]) -> str:
     return markdown_table(
         ["arch", "batch", "decode", "data img/s", "model img/s", "both img/s", "bottleneck"],
-        [[r["arch"], str(r["batch"]), r["decode"], f"{r['data_images_per_s']:.1f}", f"{r['model_images_per_s']:.1f}",
-          f"{r['both_images_per_s']:.1f}", r["bottleneck"]] for r in results])
+        [
+            [
+                r["arch"],
+                str(r["batch"]),
+                r["decode"],
+                f"{r['data_images_per_s']:.1f}",
+                f"{r['model_images_per_s']:.1f}",
+                f"{r['both_images_per_s']:.1f}",
+                r["bottleneck"],
+            ]
+            for r in results
+        ],
+    )
 
 
 def _ratio_cell(r: dict) -> str:
@@ -65,8 +101,31 @@ def _ratio_cell(r: dict) -> str:
 
 def format_table(results: list[dict]) -> str:
     return markdown_table(
-        ["arch", "batch", "precision", "NHWC", "compile", "s2d stem", "Lightning img/s", "bare img/s", "ratio [95% CI]", "MFU"],
-        [[r["arch"], str(r["batch"]), r["precision"], yes_no(r["channels_last"]), yes_no(r["compile"]),
-          yes_no(r.get("space_to_depth", False)),
-          f"{r['images_per_s']:.1f}", f"{r['bare_images_per_s']:.1f}", _ratio_cell(r),
-          f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"] for r in results])
+        [
+            "arch",
+            "batch",
+            "precision",
+            "NHWC",
+            "compile",
+            "s2d stem",
+            "Lightning img/s",
+            "bare img/s",
+            "ratio [95% CI]",
+            "MFU",
+        ],
+        [
+            [
+                r["arch"],
+                str(r["batch"]),
+                r["precision"],
+                yes_no(r["channels_last"]),
+                yes_no(r["compile"]),
+                yes_no(r.get("space_to_depth", False)),
+                f"{r['images_per_s']:.1f}",
+                f"{r['bare_images_per_s']:.1f}",
+                _ratio_cell(r),
+                f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a",
+            ]
+            for r in results
+        ],
+    )

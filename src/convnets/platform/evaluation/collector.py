@@ -4,6 +4,7 @@ All metric states are device tensors summed across DDP ranks (exact counts, no s
 twice: padding is dropped in the test step). At the loop's end every rank takes part in the
 same collectives in the same order; only rank 0 keeps the results.
 """
+
 from __future__ import annotations
 
 import time
@@ -39,17 +40,38 @@ class EvalCollector(pl.Callback):
         res = {name: fraction(getattr(m, f"test_{name}")) for name in ("top1", "top5", "top1_1crop", "top5_1crop")}
         res["calibration"] = m.test_calibration.compute()
         if m.eval_options.mc_dropout:
-            res["mc_dropout"] = {**m.test_mc_calibration.compute(), "top1": fraction(m.test_mc_top1),
-                                 "top5": fraction(m.test_mc_top5)}
+            res["mc_dropout"] = {
+                **m.test_mc_calibration.compute(),
+                "top1": fraction(m.test_mc_top1),
+                "top5": fraction(m.test_mc_top5),
+            }
         wall = float(trainer.strategy.reduce(torch.tensor(wall, dtype=torch.float64, device=m.device), reduce_op="max"))
-        topk = gather_rows(trainer, m.test_topk, width=2 + 2 * min(5, confusion.shape[0])) if m.eval_options.keep_topk else None
-        for metric in (m.test_top1, m.test_top5, m.test_top1_1crop, m.test_top5_1crop, m.test_confusion,
-                       m.test_calibration, m.test_mc_top1, m.test_mc_top5, m.test_mc_calibration):
+        topk = (
+            gather_rows(trainer, m.test_topk, width=2 + 2 * min(5, confusion.shape[0]))
+            if m.eval_options.keep_topk
+            else None
+        )
+        for metric in (
+            m.test_top1,
+            m.test_top5,
+            m.test_top1_1crop,
+            m.test_top5_1crop,
+            m.test_confusion,
+            m.test_calibration,
+            m.test_mc_top1,
+            m.test_mc_top5,
+            m.test_mc_calibration,
+        ):
             metric.reset()
         if trainer.is_global_zero:
             n = int(confusion.sum())
-            self.result = {**res, "n": n, "seconds": wall, "images_per_s": n / max(wall, 1e-9),
-                           "world_size": trainer.world_size}
+            self.result = {
+                **res,
+                "n": n,
+                "seconds": wall,
+                "images_per_s": n / max(wall, 1e-9),
+                "world_size": trainer.world_size,
+            }
             self.confusion, self.topk = confusion, topk
 
 

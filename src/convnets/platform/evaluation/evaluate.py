@@ -14,6 +14,7 @@ across ranks, so the figures equal a single process's. Writes eval.json, eval.md
 (confusion matrix of the most confused classes, reliability diagram, example predictions) to
 --out (default: the run folder's eval/), and logs them to the training run's W&B run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from convnets.platform.training.restore import Checkpoint, build_module, check_classes, read_checkpoint
-from convnets.platform.training.tracking import WANDB_ID_FILE
 from convnets.platform.evaluation.collector import EvalCollector, ImagesPerSecondBar
 from convnets.platform.training.multicrop import AVERAGES, has_dropout
+from convnets.platform.training.restore import Checkpoint, build_module, check_classes, read_checkpoint
+from convnets.platform.training.tracking import WANDB_ID_FILE
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,14 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by `convnets fit`")
     p.add_argument("--data", type=Path, required=True, help="shard folder (DIR with DIR/val, or a split folder)")
     p.add_argument("--split", default=None, help="split to evaluate (default: test when present, else val)")
-    p.add_argument("--crops", type=int, default=None, choices=[1, 5, 10], help="crops per image (default 10, 5 without flips)")
+    p.add_argument(
+        "--crops", type=int, default=None, choices=[1, 5, 10], help="crops per image (default 10, 5 without flips)"
+    )
     p.add_argument("--average", default="softmax", choices=AVERAGES, help="combine crops by their softmax or logits")
     p.add_argument("--resize-ratio", type=float, default=None, help="resized side / crop side (default: the model's)")
-    p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="also N dropout masks per image (geometric mean)")
+    p.add_argument(
+        "--mc-dropout", type=int, default=0, metavar="N", help="also N dropout masks per image (geometric mean)"
+    )
     p.add_argument("--batch", type=int, default=64, help="images per rank and step (default 64)")
     p.add_argument("--devices", type=int, default=1, help="processes/GPUs (DDP when > 1)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
@@ -124,12 +129,21 @@ def build_datamodule(cfg: EvalConfig, ckpt: Checkpoint, module):
         spec = replace(spec, crop_fraction=eval_crop_fraction(ckpt.data_hparams, cfg.resize_ratio))
     accepted = set(inspect.signature(ShardDataModule.__init__).parameters)
     settings = {k: v for k, v in ckpt.data_hparams.items() if k in accepted}
-    settings.update(data_dir=str(data_dir), batch_size=cfg.batch, eval_batch_size=cfg.batch, test_crops=cfg.crops,
-                    test_split=split, num_threads=cfg.num_threads, input_spec=spec)
+    settings.update(
+        data_dir=str(data_dir),
+        batch_size=cfg.batch,
+        eval_batch_size=cfg.batch,
+        test_crops=cfg.crops,
+        test_split=split,
+        num_threads=cfg.num_threads,
+        input_spec=spec,
+    )
     dm = ShardDataModule(**settings)
     split = dm.test_split_name
     if not (data_dir / split / "manifest.json").is_file():
-        raise FileNotFoundError(f"--data {data_dir}: no {split!r} split ({data_dir / split / 'manifest.json'} is missing)")
+        raise FileNotFoundError(
+            f"--data {data_dir}: no {split!r} split ({data_dir / split / 'manifest.json'} is missing)"
+        )
     check_classes(ckpt, list(dm.manifest(split).classes), str(data_dir / split))
     return dm
 
@@ -148,8 +162,13 @@ def wandb_logger(enabled: bool, ckpt: Checkpoint, out: Path, job_type: str = "ev
     from convnets.platform.training.tracking import wandb_offline
 
     run_dir = ckpt.run_dir
-    kw: dict = {"project": _project(run_dir), "save_dir": str(run_dir or out), "offline": wandb_offline(),
-                "log_model": False, "job_type": job_type}
+    kw: dict = {
+        "project": _project(run_dir),
+        "save_dir": str(run_dir or out),
+        "offline": wandb_offline(),
+        "log_model": False,
+        "job_type": job_type,
+    }
     id_file = run_dir / WANDB_ID_FILE if run_dir else None
     if id_file is not None and id_file.is_file():
         kw.update(id=id_file.read_text().strip(), resume="allow")
@@ -180,8 +199,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     logger = wandb_logger(cfg.wandb, ckpt, out)
     collector = EvalCollector()
     trainer = pl.Trainer(
-        accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp" if cfg.devices > 1 else "auto",
-        logger=logger or False, callbacks=[collector, ImagesPerSecondBar()], enable_model_summary=False,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy="ddp" if cfg.devices > 1 else "auto",
+        logger=logger or False,
+        callbacks=[collector, ImagesPerSecondBar()],
+        enable_model_summary=False,
         default_root_dir=str(out),
     )
     trainer.test(module, datamodule=dm, verbose=False)
@@ -195,7 +218,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     if collector.result["n"] != expected:  # torchvision only warns; a wrong count is a wrong result
         raise RuntimeError(f"evaluated {collector.result['n']} samples, but {split} holds {expected}")
     crops = eval_crop_count(cfg.crops, flip=dm.manifest(split).flip_ok)
-    result = {**collector.result, "crops": crops, "average": cfg.average, "split": split, "ckpt": str(cfg.ckpt),
-              "arch": ckpt.hparams["arch"], "data": str(cfg.data), "resize": dm.augment_spec(split).resize,
-              "mc_dropout_samples": cfg.mc_dropout}
+    result = {
+        **collector.result,
+        "crops": crops,
+        "average": cfg.average,
+        "split": split,
+        "ckpt": str(cfg.ckpt),
+        "arch": ckpt.hparams["arch"],
+        "data": str(cfg.data),
+        "resize": dm.augment_spec(split).resize,
+        "mc_dropout_samples": cfg.mc_dropout,
+    }
     return write_outputs(result, collector, dm, out, cfg=cfg, logger=logger)

@@ -1,4 +1,5 @@
 """Evaluation figures: reliability diagram, example predictions (AlexNet Figure 4), analysis curves."""
+
 from __future__ import annotations
 
 import io
@@ -20,10 +21,21 @@ def reliability_diagram(calibrations: dict[str, dict], path: Path) -> Path:
         edges = np.linspace(0, 1, len(count) + 1)
         mid = (edges[:-1] + edges[1:]) / 2
         used = count > 0
-        ax.plot(np.asarray(bins["confidence"])[used], np.asarray(bins["accuracy"])[used], marker="o", ms=4,
-                label=f"{name}: ECE {cal['ece']:.3f}, NLL {cal['nll']:.3f}", color=f"C{k}")
-        hist.bar(mid + (k - 0.5) * 0.02, count, width=0.02 if len(calibrations) > 1 else 1 / len(count),
-                 color=f"C{k}", alpha=0.7)
+        ax.plot(
+            np.asarray(bins["confidence"])[used],
+            np.asarray(bins["accuracy"])[used],
+            marker="o",
+            ms=4,
+            label=f"{name}: ECE {cal['ece']:.3f}, NLL {cal['nll']:.3f}",
+            color=f"C{k}",
+        )
+        hist.bar(
+            mid + (k - 0.5) * 0.02,
+            count,
+            width=0.02 if len(calibrations) > 1 else 1 / len(count),
+            color=f"C{k}",
+            alpha=0.7,
+        )
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="reliability diagram (15 confidence bins)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
@@ -45,21 +57,26 @@ def prediction_grid(rows: np.ndarray, split_dir: Path, classes: list[str], path:
 
     rows: (n, 2 + 2k) = sample index, true label, k predicted classes, their probabilities.
     """
-    from convnets.data_pipelines.shards.reader import ShardFiles
     from convnets.data_pipelines.shards.format import load_sample_index
+    from convnets.data_pipelines.shards.reader import ShardFiles
 
     k = (rows.shape[1] - 2) // 2
     files = ShardFiles(load_sample_index(split_dir))
     n = len(rows)
     grid_rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(grid_rows * 2, columns, figsize=(columns * 2.6, grid_rows * 3.6),
-                             gridspec_kw={"height_ratios": [3, 1.6] * grid_rows}, squeeze=False)
+    fig, axes = plt.subplots(
+        grid_rows * 2,
+        columns,
+        figsize=(columns * 2.6, grid_rows * 3.6),
+        gridspec_kw={"height_ratios": [3, 1.6] * grid_rows},
+        squeeze=False,
+    )
     try:
         for j, row in enumerate(rows):
             r, c = divmod(j, columns)
             img_ax, bar_ax = axes[2 * r, c], axes[2 * r + 1, c]
             index, label = int(row[0]), int(row[1])
-            top, probs = row[2: 2 + k].astype(int), row[2 + k: 2 + 2 * k]
+            top, probs = row[2 : 2 + k].astype(int), row[2 + k : 2 + 2 * k]
             img_ax.imshow(_thumbnail(files.image(index)))
             img_ax.set_title(classes[label][:22], fontsize=8)
             colors = ["C3" if t == label else "C0" for t in top]

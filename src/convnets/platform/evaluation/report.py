@@ -1,4 +1,5 @@
 """`convnets evaluate`'s outputs: eval.json, eval.md, PNGs, and the same logged to W&B (rank 0 only)."""
+
 from __future__ import annotations
 
 import logging
@@ -7,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from convnets.platform.evaluation import plots as eval_plots
-
 from convnets.platform.training import plots
-from convnets.utils.tables import markdown_table
 from convnets.utils.environment import package_versions
 from convnets.utils.files import write_json
+from convnets.utils.tables import markdown_table
 
 log = logging.getLogger(__name__)
 CONFUSED_PAIRS = 10  # most confused (true, predicted) pairs listed in the report
@@ -31,8 +31,17 @@ def confused_pairs(confusion: np.ndarray, classes: list[str], names: list[str], 
     np.fill_diagonal(off, 0)
     flat = np.argsort(-off, axis=None, kind="stable")[:k]
     rows, cols = np.unravel_index(flat, off.shape)
-    return [{"true": classes[r], "true_name": names[r], "predicted": classes[c], "predicted_name": names[c],
-             "count": int(off[r, c])} for r, c in zip(rows, cols) if off[r, c] > 0]
+    return [
+        {
+            "true": classes[r],
+            "true_name": names[r],
+            "predicted": classes[c],
+            "predicted_name": names[c],
+            "count": int(off[r, c]),
+        }
+        for r, c in zip(rows, cols)
+        if off[r, c] > 0
+    ]
 
 
 def write_predictions(rows: np.ndarray, path: Path) -> None:
@@ -40,8 +49,13 @@ def write_predictions(rows: np.ndarray, path: Path) -> None:
     k = (rows.shape[1] - 2) // 2
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, index=rows[:, 0].astype(np.int64), label=rows[:, 1].astype(np.int64),
-             classes=rows[:, 2: 2 + k].astype(np.int64), probs=rows[:, 2 + k:].astype(np.float32))
+    np.savez(
+        tmp,
+        index=rows[:, 0].astype(np.int64),
+        label=rows[:, 1].astype(np.int64),
+        classes=rows[:, 2 : 2 + k].astype(np.int64),
+        probs=rows[:, 2 + k :].astype(np.float32),
+    )
     tmp.replace(path)
 
 
@@ -54,18 +68,38 @@ def markdown_report(result: dict) -> str:
     cal = [("option 2: all units (inverted dropout)", {"top1": result["top1"], **result["calibration"]})]
     if "mc_dropout" in result:
         cal.append((f"option 1: {result['mc_dropout_samples']} dropout masks, geometric mean", result["mc_dropout"]))
-    parts += ["## Test-time dropout and calibration", "", markdown_table(
-        ["prediction", "top-1", "NLL", "ECE (15 bins)"],
-        [[name, f"{c['top1']:.4f}", f"{c['nll']:.4f}", f"{c['ece']:.4f}"] for name, c in cal]), ""]
+    parts += [
+        "## Test-time dropout and calibration",
+        "",
+        markdown_table(
+            ["prediction", "top-1", "NLL", "ECE (15 bins)"],
+            [[name, f"{c['top1']:.4f}", f"{c['nll']:.4f}", f"{c['ece']:.4f}"] for name, c in cal],
+        ),
+        "",
+    ]
     worst = sorted(result["per_class"], key=lambda r: r["top1"])[:20]
-    parts += ["## Per-class top-1 (the 20 worst)", "", markdown_table(
-        ["class", "images", "top-1"], [[_label(r["name"], r["class"]), str(r["n"]), f"{r['top1']:.3f}"] for r in worst]),
-        ""]
+    parts += [
+        "## Per-class top-1 (the 20 worst)",
+        "",
+        markdown_table(
+            ["class", "images", "top-1"],
+            [[_label(r["name"], r["class"]), str(r["n"]), f"{r['top1']:.3f}"] for r in worst],
+        ),
+        "",
+    ]
     if result["most_confused"]:
-        parts += ["## Most confused pairs", "", markdown_table(
-            ["true", "predicted as", "images"],
-            [[_label(p["true_name"], p["true"]), _label(p["predicted_name"], p["predicted"]), str(p["count"])]
-             for p in result["most_confused"]]), ""]
+        parts += [
+            "## Most confused pairs",
+            "",
+            markdown_table(
+                ["true", "predicted as", "images"],
+                [
+                    [_label(p["true_name"], p["true"]), _label(p["predicted_name"], p["predicted"]), str(p["count"])]
+                    for p in result["most_confused"]
+                ],
+            ),
+            "",
+        ]
     return "\n".join(parts)
 
 
@@ -75,19 +109,28 @@ def write_outputs(result: dict, collector, dm, out: Path, *, cfg, logger) -> dic
     manifest = dm.manifest(split)
     classes, names = list(manifest.classes), list(manifest.display_names)  # ids in the JSON, names in pictures
     confusion = collector.confusion
-    result.update(per_class=per_class(confusion, classes, names),
-                  most_confused=confused_pairs(confusion, classes, names),
-                  top1_error=1 - result["top1"], top5_error=1 - result["top5"], versions=package_versions(),
-                  out=str(out))
+    result.update(
+        per_class=per_class(confusion, classes, names),
+        most_confused=confused_pairs(confusion, classes, names),
+        top1_error=1 - result["top1"],
+        top5_error=1 - result["top5"],
+        versions=package_versions(),
+        out=str(out),
+    )
     pngs = {
         "confusion_matrix": plots.confusion_matrix(confusion, names, out / "plots" / "confusion_matrix.png"),
         "reliability": eval_plots.reliability_diagram(
-            {"all units": result["calibration"], **({"MC dropout": result["mc_dropout"]} if "mc_dropout" in result else {})},
-            out / "plots" / "reliability.png"),
+            {
+                "all units": result["calibration"],
+                **({"MC dropout": result["mc_dropout"]} if "mc_dropout" in result else {}),
+            },
+            out / "plots" / "reliability.png",
+        ),
     }
     if collector.topk is not None and len(collector.topk):
         pngs["predictions"] = eval_plots.prediction_grid(
-            collector.topk[: cfg.grid_images], dm.data_dir / split, names, out / "plots" / "predictions.png")
+            collector.topk[: cfg.grid_images], dm.data_dir / split, names, out / "plots" / "predictions.png"
+        )
     if collector.topk is not None:
         write_predictions(collector.topk, out / "predictions.npz")
     result["plots"] = {k: str(v) for k, v in pngs.items()}
@@ -113,10 +156,24 @@ def _log_wandb(logger, result: dict, pngs: dict[str, Path]) -> None:
 
 
 def summary_table(result: dict) -> str:
-    rows = [[f"{result['crops']} crops ({result['average']})", f"{result['top1']:.4f}", f"{result['top5']:.4f}",
-             f"{1 - result['top1']:.4f}", f"{1 - result['top5']:.4f}"],
-            ["centre crop", f"{result['top1_1crop']:.4f}", f"{result['top5_1crop']:.4f}",
-             f"{1 - result['top1_1crop']:.4f}", f"{1 - result['top5_1crop']:.4f}"]]
+    rows = [
+        [
+            f"{result['crops']} crops ({result['average']})",
+            f"{result['top1']:.4f}",
+            f"{result['top5']:.4f}",
+            f"{1 - result['top1']:.4f}",
+            f"{1 - result['top5']:.4f}",
+        ],
+        [
+            "centre crop",
+            f"{result['top1_1crop']:.4f}",
+            f"{result['top5_1crop']:.4f}",
+            f"{1 - result['top1_1crop']:.4f}",
+            f"{1 - result['top5_1crop']:.4f}",
+        ],
+    ]
     table = markdown_table(["prediction", "top-1", "top-5", "top-1 error", "top-5 error"], rows)
-    return (f"{result['arch']} on {result['split']} ({result['n']} images, {result['images_per_s']:.1f} images/s, "
-            f"{result['world_size']} process(es))\n{table}")
+    return (
+        f"{result['arch']} on {result['split']} ({result['n']} images, {result['images_per_s']:.1f} images/s, "
+        f"{result['world_size']} process(es))\n{table}"
+    )

@@ -3,27 +3,39 @@
 Accuracies are fractions in [0, 1] as in each run's metrics.json; deltas are changes in error
 against `full` in percentage points (positive = the ablation hurts), the unit the papers report.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shlex
 from pathlib import Path
+
 from convnets.platform.experiments.ablation_variants import PlannedVariant
 from convnets.platform.training.tracking import wandb_offline
 from convnets.utils.files import write_json
 
 STATES = {"done": "finished (skip)", "test": "test only", "resume": "resume fit + test", "fit": "fit + test"}
-COLUMNS = ["variant", "change", "params", "test_top1", "test_top5", "delta_top1_err_pts", "delta_top5_err_pts",
-           "reported"]
+COLUMNS = [
+    "variant",
+    "change",
+    "params",
+    "test_top1",
+    "test_top5",
+    "delta_top1_err_pts",
+    "delta_top5_err_pts",
+    "reported",
+]
 
 
 def plan_text(planned: list[PlannedVariant]) -> str:
     """What `--dry-run` prints: one line per variant, then the exact command lines."""
     lines = [f"{'variant':<24} {'parameters':>12}  {'to do':<16} flags"]
     for item in planned:
-        lines.append(f"{item.variant.name:<24} {item.params:>12,}  {STATES[item.state]:<16} "
-                     f"{' '.join(item.variant.flags) or '(none)'}")
+        lines.append(
+            f"{item.variant.name:<24} {item.params:>12,}  {STATES[item.state]:<16} "
+            f"{' '.join(item.variant.flags) or '(none)'}"
+        )
     lines.append("\ncommand lines (each prefixed by `convnets`):")
     lines += [shlex.join(cmd) for item in planned for cmd in item.commands]
     return "\n".join(lines)
@@ -34,13 +46,28 @@ def collect_rows(planned: list[PlannedVariant], out: Path) -> list[dict]:
     rows = []
     for item in planned:
         m = json.loads((out / item.variant.name / "metrics.json").read_text())
-        rows.append({
-            "variant": item.variant.name, "change": item.variant.change, "flags": item.variant.flags,
-            "params": item.params, "reported": item.variant.reported, "run_dir": str(out / item.variant.name),
-            **{k: m.get(k) for k in ("test_top1", "test_top5", "test_top1_1crop", "test_top5_1crop",
-                                     "fit_seconds", "images_per_s")},
-            "epochs": len(m.get("history", [])),  # epochs actually trained
-        })
+        rows.append(
+            {
+                "variant": item.variant.name,
+                "change": item.variant.change,
+                "flags": item.variant.flags,
+                "params": item.params,
+                "reported": item.variant.reported,
+                "run_dir": str(out / item.variant.name),
+                **{
+                    k: m.get(k)
+                    for k in (
+                        "test_top1",
+                        "test_top5",
+                        "test_top1_1crop",
+                        "test_top5_1crop",
+                        "fit_seconds",
+                        "images_per_s",
+                    )
+                },
+                "epochs": len(m.get("history", [])),  # epochs actually trained
+            }
+        )
     full = next((r for r in rows if r["variant"] == "full"), None)
     for row in rows:
         for k in ("top1", "top5"):
@@ -66,14 +93,19 @@ def markdown_table(rows: list[dict], title: str) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['change']} | {r['params']:,} | {_pct(r['test_top1'])} | "
-                     f"{_pct(r['test_top5'])} | {_pts(r['delta_top1_err_pts'])} | {_pts(r['delta_top5_err_pts'])} | "
-                     f"{r['reported']} |")
+        lines.append(
+            f"| {r['variant']} | {r['change']} | {r['params']:,} | {_pct(r['test_top1'])} | "
+            f"{_pct(r['test_top5'])} | {_pts(r['delta_top1_err_pts'])} | {_pts(r['delta_top5_err_pts'])} | "
+            f"{r['reported']} |"
+        )
     epochs = sorted({r["epochs"] for r in rows})
-    lines += ["", f"Test accuracy of the last checkpoint (multi-crop where the data allows flips) after "
-                  f"{'/'.join(map(str, epochs))} epoch(s); Δ: error minus `full`'s error, positive = worse. "
-                  "Reported: Zeiler & Fergus 2013 (18.1% top-5 baseline, as on the lecture slides) and "
-                  "Krizhevsky et al. 2012, on full ImageNet at 224 px."]
+    lines += [
+        "",
+        f"Test accuracy of the last checkpoint (multi-crop where the data allows flips) after "
+        f"{'/'.join(map(str, epochs))} epoch(s); Δ: error minus `full`'s error, positive = worse. "
+        "Reported: Zeiler & Fergus 2013 (18.1% top-5 baseline, as on the lecture slides) and "
+        "Krizhevsky et al. 2012, on full ImageNet at 224 px.",
+    ]
     return "\n".join(lines)
 
 
@@ -114,10 +146,16 @@ def log_wandb(rows: list[dict], out: Path, *, project: str) -> None:
 
     # WANDB_MODE=disabled is honoured; otherwise offline unless credentials exist.
     mode = "disabled" if os.environ.get("WANDB_MODE") == "disabled" else "offline" if wandb_offline() else "online"
-    run = wandb.init(project=project, name=f"ablation-{out.name}", job_type="ablation", dir=str(out),
-                     mode=mode,
-                     config={"variants": [r["variant"] for r in rows]})
+    run = wandb.init(
+        project=project,
+        name=f"ablation-{out.name}",
+        job_type="ablation",
+        dir=str(out),
+        mode=mode,
+        config={"variants": [r["variant"] for r in rows]},
+    )
     data = [[r[c] if c != "params" else int(r[c]) for c in COLUMNS] for r in rows]
-    run.log({"ablation": wandb.Table(columns=COLUMNS, data=data),
-             "ablation_chart": wandb.Image(str(out / "ablation.png"))})
+    run.log(
+        {"ablation": wandb.Table(columns=COLUMNS, data=data), "ablation_chart": wandb.Image(str(out / "ablation.png"))}
+    )
     run.finish()

@@ -3,6 +3,7 @@
 A module of its own so that the sweep (which runs them) and the table (which reports them) both
 read it without importing each other.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,19 +30,35 @@ def _flag_value(value: object) -> str:
 # Zeiler & Fergus 2013 (their AlexNet reimplementation, 18.1% top-5 error) as quoted by the lecture slides
 # slides, which do not say whether "drop in performance" is top-1 or top-5 error. Krizhevsky et al. 2012: LRN
 # (section 3.3) and overlapping pooling (3.4) reduce top-1/top-5 error by 1.4/1.2 and 0.4/0.3 points.
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("full", {}, "nothing (the config's model)"),
-    Variant("no_fc7", {"ablate": "fc7"}, "FC7 removed", "1.1% drop in performance (lecture slides)"),
-    Variant("no_fc6_fc7", {"ablate": "fc6_fc7"}, "FC6 and FC7 removed", "5.7% drop in performance (lecture slides)"),
-    Variant("no_conv3_conv4_fc6_fc7", {"ablate": "conv3_conv4_fc6_fc7"}, "conv3, conv4, FC6 and FC7 removed",
-            "33.5% drop in performance (lecture slides)"),
-    Variant("lrn_off", {"norm": "none"}, "no local response normalization", "+1.4 top-1 / +1.2 top-5 (AlexNet 3.3)"),
-    Variant("lcn", {"norm": "lcn"}, "local contrast norm. instead of LRN"),
-    Variant("nonoverlap_pool", {"pool": "nonoverlap"}, "2x2/2 max pooling instead of 3x3/2",
-            "+0.4 top-1 / +0.3 top-5 (AlexNet 3.4)"),
-    Variant("dropout_off", {"dropout": 0.0}, "no dropout on FC6/FC7",
-            "overfits substantially (AlexNet 4.2; no number)"),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("full", {}, "nothing (the config's model)"),
+        Variant("no_fc7", {"ablate": "fc7"}, "FC7 removed", "1.1% drop in performance (lecture slides)"),
+        Variant(
+            "no_fc6_fc7", {"ablate": "fc6_fc7"}, "FC6 and FC7 removed", "5.7% drop in performance (lecture slides)"
+        ),
+        Variant(
+            "no_conv3_conv4_fc6_fc7",
+            {"ablate": "conv3_conv4_fc6_fc7"},
+            "conv3, conv4, FC6 and FC7 removed",
+            "33.5% drop in performance (lecture slides)",
+        ),
+        Variant(
+            "lrn_off", {"norm": "none"}, "no local response normalization", "+1.4 top-1 / +1.2 top-5 (AlexNet 3.3)"
+        ),
+        Variant("lcn", {"norm": "lcn"}, "local contrast norm. instead of LRN"),
+        Variant(
+            "nonoverlap_pool",
+            {"pool": "nonoverlap"},
+            "2x2/2 max pooling instead of 3x3/2",
+            "+0.4 top-1 / +0.3 top-5 (AlexNet 3.4)",
+        ),
+        Variant(
+            "dropout_off", {"dropout": 0.0}, "no dropout on FC6/FC7", "overfits substantially (AlexNet 4.2; no number)"
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)

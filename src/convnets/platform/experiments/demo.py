@@ -10,6 +10,7 @@ run -> multi-crop test -> results table + plots, all inside one folder:
 Training and testing run as `convnets fit` / `convnets test` child processes: DDP re-executes
 its command line on every rank, and that command must be the training alone, not the demo.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,20 +18,26 @@ import json
 import time
 from pathlib import Path
 
-from convnets.data_pipelines.shards.writer import write_shards
 from convnets.data_pipelines.shards.sources import DigitsSource, ImageFolderSource, MnistSource
+from convnets.data_pipelines.shards.writer import write_shards
 from convnets.utils.children import run_convnets
 from convnets.utils.console import verbose
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # package data: works from a wheel too
 DEFAULT_EPOCHS = {"digits": 40, "mnist": 12, "imagefolder": 10}
-CONFIG_FOR = {"digits": "lenet5_digits.yaml", "mnist": "lenet5_mnist.yaml", "imagefolder": "alexnet_small_imagenette.yaml"}
+CONFIG_FOR = {
+    "digits": "lenet5_digits.yaml",
+    "mnist": "lenet5_mnist.yaml",
+    "imagefolder": "alexnet_small_imagenette.yaml",
+}
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.add_argument("--data", default="digits", help="digits | mnist:PATH | imagefolder:PATH (default: digits)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for everything the demo makes (default: runs/demo-<data>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for everything the demo makes (default: runs/demo-<data>)"
+    )
     parser.add_argument("--arch", default=None, help="model (default: lenet5; alexnet_small for imagefolder)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40 digits, 12 mnist)")
     parser.add_argument("--devices", type=int, default=2, help="DDP processes (default: 2)")
@@ -51,8 +58,18 @@ def _source(data: str):
 def _lightning_args(kind: str, out: Path, arch: str) -> list[str]:
     # Each data kind trains from its own recipe: natural images need AlexNet's scale augmentation
     # and optimiser settings, not LeNet's digit recipe with overrides.
-    common = ["--config", str(CONFIGS / CONFIG_FOR[kind]), "--model.arch", arch, "--data.data_dir", str(out / "shards"),
-              "--runs_dir", str(out.parent), "--run_name", out.name]
+    common = [
+        "--config",
+        str(CONFIGS / CONFIG_FOR[kind]),
+        "--model.arch",
+        arch,
+        "--data.data_dir",
+        str(out / "shards"),
+        "--runs_dir",
+        str(out.parent),
+        "--run_name",
+        out.name,
+    ]
     return common
 
 
@@ -68,13 +85,36 @@ def run_demo(args: argparse.Namespace) -> int:
     common = _lightning_args(kind, out, arch)
     print(f"[2/3] fit: {arch}, {epochs} epochs, DDP on {args.devices} {args.accelerator} processes")
     strategy = "ddp" if args.devices > 1 else "auto"
-    run_convnets(["fit", *common, "--trainer.max_epochs", str(epochs), "--trainer.devices", str(args.devices),
-               "--trainer.strategy", strategy, "--trainer.accelerator", args.accelerator])
+    run_convnets(
+        [
+            "fit",
+            *common,
+            "--trainer.max_epochs",
+            str(epochs),
+            "--trainer.devices",
+            str(args.devices),
+            "--trainer.strategy",
+            strategy,
+            "--trainer.accelerator",
+            args.accelerator,
+        ]
+    )
     print("[3/3] test: last checkpoint, single crop and multi-crop")
     # Lightning's own test table repeats the results table below, less readably
     quiet = [] if verbose() else ["--verbose", "false"]
-    run_convnets(["test", *common, "--trainer.devices", "1", "--trainer.accelerator", args.accelerator,
-                  "--ckpt_path", str(out / "checkpoints" / "last.ckpt"), *quiet])
+    run_convnets(
+        [
+            "test",
+            *common,
+            "--trainer.devices",
+            "1",
+            "--trainer.accelerator",
+            args.accelerator,
+            "--ckpt_path",
+            str(out / "checkpoints" / "last.ckpt"),
+            *quiet,
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["demo_wall_s"] = time.perf_counter() - start
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

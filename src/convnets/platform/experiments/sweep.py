@@ -20,6 +20,7 @@ array can submit the same lines). A variant whose OUT/VARIANT/metrics.json holds
 skipped, so an interrupted sweep resumes where it stopped. The results go to OUT/ablation.md,
 OUT/ablation.json, OUT/ablation.png and one W&B summary run under OUT/wandb.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ from pathlib import Path
 
 from convnets.platform.experiments import ablation_table
 from convnets.platform.experiments.ablation_variants import VARIANTS, PlannedVariant, Variant, select_variants
-from convnets.utils.children import ChildFailed, run_convnets
 from convnets.platform.training.failures import one_line
+from convnets.utils.children import ChildFailed, run_convnets
 from convnets.utils.files import write_json
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,12 @@ class SweepSettings:
 
 
 def add_sweep_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("ablation", help="train every ablation variant and tabulate them",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "ablation",
+        help="train every ablation variant and tabulate them",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", type=Path, required=True, help="LightningCLI YAML of the full model")
     p.add_argument("--variants", default=None, help=f"comma-separated (default: all): {','.join(VARIANTS)}")
     p.add_argument("--out", type=Path, default=None, help="sweep folder (default: runs/ablation-<config stem>)")
@@ -83,8 +88,17 @@ def variant_commands(settings: SweepSettings, variant: Variant) -> list[list[str
         fit += ["--trainer.max_epochs", str(s.epochs)]
     if s.devices is not None:
         fit += ["--trainer.devices", str(s.devices), "--trainer.strategy", "ddp" if s.devices > 1 else "auto"]
-    test = ["test", *common, *accelerator, "--trainer.devices", "1", "--trainer.strategy", "auto",
-            "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]
+    test = [
+        "test",
+        *common,
+        *accelerator,
+        "--trainer.devices",
+        "1",
+        "--trainer.strategy",
+        "auto",
+        "--ckpt_path",
+        str(run_dir / "checkpoints" / "last.ckpt"),
+    ]
     return [fit, test]
 
 
@@ -119,8 +133,7 @@ def _model_facts(config: dict) -> tuple[str, int, int | None, dict[str, object]]
     return str(arch), int(num_classes), model.get("image_size"), options
 
 
-def count_params(variant: Variant, arch: str, num_classes: int, image_size: int | None,
-                 base: dict[str, object]) -> int:
+def count_params(variant: Variant, arch: str, num_classes: int, image_size: int | None, base: dict[str, object]) -> int:
     """Build the variant's model and run one image through it; ValueError naming the variant on failure."""
     import torch
 
@@ -130,8 +143,10 @@ def count_params(variant: Variant, arch: str, num_classes: int, image_size: int 
     options = {**base, **variant.options}
     missing = sorted(set(options) - set(info.options))
     if missing:
-        raise ValueError(f"variant {variant.name}: model {arch} has no option {', '.join(missing)} "
-                         f"(its options: {', '.join(info.options) or 'none'}); use an AlexNet-family model")
+        raise ValueError(
+            f"variant {variant.name}: model {arch} has no option {', '.join(missing)} "
+            f"(its options: {', '.join(info.options) or 'none'}); use an AlexNet-family model"
+        )
     channels, height, _ = info.input_size
     size = int(image_size or height)
     try:
@@ -139,8 +154,9 @@ def count_params(variant: Variant, arch: str, num_classes: int, image_size: int 
         with torch.no_grad():  # shapes fail here, in a second, rather than in a child process
             model(torch.zeros(1, channels, size, size))
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"variant {variant.name}: {arch} with {options or 'its defaults'} "
-                         f"at {size} px fails: {one_line(exc)}") from None
+        raise ValueError(
+            f"variant {variant.name}: {arch} with {options or 'its defaults'} at {size} px fails: {one_line(exc)}"
+        ) from None
     return sum(p.numel() for p in model.parameters())
 
 
@@ -173,8 +189,10 @@ def plan_sweep(settings: SweepSettings, variants: list[Variant], config: dict) -
         state = _state(settings.out / variant.name)
         recorded = settings.out / variant.name / COMMANDS_FILE
         if state != "fit" and recorded.is_file() and json.loads(recorded.read_text()) != commands:
-            raise ValueError(f"variant {variant.name}: {recorded.parent} was made by other command lines "
-                             f"(see {COMMANDS_FILE}); pass another --out or delete that folder")
+            raise ValueError(
+                f"variant {variant.name}: {recorded.parent} was made by other command lines "
+                f"(see {COMMANDS_FILE}); pass another --out or delete that folder"
+            )
         planned.append(PlannedVariant(variant, params, commands, state))
     return planned
 
@@ -220,8 +238,14 @@ def _settings(args: argparse.Namespace) -> SweepSettings:
         if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
     out = args.out or Path("runs") / f"ablation-{args.config.stem}"
-    return SweepSettings(config=args.config.resolve(), out=out.resolve(), epochs=args.epochs, devices=args.devices,
-                         accelerator=args.accelerator, extra=extra)
+    return SweepSettings(
+        config=args.config.resolve(),
+        out=out.resolve(),
+        epochs=args.epochs,
+        devices=args.devices,
+        accelerator=args.accelerator,
+        extra=extra,
+    )
 
 
 def prepare_sweep(args: argparse.Namespace) -> tuple[SweepSettings, dict, list[PlannedVariant]]:

@@ -5,6 +5,7 @@ probability) into 15 equal-width bins; ECE = sum over bins of |accuracy - mean c
 bin's share of samples. The states are per-bin sums (device tensors, no host sync per update),
 summed across DDP ranks, so the result does not depend on how samples were split between ranks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,7 +45,9 @@ class Calibration(Metric):
         conf = self.confidence / count.clamp(min=1)
         ece = ((acc - conf).abs() * count).sum() / n
         return {
-            "top1": float(self.correct.sum() / n), "nll": float(self.nll / n), "ece": float(ece),
+            "top1": float(self.correct.sum() / n),
+            "nll": float(self.nll / n),
+            "ece": float(ece),
             "n": int(self.count.sum()),
             "bins": {"count": self.count.tolist(), "accuracy": acc.tolist(), "confidence": conf.tolist()},
         }

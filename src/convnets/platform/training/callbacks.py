@@ -1,4 +1,5 @@
 """Callbacks: throughput, the run record, metrics.json + history, and the run's pictures."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,12 @@ class ThroughputMonitor(pl.Callback):
 
         spec = pl_module.input_spec
         size = (spec.channels, spec.image_size, spec.image_size)
-        fwd = forward_flops(pl_module.hparams.arch, num_classes=pl_module.hparams.num_classes, input_size=size,
-                            **pl_module.model_options)
+        fwd = forward_flops(
+            pl_module.hparams.arch,
+            num_classes=pl_module.hparams.num_classes,
+            input_size=size,
+            **pl_module.model_options,
+        )
         self.flops_per_image = 3.0 * fwd
 
     @override
@@ -105,7 +110,9 @@ class ThroughputMonitor(pl.Callback):
             return
         window = self.end - self.start
         images = float(self.images) + (float(self.images_dev) if self.images_dev is not None else 0.0)
-        local = torch.tensor([images, window, self.wait, float(self.steps)], dtype=torch.float64, device=pl_module.device)
+        local = torch.tensor(
+            [images, window, self.wait, float(self.steps)], dtype=torch.float64, device=pl_module.device
+        )
         total = trainer.strategy.reduce(local, reduce_op="sum")  # one collective on the module's device
         images, window, wait, steps = (float(v) for v in total.cpu())
         world = trainer.world_size
@@ -129,13 +136,21 @@ class ThroughputMonitor(pl.Callback):
             return
         m = self.last
         mfu = f", MFU {100 * m['mfu']:.1f}%" if "mfu" in m else ""
-        log.info("throughput: %.0f images/s (%.0f per device x %d), step %.1f ms, data wait %.0f%%%s",
-                 m["images_per_s"], m["images_per_s_per_device"], trainer.world_size, m["step_ms"],
-                 100 * m["data_wait_fraction"], mfu)
+        log.info(
+            "throughput: %.0f images/s (%.0f per device x %d), step %.1f ms, data wait %.0f%%%s",
+            m["images_per_s"],
+            m["images_per_s_per_device"],
+            trainer.world_size,
+            m["step_ms"],
+            100 * m["data_wait_fraction"],
+            mfu,
+        )
         if m["data_wait_fraction"] > 0.10:
-            log.warning("the data path is the bottleneck: %.0f%% of each step waits for the next batch; raise "
-                        "data.num_threads, decode on the GPU (data.device=gpu) or write resized shards",
-                        100 * m["data_wait_fraction"])
+            log.warning(
+                "the data path is the bottleneck: %.0f%% of each step waits for the next batch; raise "
+                "data.num_threads, decode on the GPU (data.device=gpu) or write resized shards",
+                100 * m["data_wait_fraction"],
+            )
 
 
 # Dense peak FLOP/s where Lightning's table has none or a sparse figure (Lightning lists the H200's
@@ -214,8 +229,11 @@ class RunReport(pl.Callback):
     @override
     def state_dict(self) -> dict:
         elapsed = time.perf_counter() - self.fit_start if self.fit_start else 0.0
-        return {"history": self.history, "val_history": self.val_history,
-                "fit_seconds": self.fit_seconds_before + elapsed}
+        return {
+            "history": self.history,
+            "val_history": self.val_history,
+            "fit_seconds": self.fit_seconds_before + elapsed,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict) -> None:
@@ -247,8 +265,14 @@ class RunReport(pl.Callback):
         if batch_idx == 0 and trainer.current_epoch == 0 and trainer.is_global_zero:  # cheapest test first
             spec, classes = pl_module.input_spec, getattr(trainer.datamodule, "display_names", None)
             classes = classes or [str(i) for i in range(int(batch["labels"].max()) + 1)]
-            plots.input_samples(batch["images"], batch["labels"], classes, spec.mean, spec.std,
-                                self.run_dir / "plots" / "train_samples.png")
+            plots.input_samples(
+                batch["images"],
+                batch["labels"],
+                classes,
+                spec.mean,
+                spec.std,
+                self.run_dir / "plots" / "train_samples.png",
+            )
 
     @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -344,8 +368,11 @@ class RunWandbLogger(WandbLogger):
         if self._floor is None:
             self._floor = logged_wandb_step(self._run_dir)
             if self._floor >= 0:
-                log.info("W&B run %s already holds steps up to %d: rows before it are not logged again",
-                         self.version, self._floor)
+                log.info(
+                    "W&B run %s already holds steps up to %d: rows before it are not logged again",
+                    self.version,
+                    self._floor,
+                )
         if step < self._floor:
             if self.fitting:
                 return
@@ -417,13 +444,20 @@ def platform_callbacks(run_dir: Path, config: dict, *, progress_bar: bool = True
     run_dir = Path(run_dir)
     throughput = ThroughputMonitor()
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val_top1",
-                        mode="max", save_top_k=1, auto_insert_metric_name=False),
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best-epoch{epoch:03d}",
+            monitor="val_top1",
+            mode="max",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+        ),
         # last.ckpt after EVERY validation, its own callback: Lightning 2.6's `save_last=True` beside a
         # monitor rewrites last.ckpt only when the best one improves, so a run on a plateau (the
         # paper's schedule waits for one) would resume epochs behind.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                        enable_version_counter=False),
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+        ),
         throughput,
         RunRecorder(run_dir, config),
         RunReport(run_dir, throughput),

@@ -9,6 +9,7 @@ CheckpointWriteError naming the folder and the bytes needed.
 Loading (`load_checkpoint`, shared with `convnets evaluate`): `weights_only=True`, so a downloaded
 checkpoint cannot run code; the platform stores only tensors, numbers, strings, lists and dicts.
 """
+
 from __future__ import annotations
 
 import errno
@@ -47,9 +48,11 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         if isinstance(exc, RuntimeError) and not _disk_full(exc):
             raise  # not an I/O problem: torch could not serialize the object
         reason = "no space left on the device" if _disk_full(exc) else str(exc).splitlines()[0]
-        raise CheckpointWriteError(errno.ENOSPC if _disk_full(exc) else getattr(exc, "errno", None),
-                                   f"cannot write checkpoint {path}: {reason}; the previous checkpoint (if any) "
-                                   f"is intact. Free space in {path.parent}, then resume with --ckpt_path last") from exc
+        raise CheckpointWriteError(
+            errno.ENOSPC if _disk_full(exc) else getattr(exc, "errno", None),
+            f"cannot write checkpoint {path}: {reason}; the previous checkpoint (if any) "
+            f"is intact. Free space in {path.parent}, then resume with --ckpt_path last",
+        ) from exc
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -62,8 +65,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, Path(path))
 
     @override
-    def load_checkpoint(self, path, map_location: Any | None = lambda storage, loc: storage,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Any | None = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location)
 
 
@@ -84,20 +88,24 @@ def load_checkpoint(path: str | Path, *, map_location: Any = "cpu", arch: str | 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (truncated, or another kind of file; "
-                              f"{path.stat().st_size} bytes)")
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (truncated, or another kind of file; {path.stat().st_size} bytes)"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # zip/pickle/unpickler errors all mean the same thing to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(f"{path}: holds Python objects beyond tensors and plain values, refused "
-                                  f"(weights_only=True; load it only if you trust its source): {first}") from None
+            raise CheckpointError(
+                f"{path}: holds Python objects beyond tensors and plain values, refused "
+                f"(weights_only=True; load it only if you trust its source): {first}"
+            ) from None
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt: {first})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: a torch file but not a Lightning checkpoint (no state_dict)")
     found = (ckpt.get("hyper_parameters") or {}).get("arch")
     if arch is not None and found is not None and found != arch:
-        raise CheckpointError(f"{path}: a checkpoint of model {found!r}, not {arch!r}; pass --model.arch {found} "
-                              f"or another checkpoint")
+        raise CheckpointError(
+            f"{path}: a checkpoint of model {found!r}, not {arch!r}; pass --model.arch {found} or another checkpoint"
+        )
     return ckpt

@@ -5,6 +5,7 @@ these pass, so a typo costs one line on stderr and nothing on disk. Each check r
 files (manifest.json, a checkpoint's zip directory) and builds the model on the meta device
 (no memory, no arithmetic), so all of them take well under a second.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,15 @@ def check_data(data: Mapping, stage: str, *, world_size: int) -> int | None:
         if split == "train":
             batch = int(_get(data, "batch_size", 1))
             if batch * world_size > manifest.num_samples:  # legal (one padded step), rarely meant: say so
-                log.warning("data.batch_size=%d x %d ranks = %d exceeds the %d training samples in %s: one padded "
-                            "step per epoch", batch, world_size, batch * world_size, manifest.num_samples, data_dir / split)
+                log.warning(
+                    "data.batch_size=%d x %d ranks = %d exceeds the %d training samples in %s: one padded "
+                    "step per epoch",
+                    batch,
+                    world_size,
+                    batch * world_size,
+                    manifest.num_samples,
+                    data_dir / split,
+                )
     return num_classes
 
 
@@ -65,8 +73,10 @@ def check_shard_names(manifest: Any, split_dir: Path) -> None:
     for entry in manifest.shards:
         for name in (entry.name, entry.index):
             if Path(name).name != name or name in ("", ".", ".."):
-                raise ConfigError(f"{split_dir / 'manifest.json'}: shard file {name!r} is not a plain file name "
-                                  f"inside {split_dir} (path traversal refused)")
+                raise ConfigError(
+                    f"{split_dir / 'manifest.json'}: shard file {name!r} is not a plain file name "
+                    f"inside {split_dir} (path traversal refused)"
+                )
 
 
 def _preset(data: Mapping) -> str:
@@ -94,8 +104,10 @@ def check_model(model: Mapping, num_classes: int | None) -> int:
     arch = str(_get(model, "arch", "lenet5"))
     wanted = _get(model, "num_classes")
     if wanted is not None and num_classes is not None and int(wanted) != num_classes:
-        raise ConfigError(f"model.num_classes={wanted}, but the data has {num_classes} classes; drop model.num_classes "
-                          f"(it defaults to the data's)")
+        raise ConfigError(
+            f"model.num_classes={wanted}, but the data has {num_classes} classes; drop model.num_classes "
+            f"(it defaults to the data's)"
+        )
     try:
         info = get_model_info(arch)
     except ValueError as exc:
@@ -112,8 +124,10 @@ def check_model(model: Mapping, num_classes: int | None) -> int:
         with torch.device("meta"):
             net.eval()(torch.empty(2, channels, size, size))  # eval: BatchNorm takes any batch
     except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"model.image_size={size} does not fit {arch} ({str(exc).splitlines()[0]}); "
-                          f"its declared size is {info.input_size[1]}") from None
+        raise ConfigError(
+            f"model.image_size={size} does not fit {arch} ({str(exc).splitlines()[0]}); "
+            f"its declared size is {info.input_size[1]}"
+        ) from None
     return size
 
 

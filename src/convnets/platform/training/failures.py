@@ -6,6 +6,7 @@ parse error; commands other than fit/validate/test/predict also treat a plain Va
 failure during the run: exit 1, the traceback, then one line that says what to do where we know
 (out of memory: lower the batch; a DDP peer gone: which rank, and how to resume).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,17 @@ from convnets.errors import ConvnetsInputError
 
 INPUT_ERROR_EXIT = 2
 RUN_FAILURE_EXIT = 1
-OOM_HINT = ("out of memory: lower --data.batch_size (it is per rank), or use --trainer.precision bf16-mixed; "
-            "resume with --ckpt_path last")
+OOM_HINT = (
+    "out of memory: lower --data.batch_size (it is per rank), or use --trainer.precision bf16-mixed; "
+    "resume with --ckpt_path last"
+)
 # What gloo and NCCL say when a peer process died or a collective waited past the DDP timeout.
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted",
-             "Watchdog caught collective operation timeout")
+PEER_GONE = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "NCCL communicator was aborted",
+    "Watchdog caught collective operation timeout",
+)
 PEER_GONE_TYPES = ("DistBackendError", "DistNetworkError")
 
 
@@ -58,7 +65,9 @@ def is_input_error(exc: BaseException) -> bool:
 
 def exit_code(exc: BaseException, *, value_error_is_input: bool = False) -> int:
     """2 for bad input; `value_error_is_input` for commands whose every ValueError is about their input."""
-    plain_input = value_error_is_input and isinstance(exc, (ValueError, FileNotFoundError)) and not is_out_of_memory(exc)
+    plain_input = (
+        value_error_is_input and isinstance(exc, (ValueError, FileNotFoundError)) and not is_out_of_memory(exc)
+    )
     return INPUT_ERROR_EXIT if plain_input or is_input_error(exc) else RUN_FAILURE_EXIT
 
 
@@ -87,12 +96,16 @@ def failure_summary(exc: BaseException) -> str:
     if any(type(e).__name__ in PEER_GONE_TYPES or any(m in str(e) for m in PEER_GONE) for e in _chain(exc)):
         noted = [n for e in _chain(exc) for n in getattr(e, "__notes__", []) if n.startswith("DDP rank ")]
         if noted and "bad input" in noted[0]:  # resuming as is would meet the same sample again
-            return (f"{noted[0]}; fix or rewrite it (`convnets shards verify DIR --deep` lists every bad sample), "
-                    f"then resume with --ckpt_path last: {line}")
+            return (
+                f"{noted[0]}; fix or rewrite it (`convnets shards verify DIR --deep` lists every bad sample), "
+                f"then resume with --ckpt_path last: {line}"
+            )
         if noted:  # the rank watchdog saw which local rank died, and how
             return f"{noted[0]}; resume with --ckpt_path last: {line}"
         rank = dead_rank(exc)
         who = f"DDP rank {rank}" if rank is not None else "another DDP rank"
-        return (f"{who} stopped or stopped answering (its own error, or the watchdog line naming it, is above); "
-                f"resume with --ckpt_path last: {line}")
+        return (
+            f"{who} stopped or stopped answering (its own error, or the watchdog line naming it, is above); "
+            f"resume with --ckpt_path last: {line}"
+        )
     return line

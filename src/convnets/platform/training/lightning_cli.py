@@ -11,6 +11,7 @@ credentials exist), metrics.json and plots.
     convnets fit --config configs/alexnet_imagenet.yaml --trainer.devices 8 # 8 GPUs
     convnets test --config configs/lenet5_digits.yaml --ckpt_path runs/NAME/checkpoints/last.ckpt
 """
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,13 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     """`--config alexnet2012_imagenet` -> the packaged file, when no such path exists here."""
     out = list(argv)
     for i, arg in enumerate(out):
-        name = out[i + 1] if arg == "--config" and i + 1 < len(out) else arg.partition("=")[2] if arg.startswith("--config=") else None
+        name = (
+            out[i + 1]
+            if arg == "--config" and i + 1 < len(out)
+            else arg.partition("=")[2]
+            if arg.startswith("--config=")
+            else None
+        )
         if name is None or Path(name).exists():
             continue
         packaged = PACKAGED_CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
@@ -74,8 +81,12 @@ class ConvnetsCLI(LightningCLI):
         parser.add_argument("--run_name", type=str | None, default=None, help="run folder name (default: ARCH-TIME)")
         parser.add_argument("--runs_dir", type=str, default="runs", help="parent of the run folders")
         parser.add_argument("--wandb_project", type=str, default="convnets", help="W&B project")
-        parser.add_argument("--ddp_timeout_s", type=float, default=900.0,
-                            help="DDP: seconds a collective waits for a silent rank before failing (strategy ddp)")
+        parser.add_argument(
+            "--ddp_timeout_s",
+            type=float,
+            default=900.0,
+            help="DDP: seconds a collective waits for a silent rank before failing (strategy ddp)",
+        )
 
     @override
     def init_parser(self, **kwargs):
@@ -136,7 +147,9 @@ class ConvnetsCLI(LightningCLI):
         bar = trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in user)
         callbacks = user + platform_callbacks(run_dir, self._cfg(self.config).as_dict(), progress_bar=bar)
         kwargs["callbacks"] = callbacks + [RankWatchdog(), SigtermSync()]
-        kwargs["strategy"] = ddp_strategy(trainer_cfg.get("strategy", "auto"), timeout_s=self._cfg(self.config)["ddp_timeout_s"])
+        kwargs["strategy"] = ddp_strategy(
+            trainer_cfg.get("strategy", "auto"), timeout_s=self._cfg(self.config)["ddp_timeout_s"]
+        )
         kwargs["plugins"] = with_atomic_io(trainer_cfg.get("plugins"))  # atomic saves, weights-only loads
         kwargs["default_root_dir"] = str(run_dir)
         # The topmost folder this call may create (runs/ itself on a first run), removed on failure.
@@ -144,9 +157,17 @@ class ConvnetsCLI(LightningCLI):
         try:
             if trainer_cfg.get("logger") in (None, True):
                 # One W&B run per run folder: resumed fits, requeued jobs and tests append to it.
-                kwargs["logger"] = RunWandbLogger(run_dir=run_dir, project=cfg["wandb_project"], name=run_dir.name,
-                                                  save_dir=str(run_dir), offline=wandb_offline(), log_model=False,
-                                                  id=run_wandb_id(run_dir), resume="allow", settings=wandb_settings())
+                kwargs["logger"] = RunWandbLogger(
+                    run_dir=run_dir,
+                    project=cfg["wandb_project"],
+                    name=run_dir.name,
+                    save_dir=str(run_dir),
+                    offline=wandb_offline(),
+                    log_model=False,
+                    id=run_wandb_id(run_dir),
+                    resume="allow",
+                    settings=wandb_settings(),
+                )
             return super().instantiate_trainer(**kwargs)
         except Exception:
             # The Trainer refused its arguments (e.g. devices=0): a bad config leaves nothing behind,
@@ -156,8 +177,11 @@ class ConvnetsCLI(LightningCLI):
             raise
 
 
-CLI_DEFAULTS = {"seed_everything_default": 0, "trainer_defaults": {"max_epochs": 10, "log_every_n_steps": 50},
-                "auto_configure_optimizers": False}
+CLI_DEFAULTS = {
+    "seed_everything_default": 0,
+    "trainer_defaults": {"max_epochs": 10, "log_every_n_steps": 50},
+    "auto_configure_optimizers": False,
+}
 
 
 def run_lightning(argv: list[str]) -> None:
@@ -208,12 +232,13 @@ def resolve_fit_config(args: list[str], *, checks: bool = True) -> dict:
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            cli = (_ParseAndCheck if checks else _ParseOnly)(ClassifierModule, ShardDataModule, args=resolve_config_args(args), run=False,
-                             **CLI_DEFAULTS)
+            cli = (_ParseAndCheck if checks else _ParseOnly)(
+                ClassifierModule, ShardDataModule, args=resolve_config_args(args), run=False, **CLI_DEFAULTS
+            )
     except argparse.ArgumentError as exc:  # a parser that raises instead of exiting
         raise ValueError(f"fit config: {' '.join(str(exc).split())}") from None
     except SystemExit:
         text = err.getvalue()
-        message = " ".join(text[text.rfind("error:") + len("error:"):].split()) if "error:" in text else "invalid"
+        message = " ".join(text[text.rfind("error:") + len("error:") :].split()) if "error:" in text else "invalid"
         raise ValueError(f"fit config: {message}") from None
     return cli.config.as_dict()

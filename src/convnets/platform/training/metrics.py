@@ -6,6 +6,7 @@ the GPU works. These states are device tensors updated with arithmetic only; Lig
 them across ranks (sum) when the epoch's value is computed, so DDP results equal a single
 process's, padding excluded.
 """
+
 from __future__ import annotations
 
 import torch

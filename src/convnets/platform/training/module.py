@@ -9,6 +9,7 @@ each real sample counts exactly once per epoch.
 The training step issues no host-device sync (no .item(), int(tensor) or boolean indexing):
 on a GPU the host can then queue step k+1 while step k runs. tests/unit/test_no_sync.py holds it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,7 +54,9 @@ def masked_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy over the valid samples only (0 when a batch has none); no host sync."""
     targets = labels.masked_fill(~valid, IGNORE)
-    total = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing)
+    total = F.cross_entropy(
+        logits.float(), targets, ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing
+    )
     return total / valid.sum().clamp(min=1)
 
 
@@ -78,7 +81,11 @@ def frozen_batchnorm(net: torch.nn.Module, enabled: bool):
 
     Disabled (every step but a nearly all-padding one) it does nothing: no walk over the modules.
     """
-    layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training] if enabled else []
+    layers = (
+        [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+        if enabled
+        else []
+    )
     for m in layers:
         m.eval()
     try:
@@ -139,7 +146,10 @@ class ClassifierModule(pl.LightningModule):
     def input_spec(self) -> InputSpec:
         c, h, _ = self.info.input_size
         return InputSpec(
-            channels=c, image_size=self.hparams.image_size or h, mean=self.info.mean, std=self.info.std,
+            channels=c,
+            image_size=self.hparams.image_size or h,
+            mean=self.info.mean,
+            std=self.info.std,
             crop_fraction=self.info.crop_fraction,
         )
 
@@ -248,8 +258,17 @@ class ClassifierModule(pl.LightningModule):
         if opts.keep_topk:
             top = probs.topk(min(5, probs.shape[-1]), dim=-1)
             index = batch["index"][:n] if "index" in batch else torch.full_like(labels, -1)
-            self.test_topk.append(torch.cat([index.unsqueeze(1).double(), labels.unsqueeze(1).double(),
-                                             top.indices.double(), top.values.double()], 1))
+            self.test_topk.append(
+                torch.cat(
+                    [
+                        index.unsqueeze(1).double(),
+                        labels.unsqueeze(1).double(),
+                        top.indices.double(),
+                        top.values.double(),
+                    ],
+                    1,
+                )
+            )
 
     # Epoch-level logging: Lightning computes each metric (one all-reduce of its state) and resets it.
     @override
@@ -280,8 +299,14 @@ class ClassifierModule(pl.LightningModule):
         lr = o.lr
         if o.reference_batch is not None:
             lr, o = scaled(o, self.global_batch())
-            log.info("linear scaling rule: lr %.4g x %d / %d = %.4g (warm-up from %.3g x that)",
-                     self.optim.lr, self.global_batch(), o.reference_batch, lr, o.warmup_start)
+            log.info(
+                "linear scaling rule: lr %.4g x %d / %d = %.4g (warm-up from %.3g x that)",
+                self.optim.lr,
+                self.global_batch(),
+                o.reference_batch,
+                lr,
+                o.warmup_start,
+            )
         optimizer = torch.optim.SGD(parameter_groups(self.net, o), lr=lr, momentum=o.momentum, nesterov=o.nesterov)
         # The horizon in optimizer steps, right for max_epochs and max_steps alike.
         total = max(int(self.trainer.estimated_stepping_batches), 1)
@@ -292,7 +317,8 @@ class ClassifierModule(pl.LightningModule):
         # Stepped every batch, in fractional epochs: a warm-up ramps smoothly (an epoch-wise ramp
         # jumps 10x at its end, enough to blow up an AlexNet without LRN at lr 0.03).
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(o, s / per_epoch, epochs, self.plateau.drops))
+            optimizer, lambda s: lr_factor(o, s / per_epoch, epochs, self.plateau.drops)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @override
@@ -301,7 +327,11 @@ class ClassifierModule(pl.LightningModule):
         # rank takes the same decision.
         val = self.trainer.callback_metrics.get("val_top1")
         if self.optim.schedule == "plateau" and val is not None and self.plateau.observe(float(val), self.optim):
-            log.info("val_top1 plateaued: learning rate divided (%d of at most %d)", self.plateau.drops, self.optim.plateau_max_drops)
+            log.info(
+                "val_top1 plateaued: learning rate divided (%d of at most %d)",
+                self.plateau.drops,
+                self.optim.plateau_max_drops,
+            )
 
     @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -319,7 +349,9 @@ class ClassifierModule(pl.LightningModule):
         theirs = checkpoint.get("hyper_parameters") or {}
         for key in ("arch", "num_classes"):
             if theirs.get(key) is not None and self.hparams.get(key) is not None and theirs[key] != self.hparams[key]:
-                raise CheckpointError(f"the checkpoint is of {key} {theirs[key]!r}, this run has {self.hparams[key]!r}; "
-                                      f"pass --model.{key} {theirs[key]} or another --ckpt_path")
+                raise CheckpointError(
+                    f"the checkpoint is of {key} {theirs[key]!r}, this run has {self.hparams[key]!r}; "
+                    f"pass --model.{key} {theirs[key]} or another --ckpt_path"
+                )
         self.plateau = PlateauState(**checkpoint.get("plateau", {}))
         self.classes = checkpoint.get("classes")

@@ -3,10 +3,12 @@
 Shared by `convnets test` (the module's test step) and `convnets evaluate`, so both compute the
 same numbers. Everything here is batched tensor arithmetic: no per-sample Python.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -49,8 +51,12 @@ def dropout_sampling(net: nn.Module):
 
 
 def mc_dropout_probs(
-    forward: Callable[[torch.Tensor], torch.Tensor], net: nn.Module, images: torch.Tensor, *,
-    samples: int, average: Average = "softmax",
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    net: nn.Module,
+    images: torch.Tensor,
+    *,
+    samples: int,
+    average: Average = "softmax",
 ) -> torch.Tensor:
     """Option 1 of the seed: `samples` dropout masks per image, the renormalised geometric mean
     of their output distributions (mean of the log-probabilities, then softmax).

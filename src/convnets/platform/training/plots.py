@@ -1,4 +1,5 @@
 """PNG figures of a run: learning curves, confusion matrix, first-layer filters, input samples."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,9 @@ def learning_curves(history: list[dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def time_to_accuracy(curve: list[tuple[float, float]], final: tuple[float, float], target: float, budget_s: float,
-                     path: Path, title: str) -> Path:
+def time_to_accuracy(
+    curve: list[tuple[float, float]], final: tuple[float, float], target: float, budget_s: float, path: Path, title: str
+) -> Path:
     """Validation top-1 against wall-clock minutes, with the target and the time budget marked."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     if curve:
@@ -78,7 +80,7 @@ def _grid(tiles: np.ndarray, columns: int) -> np.ndarray:
     out = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1, c))
     for k in range(n):
         r, col = divmod(k, columns)
-        out[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = tiles[k]
+        out[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = tiles[k]
     return out
 
 
@@ -105,7 +107,9 @@ def input_samples(images: torch.Tensor, labels: torch.Tensor, classes: list[str]
     s = torch.tensor(std).view(1, -1, 1, 1)
     tiles = (x * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     columns = 8
-    fig, axes = plt.subplots(math.ceil(len(tiles) / columns), columns, figsize=(columns * 1.3, math.ceil(len(tiles) / columns) * 1.45))
+    fig, axes = plt.subplots(
+        math.ceil(len(tiles) / columns), columns, figsize=(columns * 1.3, math.ceil(len(tiles) / columns) * 1.45)
+    )
     for ax, tile, label in zip(np.atleast_1d(axes).flat, tiles, labels[: len(tiles)].tolist()):
         ax.imshow(tile.squeeze(-1) if tile.shape[-1] == 1 else tile, cmap="gray")
         ax.set_title(classes[label][:14], fontsize=7)

@@ -11,6 +11,7 @@ Ranks on other nodes are not children: there the collective timeout (`--ddp_time
 torch.distributed as the process group's timeout) bounds the wait, and gloo/NCCL's error names
 the failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,11 +60,19 @@ class RankWatchdog(pl.Callback):
             _retire_lightnings_observer()
             first = trainer.node_rank * trainer.num_devices
             for i, proc in enumerate(children):
-                threading.Thread(target=self._wait_child, args=(proc, first + i + 1, children), daemon=True,
-                                 name=f"convnets-watch-rank{first + i + 1}").start()
+                threading.Thread(
+                    target=self._wait_child,
+                    args=(proc, first + i + 1, children),
+                    daemon=True,
+                    name=f"convnets-watch-rank{first + i + 1}",
+                ).start()
         else:
-            threading.Thread(target=self._watch_parent, args=(os.getppid(), trainer.global_rank), daemon=True,
-                             name="convnets-watch-rank0").start()
+            threading.Thread(
+                target=self._watch_parent,
+                args=(os.getppid(), trainer.global_rank),
+                daemon=True,
+                name="convnets-watch-rank0",
+            ).start()
 
     def _wait_child(self, proc: subprocess.Popen, rank: int, children: list[subprocess.Popen]) -> None:
         returncode = proc.wait()
@@ -79,7 +88,11 @@ class RankWatchdog(pl.Callback):
                 self._stop(f"{self.deaths[-1]}; rank {rank} cannot continue", [])
 
     def _stop(self, message: str, children: list[subprocess.Popen]) -> None:
-        print(f"convnets: failed: {message}; stopping this rank. Resume with --ckpt_path last", file=sys.stderr, flush=True)
+        print(
+            f"convnets: failed: {message}; stopping this rank. Resume with --ckpt_path last",
+            file=sys.stderr,
+            flush=True,
+        )
         time.sleep(self.grace_s)
         if self.handling.is_set():  # its own error is on the way out (exit code, one-line summary): a
             time.sleep(HANDLING_S)  # longer wait, only against a teardown stuck in a collective

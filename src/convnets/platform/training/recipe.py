@@ -3,6 +3,7 @@
 Everything here is host-side arithmetic on Python numbers (no tensors): the schedule is a pure
 function of the step, so it costs nothing per step and resumes exactly from a checkpoint.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,10 +47,15 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "lr": self.lr > 0, "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
-            "gamma": 0 < self.gamma <= 1, "warmup_epochs": self.warmup_epochs >= 0,
-            "warmup_start": self.warmup_start is None or 0 < self.warmup_start <= 1, "label_smoothing": 0 <= self.label_smoothing < 1,
-            "step_epochs": self.step_epochs >= 1, "reference_batch": self.reference_batch is None or self.reference_batch >= 1,
+            "lr": self.lr > 0,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "gamma": 0 < self.gamma <= 1,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "warmup_start": self.warmup_start is None or 0 < self.warmup_start <= 1,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "step_epochs": self.step_epochs >= 1,
+            "reference_batch": self.reference_batch is None or self.reference_batch >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -62,7 +68,7 @@ class OptimConfig:
 
 @dataclass
 class PlateauState:
-    """"Divide by 10 when the validation error stops improving" (Krizhevsky et al. 2012, section 5)."""
+    """ "Divide by 10 when the validation error stops improving" (Krizhevsky et al. 2012, section 5)."""
 
     best: float = -math.inf
     bad_checks: int = 0

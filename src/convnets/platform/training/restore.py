@@ -4,6 +4,7 @@ Everything needed is in the checkpoint: the module's hyperparameters (arch, opti
 the data module's (augmentation mode, min_area, ...) and, since this version, the class names.
 Loading uses `weights_only=True` (no pickled code runs). Every failure is one line naming the file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,14 +40,17 @@ def read_checkpoint(path: Path | str) -> Checkpoint:
     path = Path(path)
     raw = load_checkpoint(path)  # weights_only=True; one line for a missing, truncated or foreign file
     if "hyper_parameters" not in raw:
-        raise CheckpointError(f"{path} is not a convnets checkpoint (no hyper_parameters; "
-                              "it may be another program's Lightning checkpoint)")
+        raise CheckpointError(
+            f"{path} is not a convnets checkpoint (no hyper_parameters; "
+            "it may be another program's Lightning checkpoint)"
+        )
     hparams = {k: v for k, v in raw["hyper_parameters"].items() if not k.startswith("_")}
     if "arch" not in hparams:
         raise CheckpointError(f"{path} was not written by convnets' ClassifierModule (no 'arch' hyperparameter)")
     data = {k: v for k, v in (raw.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
-    return Checkpoint(path=path, hparams=hparams, data_hparams=data, state_dict=raw["state_dict"],
-                      classes=raw.get("classes"), raw=raw)
+    return Checkpoint(
+        path=path, hparams=hparams, data_hparams=data, state_dict=raw["state_dict"], classes=raw.get("classes"), raw=raw
+    )
 
 
 def build_module(ckpt: Checkpoint):
@@ -63,8 +67,9 @@ def build_module(ckpt: Checkpoint):
         module.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{ckpt.path}: its weights do not fit model {hp['arch']!r} "
-                              f"with {hp['num_classes']} classes ({detail})") from None
+        raise CheckpointError(
+            f"{ckpt.path}: its weights do not fit model {hp['arch']!r} with {hp['num_classes']} classes ({detail})"
+        ) from None
     module.on_load_checkpoint(ckpt.raw)
     return module.eval()
 
@@ -79,5 +84,7 @@ def check_classes(ckpt: Checkpoint, data_classes: list[str], where: str) -> None
         return
     for i, (mine, theirs) in enumerate(zip(data_classes, ckpt.classes)):
         if mine != theirs:
-            raise CheckpointError(f"{where}: class {i} is {mine!r}, but checkpoint {ckpt.path} calls it {theirs!r} "
-                                  "(shards written from another class list)")
+            raise CheckpointError(
+                f"{where}: class {i} is {mine!r}, but checkpoint {ckpt.path} calls it {theirs!r} "
+                "(shards written from another class list)"
+            )

@@ -14,6 +14,7 @@ same step on every rank (every rank runs the same number of steps: epoch_plan), 
 SIGTERMException. Lightning's rank-local checks read `received_sigterm`, which is set only then (in fit's
 validation too: it waits for the next step); outside fit (validate, test) at once: no step check comes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,21 +43,28 @@ class SigtermSync(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         connector = getattr(trainer, "_signal_connector", None)
         loop = trainer.fit_loop.epoch_loop
-        if trainer.world_size <= 1 or not hasattr(connector, "_sigterm_notifier_fn") \
-                or not hasattr(loop, "_broadcast_sigterm_tensor"):
+        if (
+            trainer.world_size <= 1
+            or not hasattr(connector, "_sigterm_notifier_fn")
+            or not hasattr(loop, "_broadcast_sigterm_tensor")
+        ):
             return  # one process, or another Lightning: its own handling stays
         if any(getattr(c, "handles_sigterm", False) for c in trainer.callbacks):
             return  # a Slurm job: its preemption hook saves and requeues on SIGTERM (slurm/requeue_signal.py)
 
         def note(signum: int, frame: object) -> None:
-            log.info("[rank %d] Received SIGTERM: %d (the ranks stop together within %d steps)",
-                     trainer.global_rank, signum, self.check_every)
+            log.info(
+                "[rank %d] Received SIGTERM: %d (the ranks stop together within %d steps)",
+                trainer.global_rank,
+                signum,
+                self.check_every,
+            )
             launcher = trainer.strategy.launcher
             if not self.noted and launcher is not None:
                 launcher.kill(signum)  # as Lightning does: the ranks it started get it too
             self.noted = True
             if trainer.state.fn != TrainerFn.FITTING:  # validate/test/predict: no step check comes; stop at
-                connector.received_sigterm = True      # the next batch, as Lightning does (minus the broadcast)
+                connector.received_sigterm = True  # the next batch, as Lightning does (minus the broadcast)
 
         def agree() -> None:
             self.steps += 1

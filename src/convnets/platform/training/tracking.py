@@ -1,4 +1,5 @@
 """What every run records about itself: resolved config, package versions, git revision."""
+
 from __future__ import annotations
 
 import netrc
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from convnets.utils.environment import git_revision, package_versions
+
 
 def wandb_offline() -> bool:
     """Offline unless the user asked for online or has credentials (env var or ~/.netrc)."""
@@ -22,8 +24,13 @@ def wandb_offline() -> bool:
 
 
 def run_info(config: dict) -> dict:
-    return {"config": config, "versions": package_versions(), "git_revision": git_revision(),
-            "argv": sys.argv, "cwd": os.getcwd()}
+    return {
+        "config": config,
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "argv": sys.argv,
+        "cwd": os.getcwd(),
+    }
 
 
 WANDB_ID_FILE = "wandb_id"  # in the run folder: every fit, requeue, resume, test and evaluation appends to this run
@@ -98,8 +105,9 @@ def finish_wandb() -> None:
     try:
         wandb.run.finish()
     except Exception as exc:  # noqa: BLE001 - the service is gone (SIGTERM); the run's rows up to its last flush are kept
-        logging.getLogger(__name__).warning("W&B run not finished cleanly (%s); rows of its last %.0f s may be missing",
-                                            exc, WANDB_FLUSH_S)
+        logging.getLogger(__name__).warning(
+            "W&B run not finished cleanly (%s); rows of its last %.0f s may be missing", exc, WANDB_FLUSH_S
+        )
 
 
 def own_wandb_service() -> None:
