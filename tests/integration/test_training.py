@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -35,7 +36,19 @@ def test_lenet5_learns_real_mnist_under_ddp(tmp_path):
     assert plots == {"learning_curves.png", "confusion_matrix.png", "conv1_filters.png", "train_samples.png"}
     # 8,000 training images seen per epoch in total across the two ranks (history is per epoch).
     assert len(metrics["history"]) == 12
+    # Quiet output: the platform's own lines, one W&B line per stage, the results table last; none of
+    # the third-party banners (Lightning's tips and summaries, W&B's, known warnings).
+    # (text mode turns a progress bar's \r redraws into line ends: count each bar once, as a terminal shows it)
+    output = (result.stdout + result.stderr).splitlines()
+    bar = re.compile(r"\s*(Training|Testing|Epoch \d+|Testing DataLoader \d+)\b.*\|")
+    lines = [line for line in output if not bar.match(line)] + ["<progress bar>"] * 2  # fit's and test's
+    assert len(lines) <= 60, "\n".join(lines)
+    assert result.stdout.rstrip().splitlines()[-1].startswith("run folder:")
     assert "test top-1, multi-crop" in result.stdout
+    text = "\n".join(output)
+    assert text.count("W&B: offline run") == 2, text
+    for noise in ("Tip:", "LeafSpec", "GPU available", "wandb:", "Trainable params", "Validation DataLoader"):
+        assert noise not in text, noise
 
 
 def test_resume_from_last_checkpoint_continues_the_run(digits_shards, tmp_path):

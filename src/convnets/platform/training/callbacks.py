@@ -367,7 +367,7 @@ class RunWandbLogger(WandbLogger):
             return super().log_metrics(metrics, step)
         if self._floor is None:
             self._floor = logged_wandb_step(self._run_dir)
-            if self._floor >= 0:
+            if self._floor > step and self.fitting:  # a fit resumed from a checkpoint older than the run's last row
                 log.info(
                     "W&B run %s already holds steps up to %d: rows before it are not logged again",
                     self.version,
