@@ -96,3 +96,21 @@ def test_signalled_fit_saves_and_resumes_into_one_run(digits_shards, tmp_path):
         return [(r["epoch"], r["val_top1"], r["val_loss"]) for r in rs if "val_top1" in r]
 
     assert train(rows) == train(reference) and val(rows) == val(reference)
+
+
+def test_a_signal_during_start_up_saves_before_the_first_step_and_resumes_exactly(digits_shards, tmp_path):
+    """The warning can come while the job is still starting (data module, checkpoint loading): the ranks act on
+    it when training starts, save at step 0 and stop; the resumed run ends as an uninterrupted one."""
+    whole = _fit(tmp_path, digits_shards, "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # No sanity validation: its batches are a safe point too; here the start of training must be the one.
+    nosanity = ["--trainer.num_sanity_val_steps", "0"]
+    first = _fit(tmp_path, digits_shards, "early", *HOOK, PROBE, "--trainer.callbacks.at_setup", "true", *nosanity)
+    assert first.returncode == 3, first.stderr[-3000:]
+    assert _saved_step(first) == 0
+    second = _fit(tmp_path, digits_shards, "early", *HOOK, "--ckpt_path", "last", *nosanity)
+    assert second.returncode == 0, second.stderr[-3000:]
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    b = torch.load(tmp_path / "early" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"]
+    assert [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])] == []

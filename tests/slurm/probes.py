@@ -17,8 +17,15 @@ class SignalSelf(pl.Callback):
     What Slurm does to every task of a job, done to a plain `convnets fit` (one process).
     """
 
-    def __init__(self, signum: str = "SIGUSR2", step: int = -1, epoch: int = 0, val_batch: int = -1) -> None:
+    def __init__(
+        self, signum: str = "SIGUSR2", step: int = -1, epoch: int = 0, val_batch: int = -1, at_setup: bool = False
+    ) -> None:
         self.signum, self.step, self.epoch, self.val_batch = getattr(signal, signum), step, epoch, val_batch
+        self.at_setup = at_setup  # during start-up: after the hooks are set up, before the data and the first step
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.at_setup:
+            os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
