@@ -75,10 +75,9 @@ class RequeueOnSignal(pl.Callback):
     @override
     def on_train_start(self, trainer, pl_module) -> None:
         job.progress["step"] = trainer.global_step
-        if trainer.ckpt_path and trainer.global_rank == 0:
-            log.warning("resumed from %s at step %d", trainer.ckpt_path, trainer.global_step)
-            if os.environ.get("SLURM_JOB_ID"):
-                job.job_event(Path(trainer.default_root_dir), "resumed", step=trainer.global_step)
+        if trainer.ckpt_path and trainer.global_rank == 0 and os.environ.get("SLURM_JOB_ID"):
+            # (the run report prints the "resumed from ... at step N" line)
+            job.job_event(Path(trainer.default_root_dir), "resumed", step=trainer.global_step)
         self._check(trainer, pl_module)  # a signal that came during start-up or checkpoint loading
 
     @override

@@ -204,6 +204,15 @@ class RunRecorder(pl.Callback):
         self._record(trainer)
 
     @override
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After Lightning restored the loops: the step and epoch the run goes on from (Lightning's own
+        # "Restoring states" line is among the library output the console leaves out).
+        if trainer.ckpt_path and trainer.is_global_zero:
+            log.info(
+                "resumed from %s at step %d (epoch %d)", trainer.ckpt_path, trainer.global_step, trainer.current_epoch
+            )
+
+    @override
     def on_test_start(self, trainer, pl_module) -> None:
         self._record(trainer)
 
