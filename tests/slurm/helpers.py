@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.integration.cli_helpers import REPO
@@ -61,3 +62,31 @@ def wandb_run_ids(run_dir: Path) -> set[str]:
 def squeue_empty(cluster: dict) -> bool:
     out = subprocess.run(["squeue", "--noheader"], env=cluster["env"], capture_output=True, text=True, timeout=30)
     return out.returncode == 0 and not out.stdout.strip()
+
+
+def wait_for_file(path: Path, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+def release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
+    """Slurm holds a requeued job for ~2 minutes (reason BeginTime); an admin may start it now, as here."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reason = subprocess.run(
+            ["squeue", "-h", "-o", "%T %r", "-j", job_id], env=env, capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        if reason[:2] == ["PENDING", "BeginTime"]:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True, timeout=30)
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} was not requeued within {timeout:.0f} s (state: {' '.join(reason)})")
+
+
+def reference_fit(cluster: dict, data: Path, runs: Path, *, batch: int) -> subprocess.CompletedProcess:
+    """The uninterrupted run a preempted job is compared with: the same fit, 2 gloo ranks, outside Slurm."""
+    flags = [*fit_flags(data, runs, "reference", epochs=1), "--data.batch_size", batch, "--trainer.devices", 2]
+    flags += ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.logger", "false"]
+    return run_convnets(cluster, "fit", *flags, timeout=400)

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from tests.slurm.conftest import job_state, wait_for_jobs
-from tests.slurm.helpers import convnets_env, fit_flags, run_convnets, train_count
-from tests.slurm.test_requeue import _release_requeued, _wait_for
+from tests.slurm.helpers import convnets_env, fit_flags, release_requeued, run_convnets, train_count, wait_for_file
 from tests.wandb_history import history
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.slow, pytest.mark.dali]
@@ -104,13 +103,13 @@ def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(s
     job_id = _submit(slurm_cluster, [*flags, *markers])
 
     # 1. `scontrol requeue` mid-epoch 0: SIGCONT + SIGTERM to every task, SIGKILL after KillWait (10 s here).
-    _wait_for(marks / f"step-{pause_step}", timeout=240)
+    wait_for_file(marks / f"step-{pause_step}", timeout=240)
     subprocess.run(["scontrol", "requeue", job_id], env=env, check=True, timeout=30)
-    _release_requeued(env, job_id)
+    release_requeued(env, job_id)
     # 2. The time-limit warning while the requeued job validates epoch 0.
-    _wait_for(marks / "val-0-1", timeout=240)
+    wait_for_file(marks / "val-0-1", timeout=240)
     subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True, timeout=30)
-    _release_requeued(env, job_id)
+    release_requeued(env, job_id)
     wait_for_jobs(env, [job_id], timeout=400)
     assert job_state(env, job_id) == "COMPLETED"
 
@@ -176,7 +175,7 @@ def test_scancel_saves_and_does_not_requeue(slurm_cluster, digits_shards, tmp_pa
     job_id = _submit(
         slurm_cluster, [*fit_flags(digits_shards, tmp_path, "cancelled", epochs=1), "--data.batch_size", "2"]
     )
-    _wait_for(run_dir / "plots" / "train_samples.png", timeout=240)
+    wait_for_file(run_dir / "plots" / "train_samples.png", timeout=240)
     subprocess.run(["scancel", job_id], env=env, check=True, timeout=30)
     wait_for_jobs(env, [job_id], timeout=120)
     assert job_state(env, job_id) == "CANCELLED"  # not PENDING: no requeue

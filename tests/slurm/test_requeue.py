@@ -5,47 +5,23 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from tests.slurm.conftest import job_state, wait_for_jobs
-from tests.slurm.helpers import convnets_env, fit_flags, run_convnets, train_count, wandb_run_ids
+from tests.slurm.helpers import (
+    fit_flags,
+    reference_fit,
+    release_requeued,
+    run_convnets,
+    train_count,
+    wait_for_file,
+    wandb_run_ids,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.slow, pytest.mark.dali]
 BATCH = 2  # per rank: ~360 steps an epoch, so a signal lands mid-epoch
-
-
-def _wait_for(path, *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear within {timeout:.0f} s"
-        time.sleep(0.2)
-
-
-def _release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
-    """Slurm holds a requeued job for ~2 minutes (reason BeginTime); an admin may start it now, as here."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reason = subprocess.run(
-            ["squeue", "-h", "-o", "%T %r", "-j", job_id], env=env, capture_output=True, text=True, timeout=30
-        ).stdout.split()
-        if reason[:2] == ["PENDING", "BeginTime"]:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True, timeout=30)
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} was not requeued within {timeout:.0f} s (state: {' '.join(reason)})")
-
-
-def _loader_resumes_mid_epoch() -> bool:
-    """Whether the data module carries the loader's position (the data_pipelines part of issue 7)."""
-    import pytorch_lightning as pl
-
-    from convnets.data_pipelines.loading.datamodule import ShardDataModule
-
-    return ShardDataModule.state_dict is not pl.LightningDataModule.state_dict
 
 
 def test_preempted_job_requeues_and_resumes_exactly(slurm_cluster, digits_shards, tmp_path):
@@ -60,9 +36,9 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm_cluster, digits_shards
     # The first training batch draws train_samples.png on rank 0: training is under way. Preempt now,
     # as Slurm does (USR2 to every task, as `--signal=USR2@90` would before the time limit).
     env = slurm_cluster["env"]
-    _wait_for(run_dir / "plots" / "train_samples.png", timeout=180)
+    wait_for_file(run_dir / "plots" / "train_samples.png", timeout=180)
     subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True, timeout=30)
-    _release_requeued(env, job_id)
+    release_requeued(env, job_id)
     wait_for_jobs(env, [job_id], timeout=300)  # run again, finished
     assert job_state(slurm_cluster["env"], job_id) == "COMPLETED"
 
@@ -82,36 +58,8 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm_cluster, digits_shards
     stored = (run_dir / "wandb_id").read_text().strip()
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) >= 2 and wandb_run_ids(run_dir) == {stored}
 
-    if not _loader_resumes_mid_epoch():
-        pytest.xfail(
-            "the data module has no loader state yet: Lightning ends the interrupted epoch early on "
-            "resume (the data_pipelines part of issue 7); requeue, resume and W&B id checked above"
-        )
-
     # Continuous steps: the resumed job ends at the uninterrupted run's step count, not more, not less.
-    reference = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convnets.cli",
-            "fit",
-            *fit_flags(digits_shards, tmp_path, "reference", epochs=1),
-            "--data.batch_size",
-            str(BATCH),
-            "--trainer.devices",
-            "2",
-            "--trainer.strategy",
-            "ddp",
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.logger",
-            "false",
-        ],
-        env=convnets_env(slurm_cluster),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    reference = reference_fit(slurm_cluster, digits_shards, tmp_path, batch=BATCH)
     assert reference.returncode == 0, reference.stderr[-3000:]
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

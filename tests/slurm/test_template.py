@@ -13,24 +13,10 @@ import pytest
 import torch
 
 from tests.slurm.conftest import job_state, wait_for_jobs
-from tests.slurm.helpers import convnets_env, fit_flags, run_convnets, train_count
+from tests.slurm.helpers import convnets_env, fit_flags, reference_fit, release_requeued, run_convnets, train_count
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.slow, pytest.mark.dali]
 BATCH = 2  # per rank: ~450 steps an epoch on 2 ranks, so the signal lands mid-epoch
-
-
-def _release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
-    """Slurm holds a requeued job for ~2 minutes (reason BeginTime); an admin may start it now, as here."""
-    deadline, reason = time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        reason = subprocess.run(
-            ["squeue", "-h", "-o", "%T %r", "-j", job_id], env=env, capture_output=True, text=True, timeout=30
-        ).stdout.split()
-        if reason[:2] == ["PENDING", "BeginTime"]:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True, timeout=30)
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} was not requeued within {timeout:.0f} s (state: {' '.join(reason)})")
 
 
 def test_the_template_job_saves_requeues_and_resumes_on_usr2(slurm_cluster, digits_shards, tmp_path):
@@ -74,7 +60,7 @@ def test_the_template_job_saves_requeues_and_resumes_on_usr2(slurm_cluster, digi
         assert time.monotonic() < deadline, "training did not start within 180 s"
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True, timeout=30)  # as --signal=USR2@90 would
-    _release_requeued(env, job_id)
+    release_requeued(env, job_id)
     wait_for_jobs(env, [job_id], timeout=400)
     err = (tmp_path / "tmplq.err").read_text()
     assert job_state(env, job_id) == "COMPLETED", err[-3000:]
@@ -92,29 +78,7 @@ def test_the_template_job_saves_requeues_and_resumes_on_usr2(slurm_cluster, digi
     # The requeued job loaded the save (a fresh start with the same seed would end with the same weights).
     assert re.search(r"resumed from .*tmplq/checkpoints/last\.ckpt at step", err), err[-3000:]
 
-    reference = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convnets.cli",
-            "fit",
-            *fit_flags(digits_shards, runs, "reference", epochs=1),
-            "--data.batch_size",
-            str(BATCH),
-            "--trainer.devices",
-            "2",
-            "--trainer.strategy",
-            "ddp",
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.logger",
-            "false",
-        ],
-        env=convnets_env(slurm_cluster),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    reference = reference_fit(slurm_cluster, digits_shards, runs, batch=BATCH)
     assert reference.returncode == 0, reference.stderr[-3000:]
     final = torch.load(runs / "tmplq" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     expected = torch.load(runs / "reference" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
