@@ -24,7 +24,9 @@ def _free_port() -> int:
 
 def test_two_torchrun_nodes_train_one_run_with_world_size_two(digits_shards, tmp_path):
     port = _free_port()
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    # CONVNETS_DEBUG: the ranks' global numbers are read from Lightning's own "Initializing distributed" line,
+    # which the platform's quiet console leaves out otherwise.
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "CONVNETS_DEBUG": "1"}
     env.pop("CONVNETS_RUN_NAME", None)
     fit = [
         "-m",
