@@ -76,7 +76,9 @@ def test_resume_from_last_checkpoint_continues_the_run(digits_shards, tmp_path):
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["global_step"] == 2 * after_one["global_step"]  # one more epoch's steps, not two
     history = json.loads((tmp_path / "r" / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1]  # the resumed run trained epoch 1 only
+    # One history: epoch 0 from the checkpoint, epoch 1 from the resumed run (the step count above says the
+    # resumed run trained one epoch only).
+    assert [h["epoch"] for h in history] == [0, 1]
 
 
 def test_last_checkpoint_is_the_last_epoch_even_on_a_plateau(digits_shards, tmp_path):

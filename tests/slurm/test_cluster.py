@@ -45,6 +45,8 @@ def test_the_sbatch_template_trains_two_ranks_on_the_cluster(slurm_cluster, digi
         **slurm_cluster["env"],
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "WANDB_MODE": "offline",
+        # the ranks are read from Lightning's own "Initializing distributed" line: the quiet console leaves it out
+        "CONVNETS_DEBUG": "1",
     }
     env.pop("CONVNETS_RUN_NAME", None)
     submitted = subprocess.run(
