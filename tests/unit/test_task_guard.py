@@ -27,7 +27,9 @@ def _guarded(code: str, tmp_path) -> subprocess.CompletedProcess:
 
 
 def test_a_rank_killed_by_a_signal_is_named_and_the_guard_dies_the_same_way(tmp_path):
-    result = _guarded("import os, signal; print('training', flush=True); os.kill(os.getpid(), signal.SIGSEGV)", tmp_path)
+    result = _guarded(
+        "import os, signal; print('training', flush=True); os.kill(os.getpid(), signal.SIGSEGV)", tmp_path
+    )
     assert result.returncode == -signal.SIGSEGV and result.stdout == "training\n"
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(
