@@ -1,9 +1,9 @@
 """Quiet console output: the platform's own lines, not third-party noise a user cannot act on.
 
 Filtered by default, each by its exact message (any other warning still shows): Lightning's
-"Tip", hardware and distributed banners and model summary (its INFO logs), W&B's banners (its own
-line replaces them), and warnings about how the platform uses Lightning on purpose (metrics logged
-per device, the batch transfer override, short epochs vs the logging interval, a deprecation
+"Tip", hardware and distributed banners and model summary (its INFO logs), W&B's banners (the
+platform's one `W&B: ...` line replaces them), and warnings about how the platform uses Lightning
+on purpose (metrics logged per device, the batch transfer override, short epochs vs the logging interval, a deprecation
 inside Lightning's own code). `convnets --verbose ...` or CONVNETS_DEBUG=1 brings all of it back,
 and tracebacks too.
 """
@@ -36,8 +36,8 @@ def verbose() -> bool:
 
 
 def quiet_console() -> None:
-    """After logging.basicConfig: install the filters in this process (and, through the environment, in the
-    ranks and child processes it starts); a no-op in verbose mode."""
+    """After logging.basicConfig: install the filters in this process; a no-op in verbose mode. DDP ranks
+    and child commands run `convnets` again and install their own; W&B's silence travels in the environment."""
     if verbose():
         return
     for message in KNOWN_WARNINGS:
