@@ -3,9 +3,9 @@
 Filtered by default, each by its exact message (any other warning still shows): Lightning's
 "Tip", hardware and distributed banners and model summary (its INFO logs), W&B's banners (the
 platform's one `W&B: ...` line replaces them), and warnings about how the platform uses Lightning
-on purpose (metrics logged per device, the batch transfer override, short epochs vs the logging interval, a deprecation
-inside Lightning's own code). `convnets --verbose ...` or CONVNETS_DEBUG=1 brings all of it back,
-and tracebacks too.
+on purpose (metrics logged per device, the batch transfer override, short epochs vs the logging
+interval, a deprecation inside Lightning's own code). `convnets --verbose ...` or CONVNETS_DEBUG=1
+brings all of it back, and tracebacks too.
 """
 
 from __future__ import annotations
