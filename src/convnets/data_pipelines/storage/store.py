@@ -1,0 +1,120 @@
+"""A shard folder by its address: a local path, `https://host/prefix`, `s3://bucket/prefix`, `gs://...`.
+
+Every reader of shards (the loaders through the node-local cache, `convnets shards verify`,
+`evaluate --data`, `bench data --shards`) and the shard writer's upload go through one small
+interface, `Store`: whole objects and byte ranges by name relative to the folder, sizes, and
+uploads. Names are relative POSIX paths ("train/manifest.json", "train/shard-000000.tar").
+
+Credentials are never taken as options or written anywhere: the store's library reads them from
+the usual places (environment, ~/.aws, instance roles).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from convnets.errors import ConvnetsInputError
+
+REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://")
+
+
+class StoreError(ConvnetsInputError):
+    """A shard folder that cannot be read or written at its address (the message names the URL)."""
+
+
+def is_remote(address: str | os.PathLike) -> bool:
+    """True for an address a local path cannot express (http(s)://, s3://, gs://)."""
+    return str(address).startswith(REMOTE_SCHEMES)
+
+
+class Store(Protocol):
+    """A folder of objects at one address; `name` is relative to it."""
+
+    address: str
+
+    def url(self, name: str) -> str:
+        """The full address of `name` (for messages)."""
+
+    def size(self, name: str) -> int:
+        """Bytes of `name`; StoreError (naming the URL) if it does not exist."""
+
+    def exists(self, name: str) -> bool: ...
+
+    def read(self, name: str) -> bytes:
+        """The whole object (small files: manifests, .idx, labels.npy)."""
+
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        """`length` bytes from `start` (exactly that many, else StoreError)."""
+
+    def stream(self, name: str, chunk_bytes: int = 8 << 20) -> Iterator[bytes]:
+        """The whole object in chunks (shards: hashed and written as they arrive)."""
+
+    def upload(self, local: Path, name: str) -> None:
+        """Put a local file at `name`, visible whole or not at all."""
+
+
+class LocalStore:
+    """A folder on this machine (or a shared file system): the reference the remote stores match."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.address = str(self.root)
+
+    def _path(self, name: str) -> Path:
+        return self.root / name
+
+    def url(self, name: str) -> str:
+        return str(self._path(name))
+
+    def size(self, name: str) -> int:
+        try:
+            return self._path(name).stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"{self.url(name)}: no such file") from None
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{self.url(name)}: no such file") from None
+
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        with open(self._path(name), "rb") as f:
+            data = os.pread(f.fileno(), length, start)
+        if len(data) != length:
+            raise StoreError(f"{self.url(name)}: {len(data)} bytes at {start}, wanted {length} (file ends early)")
+        return data
+
+    def stream(self, name: str, chunk_bytes: int = 8 << 20) -> Iterator[bytes]:
+        with open(self._path(name), "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                yield chunk
+
+    def upload(self, local: Path, name: str) -> None:
+        from convnets.utils.files import atomic_file
+
+        with open(local, "rb") as src, atomic_file(self._path(name)) as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+
+
+def open_store(address: str | os.PathLike) -> Store:
+    """The store for an address; a local path gives a LocalStore."""
+    if not is_remote(address):
+        return LocalStore(address)
+    raise StoreError(f"{address}: remote shard folders are not supported yet")
+
+
+def copy_stream(store: Store, name: str, out: BinaryIO) -> int:
+    """Write `name` into `out`; returns the bytes written."""
+    total = 0
+    for chunk in store.stream(name):
+        out.write(chunk)
+        total += len(chunk)
+    return total
