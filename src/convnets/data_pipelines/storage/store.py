@@ -108,7 +108,14 @@ def open_store(address: str | os.PathLike) -> Store:
     """The store for an address; a local path gives a LocalStore."""
     if not is_remote(address):
         return LocalStore(address)
-    raise StoreError(f"{address}: remote shard folders are not supported yet")
+    from convnets.data_pipelines.storage import remote  # obstore is an optional extra: imported on use
+
+    address = str(address)
+    if address.startswith(("http://", "https://")):
+        return remote.open_http(address)
+    if address.startswith("s3://"):
+        return remote.open_s3(address)
+    return remote.open_gcs(address)
 
 
 def copy_stream(store: Store, name: str, out: BinaryIO) -> int:
