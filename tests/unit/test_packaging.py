@@ -20,6 +20,7 @@ DISTRIBUTION = {
     "sklearn": "scikit-learn",
     "nvidia": "nvidia-dali-cuda130",
     "lightning_fabric": "pytorch-lightning",
+    "moto": "moto",
     "pytorch_lightning": "pytorch-lightning",
 }
 # Declared and needed, though src/ never imports them by name (with the reason).
@@ -50,15 +51,18 @@ def imported_distributions(folder) -> set[str]:
     return found
 
 
-def declared() -> tuple[set[str], set[str]]:
+def declared(extra: str = "dev") -> tuple[set[str], set[str]]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {_name(r) for r in project["dependencies"]}, {_name(r) for r in project["optional-dependencies"]["dev"]}
+    return {_name(r) for r in project["dependencies"]}, {_name(r) for r in project["optional-dependencies"][extra]}
 
 
 def test_every_import_is_declared_and_every_dependency_used():
     runtime, dev = declared()
+    _, remote = declared("remote")
     used = imported_distributions(REPO / "src" / "convnets")
-    assert used - runtime == set(), "imported by src/ but not in [project].dependencies"
+    # The remote extra's libraries are imported only when a remote address is opened (storage/remote.py).
+    assert used - runtime - remote == set(), "imported by src/ but not in [project].dependencies or the remote extra"
+    assert remote <= dev, "the remote extra's libraries are tested: the dev extra must include them"
     assert runtime - used - set(USED_WITHOUT_IMPORT) == set(), "declared but never imported by src/: remove or use"
     assert imported_distributions(REPO / "tests") - runtime - dev == set(), (
         "imported by tests/ but not in the dev extra"

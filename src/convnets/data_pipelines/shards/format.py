@@ -175,8 +175,18 @@ def read_manifest(split_dir: Path) -> Manifest:
     if not path.is_file():
         raise ShardError(f"{path}: missing (an incomplete or never-run write); rerun `convnets shards ...`")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{path}: not valid JSON ({exc})") from None
+    return parse_manifest(text, where=str(path))
+
+
+def parse_manifest(text: str | bytes, *, where: str) -> Manifest:
+    """A manifest.json's text (from a file or a remote store); `where` names it in errors."""
+    path = where
+    try:
+        raw = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ShardError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
         found = (raw.get("format"), raw.get("format_version")) if isinstance(raw, dict) else type(raw).__name__
@@ -237,9 +247,15 @@ class IdxRecord:
 def parse_idx(path: Path) -> list[IdxRecord]:
     """Records of one .idx file in the wds2idx v1.2 format, image + cls per sample; ShardError naming the file."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ShardError(f"{path}: unreadable index ({exc})") from None
+    return parse_idx_text(text, where=str(path))
+
+
+def parse_idx_text(text: str, *, where: str) -> list[IdxRecord]:
+    """parse_idx on a .idx file's text (from a file or a remote store); `where` names it in errors."""
+    path, lines = where, text.splitlines()
     header = lines[0].split() if lines else []
     if len(header) != 2 or header[0] != IDX_VERSION or not header[1].isdigit() or int(header[1]) != len(lines) - 1:
         raise ShardError(
@@ -434,6 +450,12 @@ def load_labels_file(split_dir: Path, entry: LabelsEntry, *, num_samples: int) -
         data = path.read_bytes()
     except OSError as exc:
         raise ShardError(f"{path}: unreadable ({exc}); rewrite the shards") from None
+    return parse_labels_file(data, entry, num_samples=num_samples, where=str(path))
+
+
+def parse_labels_file(data: bytes, entry: LabelsEntry, *, num_samples: int, where: str) -> np.ndarray:
+    """load_labels_file on labels.npy's bytes (from a file or a remote store); `where` names it in errors."""
+    path = where
     sha = hashlib.sha256(data).hexdigest()
     if sha != entry.sha256:
         raise ShardError(

@@ -23,18 +23,19 @@ from convnets.data_pipelines.shards.format import (
     IdxRecord,
     Manifest,
     ShardError,
-    load_labels_file,
-    parse_idx,
+    parse_idx_text,
     parse_label,
-    read_manifest,
+    parse_labels_file,
+    parse_manifest,
 )
+from convnets.data_pipelines.storage.store import Store, open_store
 
 _MAGIC = {"jpg": JPEG_MAGIC, "png": PNG_MAGIC}
 
 
 @dataclass(frozen=True)
 class VerifyReport:
-    split_dir: Path
+    split_dir: Path | str  # a local folder, or the URL of a remote one
     num_shards: int
     num_samples: int
     class_counts: tuple[int, ...]
@@ -42,13 +43,23 @@ class VerifyReport:
 
 
 class _HashingReader(io.RawIOBase):
-    """Feeds every byte tarfile reads into sha256, so structure and hash come from one pass over the file."""
+    """Feeds every byte tarfile reads into sha256, so structure and hash come from one pass over the shard,
+    read as a stream of chunks from its store (a local file or a remote object, resumed if cut)."""
 
-    def __init__(self, raw: io.BufferedReader) -> None:
-        self._raw, self.sha = raw, hashlib.sha256()
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._chunk, self._pos, self.sha = chunks, b"", 0, hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
+        """At most `size` bytes, from the current chunk only (callers loop; slicing across chunks would copy
+        each 1 MB chunk once per 10 kB tar record)."""
+        if size < 0:
+            data = self._chunk[self._pos :] + b"".join(self._chunks)
+            self._chunk, self._pos = b"", 0
+        else:
+            if self._pos >= len(self._chunk):
+                self._chunk, self._pos = next(self._chunks, b""), 0
+            data = self._chunk[self._pos : self._pos + size]
+            self._pos += len(data)
         self.sha.update(data)
         return data
 
@@ -68,11 +79,11 @@ def _tar_members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, bytes]
         yield member, data
 
 
-def _check_member(shard: Path, member: tarfile.TarInfo, name: str, offset: int, size: int) -> None:
+def _check_member(shard: str, member: tarfile.TarInfo, name: str, offset: int, size: int) -> None:
     if (member.name, member.offset_data, member.size) != (name, offset, size):
         raise ShardError(
             f"{shard}: member {member.name!r} (offset {member.offset_data}, {member.size} bytes) "
-            f"disagrees with {shard.with_suffix('.idx').name}: {name!r} (offset {offset}, {size} bytes)"
+            f"disagrees with {Path(shard).with_suffix('.idx').name}: {name!r} (offset {offset}, {size} bytes)"
         )
 
 
@@ -175,13 +186,15 @@ def _dali_reason(exc: RuntimeError) -> str:
 
 
 def _scan_shard(
-    shard: Path, records: list[IdxRecord], *, num_classes: int, decoder: DeepDecoder | None
+    store: Store, name: str, records: list[IdxRecord], *, num_classes: int, decoder: DeepDecoder | None
 ) -> tuple[str, list[int]]:
     """One streaming pass: (sha256, labels), checking every member against the .idx records."""
     labels: list[int] = []
+    shard = store.url(name)
     expected = f"{records[0].key}.{records[0].img_ext}" if records else "(none)"
-    with open(shard, "rb") as raw:
-        reader = _HashingReader(raw)
+    chunks = store.stream(name, chunk_bytes=1 << 20)
+    try:
+        reader = _HashingReader(chunks)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
                 members = _tar_members(tar)
@@ -209,44 +222,64 @@ def _scan_shard(
                 f"(expected {len(records):,} samples, read {len(labels):,}; {why})"
             ) from None
         return reader.drain(), labels
+    finally:
+        chunks.close()  # a remote stream stops downloading the rest of a shard that failed early
 
 
-def _check_labels_file(split_dir: Path, manifest: Manifest, labels: list[int], keys: list[str]) -> None:
+def _check_labels_file(store: Store, manifest: Manifest, labels: list[int], keys: list[str]) -> None:
     """labels.npy (format 2) must hold exactly the .cls labels, in shard order."""
     if manifest.labels is None:
         return
-    stored = load_labels_file(split_dir, manifest.labels, num_samples=manifest.num_samples)
+    where = store.url(manifest.labels.name)
+    stored = parse_labels_file(
+        _read(store, manifest.labels.name), manifest.labels, num_samples=manifest.num_samples, where=where
+    )
     differ = np.flatnonzero(stored.astype(np.int64) != np.asarray(labels, dtype=np.int64))
     if len(differ):
         i = int(differ[0])
         raise ShardError(
-            f"{split_dir / manifest.labels.name}: sample {keys[i]!r} has label {int(stored[i])}, "
+            f"{where}: sample {keys[i]!r} has label {int(stored[i])}, "
             f"its .cls member says {labels[i]} ({len(differ)} such samples)"
         )
 
 
-def verify_shards(split_dir: Path, *, deep: bool = False) -> VerifyReport:
-    """Check a split folder against its manifest; raise ShardError naming the first bad shard (and sample).
+def _read(store: Store, name: str) -> bytes:
+    return store.read(name)
+
+
+def read_store_manifest(store: Store) -> Manifest:
+    """The split's manifest.json read through its store (a local folder or a remote one)."""
+    if not store.exists(MANIFEST):
+        raise ShardError(
+            f"{store.url(MANIFEST)}: missing (an incomplete or never-run write); rerun `convnets shards ...`"
+        )
+    return parse_manifest(store.read(MANIFEST), where=store.url(MANIFEST))
+
+
+def verify_shards(split_dir: Path | str, *, deep: bool = False) -> VerifyReport:
+    """Check a split folder (a path or an http(s)://, s3://, gs:// URL) against its manifest; raise ShardError
+    naming the first bad shard (and sample).
 
     Checks: every .tar/.idx exists; the .idx counts match the manifest; every tar member matches its .idx
     entry (name, offset, size) to the end of the archive; labels are in range and agree with labels.npy;
     sha256 matches; class counts match. deep=True also decodes every image with DALI (CPU, all cores).
+    A remote shard is streamed once (never stored) and hashed as it arrives.
     """
-    split_dir = Path(split_dir)
-    manifest = read_manifest(split_dir)
+    store = open_store(split_dir)
+    manifest = read_store_manifest(store)
     for entry in manifest.shards:
         for name in (entry.name, entry.index):
-            if not (split_dir / name).is_file():
-                raise ShardError(f"{split_dir / name}: missing (listed in {split_dir / MANIFEST})")
+            if not store.exists(name):
+                raise ShardError(f"{store.url(name)}: missing (listed in {store.url(MANIFEST)})")
     decoder = DeepDecoder() if deep else None
     labels: list[int] = []
     keys: list[str] = []
     for entry in manifest.shards:
-        shard = split_dir / entry.name
-        records = parse_idx(split_dir / entry.index)
+        shard, index = store.url(entry.name), store.url(entry.index)
+        records = parse_idx_text(_read(store, entry.index).decode("utf-8", errors="replace"), where=index)
         if len(records) != entry.num_samples:
-            raise ShardError(f"{split_dir / entry.index}: {len(records)} samples, manifest says {entry.num_samples}")
-        sha, shard_labels = _scan_shard(shard, records, num_classes=manifest.num_classes, decoder=decoder)
+            raise ShardError(f"{index}: {len(records)} samples, manifest says {entry.num_samples}")
+        sha, shard_labels = _scan_shard(store, entry.name, records, num_classes=manifest.num_classes, decoder=decoder)
         if sha != entry.sha256:
             raise ShardError(
                 f"{shard}: sha256 {sha[:16]}... differs from the manifest's {entry.sha256[:16]}...; "
@@ -258,10 +291,10 @@ def verify_shards(split_dir: Path, *, deep: bool = False) -> VerifyReport:
         decoder.flush()
     counts = tuple(int(c) for c in np.bincount(np.asarray(labels, dtype=np.int64), minlength=manifest.num_classes))
     if counts != manifest.class_counts:
-        raise ShardError(f"{split_dir / MANIFEST}: class_counts {manifest.class_counts} but the shards hold {counts}")
-    _check_labels_file(split_dir, manifest, labels, keys)
+        raise ShardError(f"{store.url(MANIFEST)}: class_counts {manifest.class_counts} but the shards hold {counts}")
+    _check_labels_file(store, manifest, labels, keys)
     return VerifyReport(
-        split_dir=split_dir,
+        split_dir=Path(split_dir) if isinstance(split_dir, Path) else split_dir,
         num_shards=len(manifest.shards),
         num_samples=manifest.num_samples,
         class_counts=manifest.class_counts,

@@ -23,10 +23,11 @@ import re
 import tarfile
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 from PIL import Image
@@ -234,13 +235,18 @@ class _Progress:
         self.bar.close()
 
 
-def _run_jobs(jobs: list[_ShardJob], *, workers: int, progress: _Progress) -> dict[int, _ShardResult]:
-    """Write the jobs, in this process (workers 1) or a fork pool; on any error no new shard is started."""
+def _run_jobs(
+    jobs: list[_ShardJob], *, workers: int, progress: _Progress, on_done: Callable[[ShardEntry], None] | None = None
+) -> dict[int, _ShardResult]:
+    """Write the jobs, in this process (workers 1) or a fork pool; on any error no new shard is started.
+    on_done(entry) runs in this process as each shard finishes (an upload), while the pool writes on."""
     results: dict[int, _ShardResult] = {}
 
     def record(i: int, result: _ShardResult) -> None:
         results[i] = result
         progress.update(result, skipped_total=sum(len(r.skipped) for r in results.values()))
+        if on_done is not None:
+            on_done(result.entry)
 
     if workers <= 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):
@@ -337,11 +343,22 @@ def _write_labels(split_dir: Path, labels: np.ndarray) -> LabelsEntry:
     return LabelsEntry(name=LABELS, dtype=str(labels.dtype), sha256=hashlib.sha256(buf.getvalue()).hexdigest())
 
 
+class ShardSink(Protocol):
+    """Told about each split's files as they are finished (an upload to a remote folder): the manifest last."""
+
+    def split_started(self, split_dir: Path) -> None: ...
+
+    def shard_finished(self, split_dir: Path, entry: ShardEntry) -> None: ...
+
+    def split_finished(self, split_dir: Path, manifest: Manifest) -> None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class WriteOptions:
     shard_size: int = 1000  # samples per shard
     seed: int = 0  # of the shuffle across classes
     workers: int = 1  # processes writing shards; the bytes do not depend on it
+    sink: ShardSink | None = None  # told of each finished shard (and, last, of the manifest)
 
 
 def _write_split(source: Source, split: str, samples: list[Sample], split_dir: Path, options: WriteOptions) -> Manifest:
@@ -350,10 +367,16 @@ def _write_split(source: Source, split: str, samples: list[Sample], split_dir: P
     results = _prepare_split_dir(split_dir, jobs)
     if results:
         log.info("%s: resuming, %d of %d shards already written", split_dir, len(results), len(jobs))
+    sink = options.sink
+    on_done = None if sink is None else (lambda entry: sink.shard_finished(split_dir, entry))
+    if sink is not None:
+        sink.split_started(split_dir)
+        for i in sorted(results):
+            on_done(results[i].entry)
     todo = [i for i in range(len(jobs)) if i not in results]
     progress = _Progress(total=sum(len(jobs[i].items) for i in todo), desc=str(split_dir))
     try:
-        new = _run_jobs([jobs[i] for i in todo], workers=options.workers, progress=progress)
+        new = _run_jobs([jobs[i] for i in todo], workers=options.workers, progress=progress, on_done=on_done)
     finally:
         progress.close()
     results.update({todo[j]: result for j, result in new.items()})
@@ -380,6 +403,8 @@ def _write_split(source: Source, split: str, samples: list[Sample], split_dir: P
         skipped=skipped,
     )
     atomic_write_bytes(split_dir / MANIFEST, manifest.to_json().encode("utf-8"))
+    if sink is not None:
+        sink.split_finished(split_dir, manifest)
     return manifest
 
 
@@ -390,13 +415,20 @@ def _positive_int(name: str, value: object, *, minimum: int) -> int:
 
 
 def write_shards(
-    source: Source, out_dir: Path, *, shard_size: int = 1000, seed: int = 0, workers: int = 1
+    source: Source,
+    out_dir: Path,
+    *,
+    shard_size: int = 1000,
+    seed: int = 0,
+    workers: int = 1,
+    sink: ShardSink | None = None,
 ) -> dict[str, Manifest]:
     """Write every split of `source` to out_dir/<split>/; returns split -> Manifest.
 
     shard_size 1000 gives ~110 MB shards for ImageNet-sized JPEGs (1,282 train shards), enough shards
     that 8 nodes x 8 GPUs each get ~20, and small enough to rewrite one cheaply. workers > 1 writes
     shards in that many forked processes (`convnets shards` defaults to every core); the bytes are the same.
+    sink (an upload to a remote folder) is told of each shard as it is finished, and of the manifest last.
     """
     _positive_int("shard_size", shard_size, minimum=1)
     _positive_int("seed", seed, minimum=0)
@@ -405,5 +437,5 @@ def write_shards(
     _check_source(source, splits)
     out_dir = Path(out_dir)
     _check_no_stale_splits(out_dir, splits)
-    options = WriteOptions(shard_size=shard_size, seed=seed, workers=workers)
+    options = WriteOptions(shard_size=shard_size, seed=seed, workers=workers, sink=sink)
     return {split: _write_split(source, split, samples, out_dir / split, options) for split, samples in splits.items()}

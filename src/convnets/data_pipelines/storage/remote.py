@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from convnets.data_pipelines.storage.store import StoreError
+from convnets.data_pipelines.storage.errors import ObjectMissing, StoreError
 
 T = TypeVar("T")
 
@@ -56,12 +56,16 @@ def _reason(exc: BaseException) -> str:
 class _Permanent(Exception):
     """An answer retrying cannot change (no such object, access denied)."""
 
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
 
 def _classify(exc: BaseException) -> BaseException:
     from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
 
     if isinstance(exc, FileNotFoundError | NotFoundError):
-        return _Permanent("no such object")
+        return _Permanent("no such object", missing=True)
     if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
         return _Permanent(f"access denied; check the credentials ({_reason(exc)})")
     return exc
@@ -88,7 +92,8 @@ class ObjectStoreFolder:
             except Exception as exc:  # noqa: BLE001 (the library raises many types; classified below)
                 why = _classify(exc)
                 if isinstance(why, _Permanent):
-                    raise StoreError(f"{self.url(name)}: {why}") from None
+                    kind = ObjectMissing if why.missing else StoreError
+                    raise kind(f"{self.url(name)}: {why}") from None
                 if attempt == self.tries:
                     raise StoreError(
                         f"{self.url(name)}: {what} failed {self.tries} times, giving up ({_reason(why)})"
@@ -102,10 +107,8 @@ class ObjectStoreFolder:
     def exists(self, name: str) -> bool:
         try:
             self.size(name)
-        except StoreError as exc:
-            if str(exc).endswith("no such object"):
-                return False
-            raise
+        except ObjectMissing:
+            return False
         return True
 
     def read(self, name: str) -> bytes:
@@ -160,15 +163,39 @@ class ObjectStoreFolder:
 
         return self._retry(name, f"GET from byte {offset}", lambda: self._ob.get(self._store, name, options=options))
 
-    def upload(self, local: Path, name: str) -> None:
-        """One PUT (or multipart upload for large files): the object appears whole or not at all."""
-        local = Path(local)
+    def subfolders(self) -> list[str]:
+        """S3/GCS: a delimiter listing. HTTP has no listing (nginx answers no PROPFIND): the usual split names
+        whose manifest.json answers."""
+        if not self.writable:
+            return [split for split in ("train", "val", "test") if self.exists(f"{split}/manifest.json")]
+        listing = self._retry("", "LIST", lambda: self._ob.list_with_delimiter(self._store))
+        return sorted(prefix.rstrip("/").rsplit("/", 1)[-1] for prefix in listing["common_prefixes"])
+
+    def _check_writable(self, name: str) -> None:
         if not self.writable:
             raise StoreError(
                 f"{self.url(name)}: http(s):// shard folders are read-only; write to a local folder or s3:// "
                 "and serve that"
             )
-        self._retry(name, f"upload of {local}", lambda: self._ob.put(self._store, name, local))
+
+    def upload(self, local: Path, name: str, *, sha256: str | None = None) -> None:
+        """One PUT (a multipart upload above 5 MB parts): the object appears whole or not at all. The sha256
+        goes into the object's user metadata, so a resumed upload can skip objects already there."""
+        local = Path(local)
+        self._check_writable(name)
+        attributes = {"sha256": sha256} if sha256 else None
+        self._retry(name, f"upload of {local}", lambda: self._ob.put(self._store, name, local, attributes=attributes))
+
+    def stored_sha256(self, name: str) -> str | None:
+        try:
+            result = self._retry(name, "HEAD", lambda: self._ob.get(self._store, name, options={"head": True}))
+        except ObjectMissing:
+            return None
+        return result.attributes.get("sha256")
+
+    def delete(self, name: str) -> None:
+        self._check_writable(name)
+        self._retry(name, "DELETE", lambda: self._ob.delete(self._store, name))
 
 
 def _retry_off() -> dict:

@@ -17,13 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from convnets.errors import ConvnetsInputError
+from convnets.data_pipelines.storage.errors import ObjectMissing, StoreError
+
+__all__ = ["REMOTE_SCHEMES", "LocalStore", "ObjectMissing", "Store", "StoreError", "is_remote", "open_store"]
 
 REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://")
-
-
-class StoreError(ConvnetsInputError):
-    """A shard folder that cannot be read or written at its address (the message names the URL)."""
 
 
 def is_remote(address: str | os.PathLike) -> bool:
@@ -53,8 +51,17 @@ class Store(Protocol):
     def stream(self, name: str, chunk_bytes: int = 8 << 20) -> Iterator[bytes]:
         """The whole object in chunks (shards: hashed and written as they arrive)."""
 
-    def upload(self, local: Path, name: str) -> None:
-        """Put a local file at `name`, visible whole or not at all."""
+    def upload(self, local: Path, name: str, *, sha256: str | None = None) -> None:
+        """Put a local file at `name`, visible whole or not at all; `sha256` (hex) is recorded with it."""
+
+    def stored_sha256(self, name: str) -> str | None:
+        """The sha256 recorded by upload() (a local file: computed); None when `name` is absent or has none."""
+
+    def delete(self, name: str) -> None:
+        """Remove `name`; nothing happens when it is absent."""
+
+    def subfolders(self) -> list[str]:
+        """Names of the folders directly under this one, sorted (a folder of splits: ["train", "val"])."""
 
 
 class LocalStore:
@@ -74,7 +81,7 @@ class LocalStore:
         try:
             return self._path(name).stat().st_size
         except FileNotFoundError:
-            raise StoreError(f"{self.url(name)}: no such file") from None
+            raise ObjectMissing(f"{self.url(name)}: no such file") from None
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
@@ -83,7 +90,7 @@ class LocalStore:
         try:
             return self._path(name).read_bytes()
         except FileNotFoundError:
-            raise StoreError(f"{self.url(name)}: no such file") from None
+            raise ObjectMissing(f"{self.url(name)}: no such file") from None
 
     def read_range(self, name: str, start: int, length: int) -> bytes:
         with open(self._path(name), "rb") as f:
@@ -97,11 +104,28 @@ class LocalStore:
             while chunk := f.read(chunk_bytes):
                 yield chunk
 
-    def upload(self, local: Path, name: str) -> None:
+    def subfolders(self) -> list[str]:
+        if not self.root.is_dir():
+            raise StoreError(f"{self.root}: not a directory")
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def upload(self, local: Path, name: str, *, sha256: str | None = None) -> None:
         from convnets.utils.files import atomic_file
 
+        self._path(name).parent.mkdir(parents=True, exist_ok=True)
         with open(local, "rb") as src, atomic_file(self._path(name)) as dst:
             shutil.copyfileobj(src, dst, 8 << 20)
+
+    def stored_sha256(self, name: str) -> str | None:
+        import hashlib
+
+        if not self.exists(name):
+            return None
+        with open(self._path(name), "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
 
 
 def open_store(address: str | os.PathLike) -> Store:
