@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast docs lint format setup slurm clean bench-imagenette
+.PHONY: demo test test-fast docs lint format setup slurm nginx clean bench-imagenette
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: $(STAMP)
 slurm:
 	scripts/install_slurm.sh
 
-test: $(STAMP) lint slurm docs
+# The HTTP shard folder tests serve shards with a real nginx: Debian's package, installed here when missing.
+nginx:
+	scripts/install_nginx.sh
+
+test: $(STAMP) lint slurm nginx docs
 	$(BIN)/python -m pytest -q tests --durations=30
 
 # The docs/ pages as a site, --strict: a broken link or anchor fails. Built into a temporary folder

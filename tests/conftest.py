@@ -79,3 +79,47 @@ def imagenette_small_shards(imagenette_small_tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("imagenette_small_shards")
     write_shards(ImageFolderSource(root=tree), out, shard_size=10, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def nginx_root(tmp_path_factory) -> Path:
+    """The folder the session's nginx serves: put a shard folder under it, read it at nginx.url + '/<name>'."""
+    return tmp_path_factory.mktemp("nginx_root")
+
+
+@pytest.fixture(scope="session")
+def nginx(nginx_root):
+    """Debian's nginx serving nginx_root on a free localhost port (byte ranges on); skipped without nginx."""
+    from tests.servers import Nginx, nginx_binary
+
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed and installing it needs root (sudo apt-get install nginx-light)")
+    server = Nginx(nginx_root)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's S3 stand-in (no real S3 exists on a test machine); use it through the s3_env fixture."""
+    import importlib.util
+
+    from tests.servers import MotoS3
+
+    if importlib.util.find_spec("moto") is None:
+        pytest.skip("moto is not installed: pip install -e '.[dev]' (moto[server] is a dev dependency)")
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_s3, monkeypatch):
+    """The stand-in's endpoint and fake credentials in this test's environment only; returns the server."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in moto_s3.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # a developer's ~/.aws must not leak into the tests
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    return moto_s3
