@@ -242,3 +242,21 @@ def test_an_interrupted_upload_resumes_without_sending_anything_twice(s3_env, di
         sent = [name for name in again.uploaded if name.startswith(f"{split}/")]
         assert sent[-1] == f"{split}/manifest.json"  # the manifest last
     assert _bucket_files(s3_env, bucket, "digits") == _files(digits_shards)
+
+
+def test_s3_credentials_come_from_a_shared_credentials_file(s3_env, s3_digits, digits_shards, monkeypatch, tmp_path):
+    """~/.aws/credentials (here through AWS_SHARED_CREDENTIALS_FILE) works: obstore alone would skip it and ask
+    the instance metadata endpoint, which answers nothing here."""
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\naws_access_key_id = from-file\naws_secret_access_key = from-file-secret\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")  # no instance role to fall back on
+    assert open_store(f"{s3_digits}/val").read("manifest.json") == (digits_shards / "val/manifest.json").read_bytes()
+
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "absent"))  # no credentials anywhere
+    store = open_store(f"{s3_digits}/val")
+    store.backoff_s = 0.001
+    with pytest.raises(StoreError, match=f"^{s3_digits}/val/manifest.json: "):
+        store.read("manifest.json")
