@@ -166,7 +166,7 @@ class ObjectStoreFolder:
     def subfolders(self) -> list[str]:
         """S3/GCS: a delimiter listing. HTTP has no listing (nginx answers no PROPFIND): the usual split names
         whose manifest.json answers."""
-        if not self.writable:
+        if self.address.startswith(("http://", "https://")):
             return [split for split in ("train", "val", "test") if self.exists(f"{split}/manifest.json")]
         listing = self._retry("", "LIST", lambda: self._ob.list_with_delimiter(self._store))
         return sorted(prefix.rstrip("/").rsplit("/", 1)[-1] for prefix in listing["common_prefixes"])
