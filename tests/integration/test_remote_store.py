@@ -260,3 +260,45 @@ def test_s3_credentials_come_from_a_shared_credentials_file(s3_env, s3_digits, d
     store.backoff_s = 0.001
     with pytest.raises(StoreError, match=f"^{s3_digits}/val/manifest.json: "):
         store.read("manifest.json")
+
+
+@pytest.mark.slow
+def test_a_killed_upload_resumes_where_it_stopped(s3_env, tmp_path):
+    """SIGKILL the real command mid-upload, then run the same write again: nothing already in the bucket is
+    sent again, the manifest appears only at the end, and the bucket holds what a local write holds."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from convnets.data_pipelines.shards.sources import DigitsSource
+    from convnets.data_pipelines.shards.upload import UploadSink
+    from convnets.data_pipelines.shards.writer import write_shards
+
+    bucket = f"kill-{uuid.uuid4().hex[:8]}"
+    s3_env.create_bucket(bucket)
+    url, staging = f"s3://{bucket}/digits", tmp_path / "staging"
+    command = ["shards", "digits", url, "--shard-size", "20", "--workers", "1", "--staging", str(staging)]
+    child = subprocess.Popen([sys.executable, "-m", "convnets.cli", *command], env={**os.environ}, text=True)
+    client, deadline = s3_env.client(), time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and child.poll() is None:  # 72 train shards: kill after 10 are there
+            listed = client.list_objects_v2(Bucket=bucket, Prefix="digits/train/").get("Contents", [])
+            if sum(o["Key"].endswith(".tar") for o in listed) >= 10:
+                break
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, "the write finished before it was killed: nothing was resumed"
+    before = _bucket_files(s3_env, bucket, "digits")
+    assert "train/manifest.json" not in before and len(before) >= 10
+
+    again = UploadSink(open_store(url), staging)
+    write_shards(DigitsSource(), staging, shard_size=20, seed=0, sink=again)
+    assert sorted(again.skipped) == sorted(before)  # everything already there is kept, nothing sent twice
+    assert not set(again.uploaded) & set(before)
+    assert [name for name in again.uploaded if name.startswith("val/")][-1] == "val/manifest.json"
+    reference = tmp_path / "local"
+    write_shards(DigitsSource(), reference, shard_size=20, seed=0)
+    assert _bucket_files(s3_env, bucket, "digits") == _files(reference)
