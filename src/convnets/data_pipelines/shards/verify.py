@@ -232,7 +232,7 @@ def _check_labels_file(store: Store, manifest: Manifest, labels: list[int], keys
         return
     where = store.url(manifest.labels.name)
     stored = parse_labels_file(
-        _read(store, manifest.labels.name), manifest.labels, num_samples=manifest.num_samples, where=where
+        store.read(manifest.labels.name), manifest.labels, num_samples=manifest.num_samples, where=where
     )
     differ = np.flatnonzero(stored.astype(np.int64) != np.asarray(labels, dtype=np.int64))
     if len(differ):
@@ -241,10 +241,6 @@ def _check_labels_file(store: Store, manifest: Manifest, labels: list[int], keys
             f"{where}: sample {keys[i]!r} has label {int(stored[i])}, "
             f"its .cls member says {labels[i]} ({len(differ)} such samples)"
         )
-
-
-def _read(store: Store, name: str) -> bytes:
-    return store.read(name)
 
 
 def read_store_manifest(store: Store) -> Manifest:
@@ -276,7 +272,11 @@ def verify_shards(split_dir: Path | str, *, deep: bool = False) -> VerifyReport:
     keys: list[str] = []
     for entry in manifest.shards:
         shard, index = store.url(entry.name), store.url(entry.index)
-        records = parse_idx_text(_read(store, entry.index).decode("utf-8", errors="replace"), where=index)
+        try:
+            text = store.read(entry.index).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ShardError(f"{index}: unreadable index ({exc})") from None
+        records = parse_idx_text(text, where=index)
         if len(records) != entry.num_samples:
             raise ShardError(f"{index}: {len(records)} samples, manifest says {entry.num_samples}")
         sha, shard_labels = _scan_shard(store, entry.name, records, num_classes=manifest.num_classes, decoder=decoder)
