@@ -302,3 +302,33 @@ def test_a_killed_upload_resumes_where_it_stopped(s3_env, tmp_path):
     reference = tmp_path / "local"
     write_shards(DigitsSource(), reference, shard_size=20, seed=0)
     assert _bucket_files(s3_env, bucket, "digits") == _files(reference)
+
+
+def test_a_forked_child_gets_one_line_instead_of_a_hang(nginx, served_digits):
+    """obstore's runtime does not survive fork(): without the check, the child below hangs or segfaults."""
+    import os
+    import time
+
+    url = f"{nginx.url}/{served_digits}/val"
+    assert open_store(url).size("manifest.json") > 0  # the parent starts the runtime
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what open_store(...).read gives, then leave without cleanup
+        os.close(read_end)
+        try:
+            open_store(url).read("manifest.json")
+            os.write(write_end, b"read")
+        except StoreError as exc:
+            os.write(write_end, str(exc).encode())
+        os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 20
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    with os.fdopen(read_end, "rb") as report:
+        message = report.read().decode()
+    assert message.startswith(f"{url}/manifest.json: remote shard folders cannot be read in a process forked")

@@ -15,6 +15,10 @@ and config profiles, SSO, container and instance roles); else obstore's own (env
 container and instance roles: it does not read ~/.aws). GCS through obstore's (GOOGLE_APPLICATION_
 CREDENTIALS, gcloud's application-default file, the metadata server). They are never logged or written,
 and error messages carry only the object's URL and the library's first line with any secret removed.
+
+Fork: obstore's runtime (tokio threads) does not survive fork(); once this process has made a request, a
+forked child that makes one hangs or crashes, even through a store it opens itself. The child gets one
+StoreError line instead; read remote folders in the parent's threads or in spawned processes.
 """
 
 from __future__ import annotations
@@ -53,6 +57,22 @@ def _reason(exc: BaseException) -> str:
     return text[:200]
 
 
+_STARTED_IN: int | None = None  # the process whose obstore runtime (tokio threads) has started
+
+
+def _check_not_forked(url: str) -> None:
+    """obstore's runtime does not survive fork(): a forked child that calls it hangs or crashes, even through a
+    store it opens itself. One line instead, naming the way out."""
+    global _STARTED_IN
+    if _STARTED_IN is None:
+        _STARTED_IN = os.getpid()
+    elif _STARTED_IN != os.getpid():
+        raise StoreError(
+            f"{url}: remote shard folders cannot be read in a process forked after the parent read one "
+            "(obstore's runtime does not survive fork); read them in the parent or in a spawned process"
+        )
+
+
 class _Permanent(Exception):
     """An answer retrying cannot change (no such object, access denied)."""
 
@@ -86,6 +106,7 @@ class ObjectStoreFolder:
         return f"{self.address}/{name}"
 
     def _retry(self, name: str, what: str, call: Callable[[], T]) -> T:
+        _check_not_forked(self.url(name))
         for attempt in range(1, self.tries + 1):
             try:
                 return call()
@@ -221,7 +242,13 @@ def _s3_credentials():
 
     if importlib.util.find_spec("boto3") is None:
         return None
+    import logging
+
     from obstore.auth.boto3 import Boto3CredentialProvider
+
+    # botocore says at INFO where it found credentials ("Found credentials in environment variables."),
+    # once per store: noise in every command's log. Its warnings and errors still show.
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
 
     try:
         return Boto3CredentialProvider()
