@@ -141,8 +141,13 @@ def plan_rank(
     mine = order[start + rank :: world_size]
     padded = math.ceil((num_samples - start) / world_size)
     # Padding repeats the rank's first sample of the whole epoch (order[0] for a rank with none),
-    # so a resumed epoch's padding is the uninterrupted one's.
-    filler = order[rank : rank + 1] if rank < num_samples else order[:1]
+    # so a resumed epoch's padding is the uninterrupted one's. The block order repeats the rank's
+    # last one instead (order[-1] for a rank with none): its shard is in the window being read, so
+    # padding never calls back a shard of the epoch's first window that a cache has let go.
+    if isinstance(shuffle, BlockShuffle):
+        filler = order[rank::world_size][-1:] if rank < num_samples else order[-1:]
+    else:
+        filler = order[rank : rank + 1] if rank < num_samples else order[:1]
     indices = np.concatenate([mine, np.repeat(filler, padded - len(mine))]).astype(np.int64)
     valid = np.arange(padded) < len(mine)
     return RankPlan(indices=indices, valid=valid, batch_size=batch_size, first_step=start // global_batch)
