@@ -39,6 +39,7 @@ from convnets.data_pipelines.shards.format import (
     read_manifest,
 )
 from convnets.data_pipelines.shards.reader import check_shard_sizes
+from convnets.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: the loaders import DALI / torchvision
     from convnets.data_pipelines.loading.dali_loader import DaliLoader
@@ -118,9 +119,9 @@ class ShardDataModule(pl.LightningDataModule):
         """
         super().__init__()
         if shuffle not in SHUFFLE_MODES:
-            raise ValueError(f"data.shuffle={shuffle!r} is not one of {', '.join(SHUFFLE_MODES)}")
+            raise ConfigError(f"data.shuffle={shuffle!r} is not one of {', '.join(SHUFFLE_MODES)}")
         if isinstance(shuffle_window, bool) or not isinstance(shuffle_window, int) or shuffle_window < 1:
-            raise ValueError(f"data.shuffle_window={shuffle_window!r}: the block shuffle's window is shards, >= 1")
+            raise ConfigError(f"data.shuffle_window={shuffle_window!r}: the block shuffle's window is shards, >= 1")
         self.save_hyperparameters(ignore=["input_spec"])
         self.data_dir = Path(data_dir)
         self.input_spec = input_spec

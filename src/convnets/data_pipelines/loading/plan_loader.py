@@ -26,6 +26,7 @@ import numpy as np
 from convnets.data_pipelines.loading.augment import AugmentSpec
 from convnets.data_pipelines.loading.epoch_plan import BlockShuffle, RankPlan, consumed_samples, plan_rank
 from convnets.data_pipelines.loading.loader_config import LoaderConfig
+from convnets.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _check_order(state: dict, cfg: LoaderConfig, *, samples: int, num_samples: i
     if saved == here:
         return
     if 0 < samples < num_samples:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint stopped mid-epoch {state['epoch']} in the {saved} shuffle order, this run reads "
             f"the {here} order: resume with the checkpoint's data.shuffle and data.shuffle_window, or from a "
             "checkpoint at an epoch's end"
