@@ -18,6 +18,7 @@ from convnets.data_pipelines.loading.epoch_plan import (
 )
 from convnets.data_pipelines.loading.loader_config import LoaderConfig
 from convnets.data_pipelines.loading.plan_loader import read_state
+from convnets.errors import ConfigError
 
 
 def shards_of(sizes) -> np.ndarray:
@@ -279,3 +280,14 @@ def test_at_an_epoch_boundary_another_order_may_follow():
         resume = read_state(_state("block of 16 shards", samples), _cfg("global"), num_samples=1000, engine="torch")
         assert resume.samples == samples
     assert read_state(_state("block of 16 shards", 64), _cfg("block"), num_samples=1000, engine="torch").samples == 64
+
+
+def test_bad_shuffle_options_are_named():
+    from convnets.data_pipelines.loading.datamodule import ShardDataModule
+
+    with pytest.raises(ConfigError, match="data.shuffle_window=0: the block shuffle's window is shards, >= 1"):
+        ShardDataModule(data_dir="unused", shuffle="block", shuffle_window=0)
+    with pytest.raises(ConfigError, match="data.shuffle='blocks' is not one of global, block"):
+        ShardDataModule(data_dir="unused", shuffle="blocks")
+    with pytest.raises(ValueError, match="window must be >= 1 shard, got 0"):
+        block_permutation(shards_of([5, 5]), window=0, seed=0, epoch=0)
