@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from tests.integration.cli_helpers import REPO, convnets
+from convnets.data_pipelines.shards.format import load_sample_index
+from tests.integration.cli_helpers import REPO, convnets, last_line
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,20 +71,25 @@ def _steps(path) -> dict[int, list[int]]:
     return out
 
 
+# The block shuffle: 5 digits shards (4 x 300 + 238) read 2 at a time.
+BLOCK = ("--data.shuffle", "block", "--data.shuffle_window", "2")
+
+
 # DALI: DDP only (one process takes the same save/restore path minus the cross-rank gather; suite
-# time). Torch: its state is the position alone, on 1 process and on 2.
+# time). Torch: its state is the position alone, on 1 process and on 2, and in the block order.
 @pytest.mark.parametrize(
-    "backend,devices",
-    [pytest.param("dali", 2, marks=pytest.mark.dali), ("torch", 1), ("torch", 2)],
-    ids=["dali_ddp_2_processes", "torch_1_process", "torch_ddp_2_processes"],
+    "backend,devices,order",
+    [pytest.param("dali", 2, (), marks=pytest.mark.dali), ("torch", 1, ()), ("torch", 2, ()), ("torch", 1, BLOCK)],
+    ids=["dali_ddp_2_processes", "torch_1_process", "torch_ddp_2_processes", "torch_1_process_block_shuffle"],
 )
-def test_fit_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(digits_shards, tmp_path, backend, devices):
-    whole, _ = _fit(tmp_path, digits_shards, "whole", devices=devices, backend=backend)
+def test_fit_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(digits_shards, tmp_path, backend, devices, order):
+    whole, _ = _fit(tmp_path, digits_shards, "whole", *order, devices=devices, backend=backend)
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed, ckpts = _fit(
         tmp_path,
         digits_shards,
         "cut",
+        *order,
         f"--trainer.callbacks+={PROBE}.KillAtStep",
         "--trainer.callbacks.step=6",
         f"--trainer.callbacks.after={tmp_path / 'cut' / 'mid' / 'step=4.ckpt'}",
@@ -91,8 +98,21 @@ def test_fit_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(digits_sha
     )
     assert killed.returncode != 0 and (ckpts / "step=4.ckpt").exists()
     assert not (ckpts / "step=8.ckpt").exists()  # it really died in epoch 0
+    if order:  # the position counts samples of the block order: another order cannot continue it
+        other, _ = _fit(tmp_path, digits_shards, "other", "--ckpt_path", ckpts / "step=4.ckpt", backend=backend)
+        assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-3000:]
+        assert "mid-epoch 0 in the block of 2 shards shuffle order, this run reads the global order" in last_line(
+            other.stderr
+        )
     resumed, _ = _fit(
-        tmp_path, digits_shards, "cut", "--ckpt_path", ckpts / "step=4.ckpt", devices=devices, backend=backend
+        tmp_path,
+        digits_shards,
+        "cut",
+        *order,
+        "--ckpt_path",
+        ckpts / "step=4.ckpt",
+        devices=devices,
+        backend=backend,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
@@ -115,3 +135,7 @@ def test_fit_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(digits_sha
     for epoch in range(2):  # every training sample exactly once per epoch, across the ranks
         seen = [i for steps in per_rank for s in range(12 * epoch, 12 * epoch + 12) for i in steps[s]]
         assert sorted(seen) == list(range(len(seen))) and len(seen) > 1400
+    if order:  # and read 2 shards at a time: the first 4 steps (512 of 600 samples) from the first window's 2
+        shard_id = load_sample_index(digits_shards / "train").shard_id
+        first = [i for s in range(4) for i in per_rank[0][s]]
+        assert len(np.unique(shard_id[first])) == 2

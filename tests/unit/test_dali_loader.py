@@ -12,7 +12,7 @@ import torch
 
 from convnets.data_pipelines.loading.augment import InputSpec
 from convnets.data_pipelines.loading.datamodule import ShardDataModule
-from convnets.data_pipelines.loading.epoch_plan import plan_rank
+from convnets.data_pipelines.loading.epoch_plan import BlockShuffle, plan_rank
 from convnets.data_pipelines.shards.format import load_sample_index
 from convnets.data_pipelines.shards.reader import ShardFiles
 
@@ -275,3 +275,16 @@ def test_a_resumed_run_keeps_its_global_batch_on_any_number_of_processes(digits_
     dm.trainer = SimpleNamespace(world_size=5)
     with pytest.raises(ValueError, match="global batch of 96, which does not divide over 5 processes"):
         dm.train_batch_size()
+
+
+# torch first: its DataLoader forks workers, which must not follow a DALI pipeline left mid-epoch by a failure.
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_both_engines_read_the_block_order_given_to_the_data_module(digits_shards, backend):
+    """--data.shuffle block --data.shuffle_window 2 reaches the plan of either engine."""
+    loader = train_loader(digits_shards, batch_size=64, epoch=1, backend=backend, shuffle="block", shuffle_window=2)
+    got = np.concatenate([b["index"].numpy() for b in loader])
+    shard_id = load_sample_index(digits_shards / "train").shard_id
+    block = BlockShuffle(shard_id, 2)
+    plan = plan_rank(len(shard_id), rank=0, world_size=1, batch_size=64, seed=0, epoch=1, shuffle=block)
+    assert np.array_equal(got, plan.indices)
+    assert len(np.unique(shard_id[got[:500]])) == 2  # the first window: 2 of the 5 shards

@@ -26,6 +26,7 @@ from convnets.data_pipelines.loading.augment import (
     eval_crop_count,
     preset_spec,
 )
+from convnets.data_pipelines.loading.epoch_plan import DEFAULT_WINDOW, SHUFFLE_MODES, ShuffleMode
 from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfig
 from convnets.data_pipelines.loading.plan_loader import saved_global_batch
 from convnets.data_pipelines.loading.torch_loader import normalize_batch
@@ -38,6 +39,7 @@ from convnets.data_pipelines.shards.format import (
     read_manifest,
 )
 from convnets.data_pipelines.shards.reader import check_shard_sizes
+from convnets.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: the loaders import DALI / torchvision
     from convnets.data_pipelines.loading.dali_loader import DaliLoader
@@ -69,6 +71,8 @@ class ShardDataModule(pl.LightningDataModule):
         test_split: str | None = None,
         input_spec: InputSpec | None = None,
         hw_decoder_load: float = 0.65,
+        shuffle: ShuffleMode = "global",
+        shuffle_window: int = DEFAULT_WINDOW,
     ) -> None:
         """
         Args:
@@ -104,8 +108,20 @@ class ShardDataModule(pl.LightningDataModule):
             input_spec: the network's input facts; default: the LightningModule's `input_spec`.
             hw_decoder_load: GPU decoding: share of images for the hardware JPEG decoder of
                 A100/H100 (the rest go to CUDA nvJPEG); ignored on CPU.
+            shuffle: training order. "global": one seeded permutation of the whole split per epoch
+                (the best mix; every shard is read all epoch long). "block": the shards in a seeded
+                order, taken shuffle_window at a time, the samples shuffled within each window, so
+                a node-local cache holding two windows reads every shard once per epoch. Both read
+                every sample once per epoch on any number of ranks; a mid-epoch resume keeps the
+                checkpoint's order (another one is allowed from an epoch's end).
+            shuffle_window: "block" only: shards per window (default 16: ~16,000 ImageNet images,
+                ~1.8 GB of shards). Larger mixes more; the cache needs two windows.
         """
         super().__init__()
+        if shuffle not in SHUFFLE_MODES:
+            raise ConfigError(f"data.shuffle={shuffle!r} is not one of {', '.join(SHUFFLE_MODES)}")
+        if isinstance(shuffle_window, bool) or not isinstance(shuffle_window, int) or shuffle_window < 1:
+            raise ConfigError(f"data.shuffle_window={shuffle_window!r}: the block shuffle's window is shards, >= 1")
         self.save_hyperparameters(ignore=["input_spec"])
         self.data_dir = Path(data_dir)
         self.input_spec = input_spec
@@ -281,6 +297,8 @@ class ShardDataModule(pl.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             hw_decoder_load=hp.hw_decoder_load,
+            shuffle=hp.shuffle,
+            shuffle_window=hp.shuffle_window,
         )
         if self.backend == "torch":
             from convnets.data_pipelines.loading.torch_loader import TorchLoader as Loader

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from convnets.data_pipelines.loading.epoch_plan import DEFAULT_WINDOW, ShuffleMode
 from convnets.errors import ConvnetsInputError
 
 
@@ -38,3 +39,9 @@ class LoaderConfig:
     world_size: int
     hw_decoder_load: float = 0.65  # GPU decoding: share of images for the hardware JPEG decoder
     read: ReadAhead = ReadAhead()
+    shuffle: ShuffleMode = "global"  # the training order (epoch_plan.py): "global" or "block"
+    shuffle_window: int = DEFAULT_WINDOW  # block: shards per window
+
+    def shuffle_name(self) -> str:
+        """The training order as a checkpoint records it and a user reads it: 'global', 'block of 16 shards'."""
+        return "global" if self.shuffle == "global" else f"block of {self.shuffle_window} shards"

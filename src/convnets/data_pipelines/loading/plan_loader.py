@@ -6,7 +6,9 @@ epoch's permutation, see epoch_plan.py), so a checkpoint resumes on any number o
 rest of the epoch is split again over this run's ranks, each remaining sample read once. The
 run's global batch (ranks x per-rank batch) is part of the state and is kept on resume (the
 data module divides it over this run's ranks), so an epoch keeps its number of steps and the
-learning-rate schedule its course.
+learning-rate schedule its course. So is the training order (global or block, and the block's
+window): a mid-epoch position means something only in the order it was counted in, so a resume
+mid-epoch must use the checkpoint's order; from an epoch's boundary on any order may follow.
 
 What an engine adds (DALI: every rank's augmentation RNG state, for an exact resume) carries
 over only to the same number of ranks; on another number the draws start afresh.
@@ -22,13 +24,15 @@ from typing import Any
 import numpy as np
 
 from convnets.data_pipelines.loading.augment import AugmentSpec
-from convnets.data_pipelines.loading.epoch_plan import RankPlan, consumed_samples, plan_rank
+from convnets.data_pipelines.loading.epoch_plan import BlockShuffle, RankPlan, consumed_samples, plan_rank
 from convnets.data_pipelines.loading.loader_config import LoaderConfig
+from convnets.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # 1: (epoch, next_step, rank_count, dali); read as next_step x this run's per-rank batch x rank_count.
-# 2: (epoch, samples, global_batch, rank_count, engine, dali).
+# 2: (epoch, samples, global_batch, rank_count, engine, dali), and since block shuffles "shuffle"
+#    (LoaderConfig.shuffle_name()); a state without it was read in the global order.
 STATE_VERSION = 2
 
 
@@ -69,6 +73,7 @@ def read_state(state: dict, cfg: LoaderConfig, *, num_samples: int, engine: str)
         samples = consumed_samples(num_samples, steps=state["next_step"], global_batch=global_batch)
     else:
         samples = state["samples"]
+    _check_order(state, cfg, samples=samples, num_samples=num_samples)
     ranks = state["rank_count"]
     same_engine = state.get("engine", "dali") == engine
     carried = state.get("dali") if same_engine and ranks == cfg.world_size else None
@@ -82,6 +87,21 @@ def read_state(state: dict, cfg: LoaderConfig, *, num_samples: int, engine: str)
             num_samples - samples,
         )
     return Resume(epoch=state["epoch"], samples=samples, rank_count=ranks, engine=carried)
+
+
+def _check_order(state: dict, cfg: LoaderConfig, *, samples: int, num_samples: int) -> None:
+    """A mid-epoch position counts samples of the checkpoint's order: refuse another order there."""
+    saved, here = state.get("shuffle", "global"), cfg.shuffle_name()
+    if saved == here:
+        return
+    if 0 < samples < num_samples:
+        raise ConfigError(
+            f"the checkpoint stopped mid-epoch {state['epoch']} in the {saved} shuffle order, this run reads "
+            f"the {here} order: resume with the checkpoint's data.shuffle and data.shuffle_window, or from a "
+            "checkpoint at an epoch's end"
+        )
+    if cfg.rank == 0:
+        log.info("the checkpoint read the %s shuffle order; the next epochs read the %s order", saved, here)
 
 
 class PlanLoader:
@@ -131,9 +151,16 @@ class PlanLoader:
             batch_size=c.batch_size,
             seed=c.seed,
             epoch=epoch,
-            shuffle=c.train,
+            shuffle=self._shuffle(),
             start=self._start(epoch),
         )
+
+    def _shuffle(self) -> bool | BlockShuffle:
+        """Eval reads in stored order; training in the global or block order (block: by every sample's shard)."""
+        c = self.cfg
+        if c.train and c.shuffle == "block":
+            return BlockShuffle(self.index.shard_id, c.shuffle_window)
+        return c.train
 
     def _plan(self, epoch: int) -> RankPlan:
         key = (epoch, self._start(epoch))
@@ -175,6 +202,7 @@ class PlanLoader:
             "samples": samples,
             "global_batch": c.batch_size * c.world_size,
             "rank_count": c.world_size,
+            "shuffle": c.shuffle_name(),
             "engine": self.engine,
             "dali": every,
         }
