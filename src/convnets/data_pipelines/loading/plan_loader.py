@@ -59,13 +59,13 @@ def read_state(state: dict, cfg: LoaderConfig, *, num_samples: int, engine: str)
     """A checkpoint's loader state, checked against this loader (one-line errors)."""
     version = state.get("version")
     if version not in (1, STATE_VERSION):
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint's loader state has version {version!r}; this code reads 1 and {STATE_VERSION}"
         )
     global_batch = saved_global_batch(state, cfg.batch_size)
     here = cfg.batch_size * cfg.world_size
     if global_batch != here:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint was trained with a global batch of {global_batch}, this loader reads "
             f"{cfg.world_size} x {cfg.batch_size} = {here} (per-rank batch = global batch / ranks)"
         )
