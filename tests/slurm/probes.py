@@ -18,10 +18,24 @@ class SignalSelf(pl.Callback):
     """
 
     def __init__(
-        self, signum: str = "SIGUSR2", step: int = -1, epoch: int = 0, val_batch: int = -1, at_setup: bool = False
+        self,
+        signum: str = "SIGUSR2",
+        step: int = -1,
+        epoch: int = 0,
+        val_batch: int = -1,
+        at_setup: bool = False,
+        at_save: bool = False,
     ) -> None:
         self.signum, self.step, self.epoch, self.val_batch = getattr(signal, signum), step, epoch, val_batch
         self.at_setup = at_setup  # during start-up: after the hooks are set up, before the data and the first step
+        self.at_save = at_save  # inside the first checkpoint save (while the checkpoint is being assembled)
+        self.signalled_at_save_step: int | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.at_save and self.signalled_at_save_step is None:
+            self.signalled_at_save_step = trainer.global_step
+            print(f"probe: signalled during the checkpoint save at step {trainer.global_step}", flush=True)
+            os.kill(os.getpid(), self.signum)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.at_setup:
