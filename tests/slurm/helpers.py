@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from tests.integration.cli_helpers import REPO
 
 CONFIG = REPO / "configs" / "lenet5_digits.yaml"
@@ -74,6 +76,7 @@ def wait_for_file(path: Path, *, timeout: float) -> None:
 def release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
     """Slurm holds a requeued job for ~2 minutes (reason BeginTime); an admin may start it now, as here."""
     deadline = time.monotonic() + timeout
+    reason = []
     while time.monotonic() < deadline:
         reason = subprocess.run(
             ["squeue", "-h", "-o", "%T %r", "-j", job_id], env=env, capture_output=True, text=True, timeout=30
@@ -81,12 +84,26 @@ def release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
         if reason[:2] == ["PENDING", "BeginTime"]:
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True, timeout=30)
             return
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"job {job_id} was not requeued within {timeout:.0f} s (state: {' '.join(reason)})")
 
 
-def reference_fit(cluster: dict, data: Path, runs: Path, *, batch: int) -> subprocess.CompletedProcess:
-    """The uninterrupted run a preempted job is compared with: the same fit, 2 gloo ranks, outside Slurm."""
-    flags = [*fit_flags(data, runs, "reference", epochs=1), "--data.batch_size", batch, "--trainer.devices", 2]
+PREEMPT_BATCH = 4  # per rank, 2 ranks: ~180 steps an epoch, so a signal sent after the first one lands mid-epoch
+
+
+def reference_fit(cluster: dict, data: Path, runs: Path) -> dict:
+    """The uninterrupted run a preempted one-epoch job is compared with: the same fit, 2 gloo ranks, outside
+    Slurm, batch PREEMPT_BATCH, no logger. Returns its last.ckpt."""
+    flags = [*fit_flags(data, runs, "reference", epochs=1), "--data.batch_size", PREEMPT_BATCH, "--trainer.devices", 2]
     flags += ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.logger", "false"]
-    return run_convnets(cluster, "fit", *flags, timeout=400)
+    result = run_convnets(cluster, "fit", *flags, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(runs / "reference" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+def assert_same_weights(run_dir: Path, expected: dict) -> None:
+    """The run's last.ckpt holds the uninterrupted run's step count and, bit for bit, its weights."""
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == expected["global_step"]
+    differ = [k for k in expected["state_dict"] if not torch.equal(final["state_dict"][k], expected["state_dict"][k])]
+    assert not differ, f"final weights differ from an uninterrupted run with the same seed: {differ}"

@@ -41,7 +41,7 @@ def _task_pid(job_id: str, rank: int) -> int:
 
 
 @pytest.mark.dali
-def test_a_killed_rank_ends_the_job_within_30_s_naming_it(slurm_cluster, digits_shards, tmp_path):
+def test_a_killed_rank_ends_the_job_within_30_s_naming_it(slurm_cluster, digits_shards, tmp_path, capsys):
     """SIGKILL (the OOM-killer's signal) to rank 1 mid-fit: srun ends rank 0 too, the job FAILS, no requeue."""
     flags = [*fit_flags(digits_shards, tmp_path, "killed", epochs=1), "--data.batch_size", "2"]  # ~360 steps
     submitted = run_convnets(slurm_cluster, "submit", *flags, "--slurm.cluster", "local", timeout=120)
@@ -76,6 +76,12 @@ def test_a_killed_rank_ends_the_job_within_30_s_naming_it(slurm_cluster, digits_
     assert re.search(
         r"srun: error: localhost: tasks? [0-9-]*1[0-9-]*: Killed", logs[f"{job_id}_0_log.err"]
     )  # srun's word
+    from convnets.cli import main
+
+    capsys.readouterr()
+    assert main(["status", str(run_dir), "--json"]) == 0  # `convnets status` names the rank too
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["state"], shown["dead_rank"], shown["requeues"]) == ("FAILED", line, 0)
 
 
 def test_a_run_whose_job_is_live_is_not_submitted_again(slurm_cluster, digits_shards, tmp_path):

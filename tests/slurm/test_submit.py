@@ -180,20 +180,8 @@ def uninterrupted_ablation(slurm_cluster, digits_shards, tmp_path_factory) -> tu
     return out, result
 
 
-def test_ablation_sweep_runs_its_variants_as_slurm_jobs(slurm_cluster, uninterrupted_ablation):
-    out, result = uninterrupted_ablation
-    record = json.loads((out / "full" / "slurm.json").read_text())
-    assert [e["event"] for e in record["events"]] == ["start", "finished"]  # it ran as a Slurm job
-    wait_for_jobs(slurm_cluster["env"], [record["job_id"]], timeout=60)
-    assert job_state(slurm_cluster["env"], record["job_id"]) == "COMPLETED"
-    (row,) = json.loads((out / "ablation.json").read_text())
-    metrics = json.loads((out / "full" / "metrics.json").read_text())
-    assert row["variant"] == "full" and row["test_top1"] == metrics["test_top1"] and row["epochs"] == 1
-    assert "| full |" in result.stdout  # the table, printed when the array finished
-
-
 def test_a_variant_warned_during_its_test_requeues_and_tests_after_the_requeue(
-    slurm_cluster, digits_shards, tmp_path, uninterrupted_ablation
+    slurm_cluster, digits_shards, tmp_path, request
 ):
     """USR2 while the variant's test runs (its fit done): the job stops the test and requeues; the requeued
     job's fit finds its epochs done and the test runs to the end, with an uninterrupted variant's numbers."""
@@ -201,22 +189,25 @@ def test_a_variant_warned_during_its_test_requeues_and_tests_after_the_requeue(
     marks.mkdir()
     probe = ["--trainer.callbacks+=tests.slurm.probes.TestPhase", "--trainer.callbacks.folder", marks]
     probe += ["--trainer.callbacks.delay_s", "1"]
-    sweep = subprocess.Popen(
-        list(map(str, _ablation(slurm_cluster, digits_shards, out, *probe))),
-        env=convnets_env(slurm_cluster),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:  # not pipes: not read
+        sweep = subprocess.Popen(  # while the fixture below runs
+            list(map(str, _ablation(slurm_cluster, digits_shards, out, *probe))),
+            env=convnets_env(slurm_cluster),
+            cwd=REPO,
+            stdout=stdout,
+            stderr=stderr,
+        )
     try:
         wait_for_file(marks / "test-start-0", timeout=240)
         job_id = json.loads((out / "full" / "slurm.json").read_text())["job_id"]
         subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True, timeout=30)
         release_requeued(env, job_id)
-        stdout, stderr = sweep.communicate(timeout=400)
+        # The uninterrupted variant (shared with the next test) trains now, beside the requeued job: 1 task each.
+        reference_out, _ = request.getfixturevalue("uninterrupted_ablation")
+        sweep.wait(timeout=400)
     finally:
         sweep.kill()
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
     assert sweep.returncode == 0, stderr[-3000:]
     wait_for_jobs(env, [job_id], timeout=60)
     control = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
@@ -229,9 +220,20 @@ def test_a_variant_warned_during_its_test_requeues_and_tests_after_the_requeue(
     rank0 = (Path(record["log_folder"]) / f"{job_id}_0_log.err").read_text()  # the array's folder
     assert "SIGUSR2 during `convnets test`: stopped it; the requeued job runs it again" in rank0
 
-    reference_out, _ = uninterrupted_ablation
     (row,), (expected,) = (json.loads((o / "ablation.json").read_text()) for o in (out, reference_out))
     metrics, reference = (json.loads((o / "full" / "metrics.json").read_text()) for o in (out, reference_out))
     tested = {k: v for k, v in reference.items() if k.startswith("test_")}
     assert tested and {k: metrics[k] for k in tested} == tested
     assert row["test_top1"] == expected["test_top1"] and "| full |" in stdout
+
+
+def test_ablation_sweep_runs_its_variants_as_slurm_jobs(slurm_cluster, uninterrupted_ablation):
+    out, result = uninterrupted_ablation
+    record = json.loads((out / "full" / "slurm.json").read_text())
+    assert [e["event"] for e in record["events"]] == ["start", "finished"]  # it ran as a Slurm job
+    wait_for_jobs(slurm_cluster["env"], [record["job_id"]], timeout=60)
+    assert job_state(slurm_cluster["env"], record["job_id"]) == "COMPLETED"
+    (row,) = json.loads((out / "ablation.json").read_text())
+    metrics = json.loads((out / "full" / "metrics.json").read_text())
+    assert row["variant"] == "full" and row["test_top1"] == metrics["test_top1"] and row["epochs"] == 1
+    assert "| full |" in result.stdout  # the table, printed when the array finished
