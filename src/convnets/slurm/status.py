@@ -122,8 +122,10 @@ def status_text(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def wait_for(jobs: list, *, poll_s: float = 5.0) -> list[str]:
+def wait_for(jobs: list, *, poll_s: float = 1.0) -> list[str]:
     """Until every job has ended (its result file exists; works without Slurm accounting).
+
+    A poll stats each job's result file; submitit spaces its own sacct calls (2 s apart at least, more as jobs age).
 
     Returns one line per failed job (its exception's last line), also printed to stderr.
     """
