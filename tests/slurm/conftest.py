@@ -164,8 +164,8 @@ def wait_for_jobs(env: dict, job_ids: list[str], *, timeout: float) -> None:
             capture_output=True,
             text=True,
             timeout=30,
-        ).stdout
-        if not out.strip():
+        )
+        if out.returncode == 0 and not out.stdout.strip():  # not a failed squeue: that says nothing
             return
         time.sleep(0.25)
     raise TimeoutError(f"jobs {job_ids} still queued after {timeout:.0f} s")

@@ -82,6 +82,9 @@ def release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
             ["squeue", "-h", "-o", "%T %r", "-j", job_id], env=env, capture_output=True, text=True, timeout=30
         ).stdout.split()
         if reason[:2] == ["PENDING", "BeginTime"]:
+            # slurmd refuses a job credential issued in the second its previous instance's was revoked
+            # ("Job credential revoked": the job FAILS): start it in a later second than the requeue.
+            time.sleep(1.2)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True, timeout=30)
             return
         time.sleep(0.2)
