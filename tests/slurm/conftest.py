@@ -146,12 +146,12 @@ def slurm_cluster(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def uninterrupted_epoch(slurm_cluster, digits_shards, tmp_path_factory) -> dict:
-    """last.ckpt of one uninterrupted epoch (helpers.reference_fit), trained once for every test whose
-    preempted one-epoch job must end equal to it."""
-    from tests.slurm.helpers import reference_fit
+def uninterrupted_epoch(slurm_cluster, digits_shards, tmp_path_factory):
+    """uninterrupted_epoch() -> last.ckpt of one uninterrupted epoch (helpers.start_reference_fit), trained once,
+    beside the first test that asks, for every test whose preempted one-epoch job must end equal to it."""
+    from tests.slurm.helpers import start_reference_fit
 
-    return reference_fit(slurm_cluster, digits_shards, tmp_path_factory.mktemp("uninterrupted"))
+    return start_reference_fit(slurm_cluster, digits_shards, tmp_path_factory.mktemp("uninterrupted"))
 
 
 def wait_for_jobs(env: dict, job_ids: list[str], *, timeout: float) -> None:

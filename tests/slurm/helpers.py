@@ -94,14 +94,35 @@ def release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
 PREEMPT_BATCH = 4  # per rank, 2 ranks: ~180 steps an epoch, so a signal sent after the first one lands mid-epoch
 
 
-def reference_fit(cluster: dict, data: Path, runs: Path) -> dict:
+def start_reference_fit(cluster: dict, data: Path, runs: Path):
     """The uninterrupted run a preempted one-epoch job is compared with: the same fit, 2 gloo ranks, outside
-    Slurm, batch PREEMPT_BATCH, no logger. Returns its last.ckpt."""
+    Slurm, batch PREEMPT_BATCH, no logger. Started in the background (the jobs it is compared with spend most
+    of their time waiting for a signal or a requeue); the returned function waits for it and loads its last.ckpt."""
     flags = [*fit_flags(data, runs, "reference", epochs=1), "--data.batch_size", PREEMPT_BATCH, "--trainer.devices", 2]
     flags += ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.logger", "false"]
-    result = run_convnets(cluster, "fit", *flags, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(runs / "reference" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    log = open(runs / "reference.log", "w")  # a file, not a pipe: nobody reads it while it runs
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convnets.cli", "fit", *map(str, flags)],
+        env=convnets_env(cluster),
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    loaded: list[dict] = []
+
+    def result() -> dict:
+        if not loaded:
+            try:
+                proc.wait(timeout=400)
+            finally:
+                proc.kill()
+                log.close()
+            assert proc.returncode == 0, (runs / "reference.log").read_text()[-3000:]
+            ckpt = runs / "reference" / "checkpoints" / "last.ckpt"
+            loaded.append(torch.load(ckpt, map_location="cpu", weights_only=False))
+        return loaded[0]
+
+    return result
 
 
 def assert_same_weights(run_dir: Path, expected: dict) -> None:

@@ -60,5 +60,5 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm_cluster, digits_shards
 
     # Continuous steps: the resumed job ends at the uninterrupted run's step count, not more, not less; and
     # bit-exact: the resumed job read exactly the samples the uninterrupted run read after that step.
-    assert uninterrupted_epoch["global_step"] > saved_at
-    assert_same_weights(run_dir, uninterrupted_epoch)
+    assert uninterrupted_epoch()["global_step"] > saved_at
+    assert_same_weights(run_dir, uninterrupted_epoch())

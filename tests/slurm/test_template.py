@@ -87,5 +87,5 @@ def test_the_template_job_saves_requeues_and_resumes_on_usr2(
     # The requeued job loaded the save (a fresh start with the same seed would end with the same weights).
     assert re.search(r"resumed from .*tmplq/checkpoints/last\.ckpt at step", err), err[-3000:]
 
-    assert uninterrupted_epoch["global_step"] == steps
-    assert_same_weights(runs / "tmplq", uninterrupted_epoch)
+    assert uninterrupted_epoch()["global_step"] == steps
+    assert_same_weights(runs / "tmplq", uninterrupted_epoch())
