@@ -177,21 +177,15 @@ def _shift_centre(centre: np.ndarray) -> np.ndarray:
     return np.roll(centre, 1, axis=-1)  # a crop one pixel to the left (edge column wrapped)
 
 
-# 33 images over 2 ranks: rank 1 reads 16 and one padding. Batch 3: its last batch is one real
-# image and the padding (a mixed batch); batch 4: its last batch is the padding alone (skipped).
-@pytest.mark.parametrize("batch", [3, 4], ids=["last_batch_mixed", "last_batch_all_padding"])
-def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, evaluated, tmp_path, batch):
-    """An uneven split over 2 ranks: the counts and numbers must equal one process's exactly."""
-    ckpt, shards = trained
-    single, pred1 = evaluated(crops=10, average="softmax")
+def _evaluate_ddp(ckpt: Path, data: Path, out: Path, *, devices: int, batch: int) -> tuple[dict, dict, str]:
     run = convnets(
         "evaluate",
         "--ckpt",
         ckpt,
         "--data",
-        shards / "val",
+        data,
         "--devices",
-        "2",
+        str(devices),
         "--accelerator",
         "cpu",
         "--batch",
@@ -200,21 +194,52 @@ def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, evaluat
         "1",
         "--no-wandb",
         "--out",
-        tmp_path / "ddp",
+        out,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    ddp = json.loads((tmp_path / "ddp" / "eval.json").read_text())
-    assert ddp["world_size"] == 2 and ddp["n"] == single["n"] == 33
+    return json.loads((out / "eval.json").read_text()), dict(np.load(out / "predictions.npz")), run.stdout
+
+
+def _assert_same_evaluation(ddp: tuple[dict, dict], single: tuple[dict, dict], *, world_size: int, n: int) -> None:
+    (result, pred), (alone, pred1) = ddp, single
+    assert result["world_size"] == world_size and result["n"] == alone["n"] == n
     for key in ("top1", "top5", "top1_1crop", "top5_1crop"):
-        assert ddp[key] == single[key], key
-    assert [r["n"] for r in ddp["per_class"]] == [r["n"] for r in single["per_class"]] == [11, 11, 11]
-    assert ddp["per_class"] == single["per_class"] and ddp["most_confused"] == single["most_confused"]
-    pred2 = dict(np.load(tmp_path / "ddp" / "predictions.npz"))
-    assert sorted(pred2["index"].tolist()) == list(range(33))  # each image exactly once
-    o1, o2 = np.argsort(pred1["index"]), np.argsort(pred2["index"])
-    np.testing.assert_allclose(pred2["probs"][o2], pred1["probs"][o1], atol=1e-5)
-    assert "images/s" in run.stdout  # the progress bar
+        assert result[key] == alone[key], key
+    assert [r["n"] for r in result["per_class"]] == [r["n"] for r in alone["per_class"]]
+    assert result["per_class"] == alone["per_class"] and result["most_confused"] == alone["most_confused"]
+    assert sorted(pred["index"].tolist()) == list(range(n))  # each image exactly once
+    o1, o2 = np.argsort(pred1["index"]), np.argsort(pred["index"])
+    np.testing.assert_allclose(pred["probs"][o2], pred1["probs"][o1], atol=1e-5)
+
+
+# 33 images over 2 ranks: rank 1 reads 16 and one padding. Batch 3: its last batch is one real
+# image and the padding (a mixed batch); batch 4: its last batch is the padding alone (skipped).
+@pytest.mark.parametrize("batch", [3, 4], ids=["last_batch_mixed", "last_batch_all_padding"])
+def test_ddp_evaluation_over_an_uneven_split_equals_one_process(trained, evaluated, tmp_path, batch):
+    """An uneven split over 2 ranks: the counts and numbers must equal one process's exactly."""
+    ckpt, shards = trained
+    single = evaluated(crops=10, average="softmax")
+    result, pred, stdout = _evaluate_ddp(ckpt, shards / "val", tmp_path / "ddp", devices=2, batch=batch)
+    _assert_same_evaluation((result, pred), single, world_size=2, n=33)
+    assert [r["n"] for r in result["per_class"]] == [11, 11, 11]
+    assert "images/s" in stdout  # the progress bar
     assert (tmp_path / "ddp" / "plots" / "predictions.png").exists()
+
+
+def test_three_ranks_with_a_mixed_last_batch_equal_one_process(trained, tmp_path):
+    """32 images over 3 ranks: 11, 11 and 10 plus one padding. Batch 3: rank 2's last batch is its last real
+    image and the padding; ranks 0 and 1 end on two real images."""
+    from convnets.data_pipelines.shards.sources import ImageFolderSource
+    from convnets.data_pipelines.shards.writer import write_shards
+
+    ckpt, shards = trained
+    shutil.copytree(shards.parent / "tree", tmp_path / "tree")
+    sorted((tmp_path / "tree" / "val").rglob("*.png"))[-1].unlink()
+    write_shards(ImageFolderSource(root=tmp_path / "tree"), tmp_path / "shards", shard_size=10, seed=0)
+    single = _evaluate(ckpt, tmp_path / "shards", tmp_path / "one", crops=10, average="softmax")
+    result, pred, _ = _evaluate_ddp(ckpt, tmp_path / "shards" / "val", tmp_path / "ddp", devices=3, batch=3)
+    _assert_same_evaluation((result, pred), single, world_size=3, n=32)
+    assert [r["n"] for r in result["per_class"]] == [11, 11, 10]
 
 
 def test_a_folder_with_only_the_evaluated_split_evaluates_like_the_full_one(trained, evaluated, tmp_path):

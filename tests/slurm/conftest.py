@@ -145,6 +145,15 @@ def slurm_cluster(tmp_path_factory) -> dict:
             os.environ["SLURM_CONF"] = previous
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_epoch(slurm_cluster, digits_shards, tmp_path_factory):
+    """uninterrupted_epoch() -> last.ckpt of one uninterrupted epoch (helpers.start_reference_fit), trained once,
+    beside the first test that asks, for every test whose preempted one-epoch job must end equal to it."""
+    from tests.slurm.helpers import start_reference_fit
+
+    return start_reference_fit(slurm_cluster, digits_shards, tmp_path_factory.mktemp("uninterrupted"))
+
+
 def wait_for_jobs(env: dict, job_ids: list[str], *, timeout: float) -> None:
     """Until none of the jobs is pending, running, requeued or completing (squeue empty for them)."""
     deadline = time.monotonic() + timeout
@@ -155,10 +164,10 @@ def wait_for_jobs(env: dict, job_ids: list[str], *, timeout: float) -> None:
             capture_output=True,
             text=True,
             timeout=30,
-        ).stdout
-        if not out.strip():
+        )
+        if out.returncode == 0 and not out.stdout.strip():  # not a failed squeue: that says nothing
             return
-        time.sleep(1)
+        time.sleep(0.25)
     raise TimeoutError(f"jobs {job_ids} still queued after {timeout:.0f} s")
 
 

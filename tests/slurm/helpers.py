@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from tests.integration.cli_helpers import REPO
 
 CONFIG = REPO / "configs" / "lenet5_digits.yaml"
@@ -74,19 +76,58 @@ def wait_for_file(path: Path, *, timeout: float) -> None:
 def release_requeued(env: dict, job_id: str, *, timeout: float = 120) -> None:
     """Slurm holds a requeued job for ~2 minutes (reason BeginTime); an admin may start it now, as here."""
     deadline = time.monotonic() + timeout
+    reason = []
     while time.monotonic() < deadline:
         reason = subprocess.run(
             ["squeue", "-h", "-o", "%T %r", "-j", job_id], env=env, capture_output=True, text=True, timeout=30
         ).stdout.split()
         if reason[:2] == ["PENDING", "BeginTime"]:
+            # slurmd refuses a job credential issued in the second its previous instance's was revoked
+            # ("Job credential revoked": the job FAILS): start it in a later second than the requeue.
+            time.sleep(1.2)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True, timeout=30)
             return
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"job {job_id} was not requeued within {timeout:.0f} s (state: {' '.join(reason)})")
 
 
-def reference_fit(cluster: dict, data: Path, runs: Path, *, batch: int) -> subprocess.CompletedProcess:
-    """The uninterrupted run a preempted job is compared with: the same fit, 2 gloo ranks, outside Slurm."""
-    flags = [*fit_flags(data, runs, "reference", epochs=1), "--data.batch_size", batch, "--trainer.devices", 2]
+PREEMPT_BATCH = 4  # per rank, 2 ranks: ~180 steps an epoch, so a signal sent after the first one lands mid-epoch
+
+
+def start_reference_fit(cluster: dict, data: Path, runs: Path):
+    """The uninterrupted run a preempted one-epoch job is compared with: the same fit, 2 gloo ranks, outside
+    Slurm, batch PREEMPT_BATCH, no logger. Started in the background (the jobs it is compared with spend most
+    of their time waiting for a signal or a requeue); the returned function waits for it and loads its last.ckpt."""
+    flags = [*fit_flags(data, runs, "reference", epochs=1), "--data.batch_size", PREEMPT_BATCH, "--trainer.devices", 2]
     flags += ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.logger", "false"]
-    return run_convnets(cluster, "fit", *flags, timeout=400)
+    log = open(runs / "reference.log", "w")  # a file, not a pipe: nobody reads it while it runs
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convnets.cli", "fit", *map(str, flags)],
+        env=convnets_env(cluster),
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    loaded: list[dict] = []
+
+    def result() -> dict:
+        if not loaded:
+            try:
+                proc.wait(timeout=400)
+            finally:
+                proc.kill()
+                log.close()
+            assert proc.returncode == 0, (runs / "reference.log").read_text()[-3000:]
+            ckpt = runs / "reference" / "checkpoints" / "last.ckpt"
+            loaded.append(torch.load(ckpt, map_location="cpu", weights_only=False))
+        return loaded[0]
+
+    return result
+
+
+def assert_same_weights(run_dir: Path, expected: dict) -> None:
+    """The run's last.ckpt holds the uninterrupted run's step count and, bit for bit, its weights."""
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == expected["global_step"]
+    differ = [k for k in expected["state_dict"] if not torch.equal(final["state_dict"][k], expected["state_dict"][k])]
+    assert not differ, f"final weights differ from an uninterrupted run with the same seed: {differ}"

@@ -18,10 +18,24 @@ class SignalSelf(pl.Callback):
     """
 
     def __init__(
-        self, signum: str = "SIGUSR2", step: int = -1, epoch: int = 0, val_batch: int = -1, at_setup: bool = False
+        self,
+        signum: str = "SIGUSR2",
+        step: int = -1,
+        epoch: int = 0,
+        val_batch: int = -1,
+        at_setup: bool = False,
+        at_save: bool = False,
     ) -> None:
         self.signum, self.step, self.epoch, self.val_batch = getattr(signal, signum), step, epoch, val_batch
         self.at_setup = at_setup  # during start-up: after the hooks are set up, before the data and the first step
+        self.at_save = at_save  # inside the first checkpoint save (while the checkpoint is being assembled)
+        self.signalled_at_save_step: int | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.at_save and self.signalled_at_save_step is None:
+            self.signalled_at_save_step = trainer.global_step
+            print(f"probe: signalled during the checkpoint save at step {trainer.global_step}", flush=True)
+            os.kill(os.getpid(), self.signum)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.at_setup:
@@ -82,3 +96,25 @@ class Markers(pl.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self._slow_validation(trainer):
             time.sleep(self.val_delay_s)
+
+
+class TestPhase(pl.Callback):
+    """Files `test-start-N` and `test-end-N` for the N-th `convnets test` of a run, counted by the files (a
+    sweep variant's test runs without Slurm's variables); the first test runs `delay_s` slower per batch:
+    time to signal the job while it tests."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, folder: str, delay_s: float = 0.0) -> None:
+        self.folder, self.delay_s, self.n = Path(folder), delay_s, 0
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.n = len(list(self.folder.glob("test-start-*")))
+        (self.folder / f"test-start-{self.n}").touch()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.n == 0:
+            time.sleep(self.delay_s)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        (self.folder / f"test-end-{self.n}").touch()

@@ -41,7 +41,7 @@ def _task_pid(job_id: str, rank: int) -> int:
 
 
 @pytest.mark.dali
-def test_a_killed_rank_ends_the_job_within_30_s_naming_it(slurm_cluster, digits_shards, tmp_path):
+def test_a_killed_rank_ends_the_job_within_30_s_naming_it(slurm_cluster, digits_shards, tmp_path, capsys):
     """SIGKILL (the OOM-killer's signal) to rank 1 mid-fit: srun ends rank 0 too, the job FAILS, no requeue."""
     flags = [*fit_flags(digits_shards, tmp_path, "killed", epochs=1), "--data.batch_size", "2"]  # ~360 steps
     submitted = run_convnets(slurm_cluster, "submit", *flags, "--slurm.cluster", "local", timeout=120)
@@ -76,9 +76,26 @@ def test_a_killed_rank_ends_the_job_within_30_s_naming_it(slurm_cluster, digits_
     assert re.search(
         r"srun: error: localhost: tasks? [0-9-]*1[0-9-]*: Killed", logs[f"{job_id}_0_log.err"]
     )  # srun's word
+    from convnets.cli import main
+
+    capsys.readouterr()
+    assert main(["status", str(run_dir), "--json"]) == 0  # `convnets status` names the rank too
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["state"], shown["dead_rank"], shown["requeues"]) == ("FAILED", line, 0)
 
 
-def test_a_run_whose_job_is_live_is_not_submitted_again(slurm_cluster, digits_shards, tmp_path):
+def _submit_in_process(flags: list, capfd, monkeypatch) -> subprocess.CompletedProcess:
+    """`convnets submit` in this process (a submission loads no training code: seconds saved per call)."""
+    from convnets.cli import main
+
+    monkeypatch.delenv("CONVNETS_RUN_NAME", raising=False)
+    capfd.readouterr()
+    code = main(["submit", *map(str, flags)])
+    out = capfd.readouterr()
+    return subprocess.CompletedProcess(["convnets", "submit"], code, out.out, out.err)
+
+
+def test_a_run_whose_job_is_live_is_not_submitted_again(slurm_cluster, digits_shards, tmp_path, capfd, monkeypatch):
     """Two jobs of one run would share its last.ckpt and W&B id; once the first has ended, resubmitting is fine."""
     flags = [
         *fit_flags(digits_shards, tmp_path, "twice", epochs=1),
@@ -87,11 +104,11 @@ def test_a_run_whose_job_is_live_is_not_submitted_again(slurm_cluster, digits_sh
         "--slurm.additional_parameters",
         '{"hold": true}',
     ]  # held: stays PENDING until released
-    first = run_convnets(slurm_cluster, "submit", *flags, timeout=120)
+    first = _submit_in_process(flags, capfd, monkeypatch)
     assert first.returncode == 0, first.stderr[-3000:]
     job_id, env = _job_id(first.stdout), slurm_cluster["env"]
     try:
-        again = run_convnets(slurm_cluster, "submit", *flags, timeout=120)
+        again = _submit_in_process(flags, capfd, monkeypatch)
         assert again.returncode == 2 and again.stdout == ""
         assert again.stderr.strip().splitlines() == [
             (
@@ -104,7 +121,7 @@ def test_a_run_whose_job_is_live_is_not_submitted_again(slurm_cluster, digits_sh
         subprocess.run(["scancel", job_id], env=env, check=True, timeout=30)
     wait_for_jobs(env, [job_id], timeout=60)
     assert job_state(env, job_id) == "CANCELLED"
-    resubmitted = run_convnets(slurm_cluster, "submit", *flags, timeout=120)
+    resubmitted = _submit_in_process(flags, capfd, monkeypatch)
     assert resubmitted.returncode == 0, resubmitted.stderr[-3000:]
     new_id = _job_id(resubmitted.stdout)
     subprocess.run(["scancel", new_id], env=env, check=True, timeout=30)

@@ -13,11 +13,19 @@ import pytest
 import torch
 
 from tests.slurm.conftest import job_state, wait_for_jobs
-from tests.slurm.helpers import convnets_env, fit_flags, release_requeued, run_convnets, train_count, wait_for_file
+from tests.slurm.helpers import (
+    assert_same_weights,
+    convnets_env,
+    fit_flags,
+    release_requeued,
+    run_convnets,
+    train_count,
+    wait_for_file,
+)
 from tests.wandb_history import history
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.slow, pytest.mark.dali]
-BATCH = 4  # per rank, 2 ranks: ~180 steps an epoch
+BATCH = 8  # per rank, 2 ranks: ~90 steps an epoch
 CHECK_EVERY = 2  # --slurm.preempt_check_steps: a signal is acted on within this many steps
 LOG_EVERY = 25
 
@@ -38,9 +46,10 @@ def _submit(cluster, flags, *extra) -> str:
     return re.search(r"submitted job (\d+)", submitted.stdout).group(1)
 
 
-def _reference(cluster, data, runs, name: str, epochs: int):
-    """The same fit, uninterrupted, as 2 local DDP processes (its W&B run is the reference for the rows)."""
-    result = subprocess.run(
+def _start_reference(cluster, data, runs, name: str, epochs: int) -> subprocess.Popen:
+    """The same fit, uninterrupted, as 2 local DDP processes (its W&B run is the reference for the rows),
+    run beside the Slurm job, which spends much of its time waiting for signals and requeues."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -59,22 +68,24 @@ def _reference(cluster, data, runs, name: str, epochs: int):
             "cpu",
         ],
         env=convnets_env(cluster),
-        capture_output=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
-def _assert_same_weights(run_dir, expected) -> None:
-    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert final["global_step"] == expected["global_step"]
-    differ = [k for k in expected["state_dict"] if not torch.equal(final["state_dict"][k], expected["state_dict"][k])]
-    assert not differ, f"final weights differ from an uninterrupted run: {differ}"
+def _reference_result(proc: subprocess.Popen, run_dir) -> dict:
+    try:
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
-def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(slurm_cluster, digits_shards, tmp_path):
+def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(
+    slurm_cluster, digits_shards, tmp_path, capsys
+):
     env, run_dir, marks = slurm_cluster["env"], tmp_path / "twice", tmp_path / "marks"
     marks.mkdir()
     pause_step = 60  # after W&B rows at steps 24 and 49: they must survive SIGTERM
@@ -106,6 +117,8 @@ def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(s
     wait_for_file(marks / f"step-{pause_step}", timeout=240)
     subprocess.run(["scontrol", "requeue", job_id], env=env, check=True, timeout=30)
     release_requeued(env, job_id)
+    # Only now: the save after SIGTERM must fit in KillWait, on CPUs the reference would share.
+    reference_run = _start_reference(slurm_cluster, digits_shards, tmp_path, "reference", epochs=2)
     # 2. The time-limit warning while the requeued job validates epoch 0.
     wait_for_file(marks / "val-0-1", timeout=240)
     subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True, timeout=30)
@@ -125,6 +138,12 @@ def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(s
         "finished",
     ]
     assert record["slurm_requeues"] == 1 and record["requeues"] == 1  # only the platform's counts against the limit
+    from convnets.cli import main
+
+    capsys.readouterr()
+    assert main(["status", str(run_dir), "--json"]) == 0  # what `convnets status` shows of them
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["state"], shown["requeues"], shown["slurm_requeues"], shown["dead_rank"]) == ("COMPLETED", 1, 1, None)
     first, second = record["events"][1], record["events"][4]
     assert first["signal"] == "SIGTERM" and second["signal"] == "SIGUSR2"
     assert [e["step"] for e in record["events"] if e["event"] == "resumed"] == [
@@ -146,7 +165,7 @@ def test_scontrol_requeue_then_usr2_in_validation_end_as_one_uninterrupted_run(s
     assert first["saved_step"] - signalled <= CHECK_EVERY
     assert not (marks / "val-0-2").exists()  # the USR2 job never finished that validation: it was requeued
 
-    _assert_same_weights(run_dir, _reference(slurm_cluster, digits_shards, tmp_path, "reference", epochs=2))
+    assert_same_weights(run_dir, _reference_result(reference_run, tmp_path / "reference"))
 
     # One history: metrics.json and W&B hold each epoch once, W&B's steps only go forward, and the rows the
     # uninterrupted run logged are there (below: the one row a SIGTERM may catch in flight).

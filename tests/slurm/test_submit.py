@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.integration.cli_helpers import REPO
 from tests.slurm.conftest import job_state, wait_for_jobs
-from tests.slurm.helpers import CONFIG, fit_flags, run_convnets, squeue_empty, train_count, wandb_run_ids
+from tests.slurm.helpers import (
+    CONFIG,
+    convnets_env,
+    fit_flags,
+    release_requeued,
+    run_convnets,
+    squeue_empty,
+    train_count,
+    wait_for_file,
+    wandb_run_ids,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.slow, pytest.mark.dali]
 BATCH = 16  # lenet5_digits.yaml's per-rank batch
@@ -120,10 +134,12 @@ def test_bad_requests_are_one_line_and_queue_nothing(slurm_cluster, digits_shard
     assert not (tmp_path / "bad").exists()  # nothing written either
 
 
-def test_ablation_sweep_runs_its_variants_as_slurm_jobs(slurm_cluster, digits_shards, tmp_path):
-    out = tmp_path / "ablation"
-    result = run_convnets(
-        slurm_cluster,
+def _ablation(cluster: dict, data: Path, out: Path, *extra: object) -> list[object]:
+    """`convnets sweep ablation` of the full model, 5 steps, its one variant as a 1-task Slurm job."""
+    return [
+        sys.executable,
+        "-m",
+        "convnets.cli",
         "sweep",
         "ablation",
         "--config",
@@ -140,15 +156,79 @@ def test_ablation_sweep_runs_its_variants_as_slurm_jobs(slurm_cluster, digits_sh
         "1",
         "--",
         "--data.data_dir",
-        digits_shards,
+        data,
         "--trainer.limit_train_batches",
         "5",
         "--trainer.enable_progress_bar",
         "false",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ablation(slurm_cluster, digits_shards, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("uninterrupted") / "ablation"
+    result = subprocess.run(
+        list(map(str, _ablation(slurm_cluster, digits_shards, out))),
+        env=convnets_env(slurm_cluster),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=600,
-        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_a_variant_warned_during_its_test_requeues_and_tests_after_the_requeue(
+    slurm_cluster, digits_shards, tmp_path, request
+):
+    """USR2 while the variant's test runs (its fit done): the job stops the test and requeues; the requeued
+    job's fit finds its epochs done and the test runs to the end, with an uninterrupted variant's numbers."""
+    env, out, marks = slurm_cluster["env"], tmp_path / "ablation", tmp_path / "marks"
+    marks.mkdir()
+    probe = ["--trainer.callbacks+=tests.slurm.probes.TestPhase", "--trainer.callbacks.folder", marks]
+    probe += ["--trainer.callbacks.delay_s", "1"]
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:  # not pipes: not read
+        sweep = subprocess.Popen(  # while the fixture below runs
+            list(map(str, _ablation(slurm_cluster, digits_shards, out, *probe))),
+            env=convnets_env(slurm_cluster),
+            cwd=REPO,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    try:
+        wait_for_file(marks / "test-start-0", timeout=240)
+        job_id = json.loads((out / "full" / "slurm.json").read_text())["job_id"]
+        subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True, timeout=30)
+        release_requeued(env, job_id)
+        # The uninterrupted variant (shared with the next test) trains now, beside the requeued job: 1 task each.
+        reference_out, _ = request.getfixturevalue("uninterrupted_ablation")
+        sweep.wait(timeout=400)
+    finally:
+        sweep.kill()
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert sweep.returncode == 0, stderr[-3000:]
+    wait_for_jobs(env, [job_id], timeout=60)
+    control = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+    assert job_state(env, job_id) == "COMPLETED" and "Restarts=1" in control, control
+
+    record = json.loads((out / "full" / "slurm.json").read_text())
+    assert [e["event"] for e in record["events"]] == ["start", "requeue", "resume after requeue 1", "finished"]
+    assert record["requeues"] == 1 and record["events"][1]["saved_step"] is None  # the fit was already saved
+    assert sorted(p.name for p in marks.iterdir()) == ["test-end-1", "test-start-0", "test-start-1"]
+    rank0 = (Path(record["log_folder"]) / f"{job_id}_0_log.err").read_text()  # the array's folder
+    assert "SIGUSR2 during `convnets test`: stopped it; the requeued job runs it again" in rank0
+
+    (row,), (expected,) = (json.loads((o / "ablation.json").read_text()) for o in (out, reference_out))
+    metrics, reference = (json.loads((o / "full" / "metrics.json").read_text()) for o in (out, reference_out))
+    tested = {k: v for k, v in reference.items() if k.startswith("test_")}
+    assert tested and {k: metrics[k] for k in tested} == tested
+    assert row["test_top1"] == expected["test_top1"] and "| full |" in stdout
+
+
+def test_ablation_sweep_runs_its_variants_as_slurm_jobs(slurm_cluster, uninterrupted_ablation):
+    out, result = uninterrupted_ablation
     record = json.loads((out / "full" / "slurm.json").read_text())
     assert [e["event"] for e in record["events"]] == ["start", "finished"]  # it ran as a Slurm job
     wait_for_jobs(slurm_cluster["env"], [record["job_id"]], timeout=60)

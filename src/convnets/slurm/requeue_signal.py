@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -31,8 +30,6 @@ from typing_extensions import override
 from convnets.slurm import job
 
 log = logging.getLogger(__name__)
-
-REQUEUE_GRACE_S = 180  # how long a rank other than 0 waits, after the preemption save, for Slurm to end it
 
 
 class RequeueOnSignal(pl.Callback):
@@ -143,14 +140,18 @@ class RequeueOnSignal(pl.Callback):
                 Path(trainer.default_root_dir), signum, trainer.global_step, max_requeues=self.max_requeues
             )
             _exit(code)
-        # Other ranks: Slurm ends this task when it requeues or cancels the job (KillWait, 30 s by default).
-        # Still alive after REQUEUE_GRACE_S means no requeue came (limit reached, refused): leave with an
-        # error instead of waiting for the job's time limit in a collective rank 0 never joins.
-        time.sleep(REQUEUE_GRACE_S if os.environ.get("SLURM_JOB_ID") else 0)
-        log.error(
-            "rank %d: stopped after the preemption save (see rank 0's log); resume from %s", trainer.global_rank, path
+        # Other ranks: nothing is left for them to do. Under Slurm they leave now with code 0, so that rank 0's
+        # hand-over alone decides how the job ends: a non-zero code would make srun's --kill-on-bad-exit (and
+        # the task guard) stop rank 0 in the middle of its hand-over, and a rank that waited for Slurm's SIGTERM
+        # (which it only notes) would hold the requeue until the cluster's KillWait (30 s by default) ran out.
+        in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
+        log.log(
+            logging.WARNING if in_slurm else logging.ERROR,
+            "rank %d: stopped after the preemption save (rank 0's log says what happens next); resume from %s",
+            trainer.global_rank,
+            path,
         )
-        _exit(job.INTERRUPTED_EXIT)
+        _exit(0 if in_slurm else job.INTERRUPTED_EXIT)
 
 
 def _run_stopped_validation(trainer) -> None:

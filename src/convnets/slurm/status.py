@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from convnets.slurm.job import read_record
+from convnets.slurm.task_guard import REPORT_PREFIX
 
 FINAL = (
     "COMPLETED",
@@ -62,6 +63,23 @@ def latest_metrics(run_dir: Path) -> dict:
     return {**keep, **{k: v for k, v in last_val.items() if k.startswith("val_") or k == "epoch"}}
 
 
+LOG_TAIL_BYTES = 256 * 1024  # the guard's line is among a task log's last lines; logs can grow to GBs
+
+
+def dead_rank_line(logs: list[Path]) -> str | None:
+    """The line a task's guard wrote when its rank died (rank, host, cause), from the job's .err logs."""
+    for path in logs:
+        if path.suffix != ".err":
+            continue
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+            tail = f.read().decode("utf-8", errors="replace")
+        found = [ln for ln in tail.splitlines() if ln.startswith(REPORT_PREFIX)]
+        if found:
+            return found[-1]
+    return None
+
+
 def status(run_dir: Path) -> dict:
     record = read_record(run_dir)
     job_id = record.get("job_id")
@@ -73,7 +91,9 @@ def status(run_dir: Path) -> dict:
         "state": state,
         "requeues": record.get("requeues", 0),
         "max_requeues": record.get("max_requeues"),
+        "slurm_requeues": record.get("slurm_requeues", 0),
         "failed": record.get("failed"),
+        "dead_rank": dead_rank_line(logs),
         "metrics": latest_metrics(run_dir),
         "logs": [str(p) for p in logs],
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")
@@ -89,6 +109,12 @@ def status_text(run_dir: Path) -> str:
         f"run:        {s['run_dir']}",
         f"job:        {s['job_id']} {s['state']}",
         f"requeues:   {s['requeues']} of at most {s['max_requeues']}" + (f" ({s['failed']})" if s["failed"] else ""),
+        *(
+            [f"            and {s['slurm_requeues']} by Slurm itself (preemption, scontrol requeue; not counted)"]
+            if s["slurm_requeues"]
+            else []
+        ),
+        *([f"rank died:  {s['dead_rank'].removeprefix('convnets: ')}"] if s["dead_rank"] else []),
         f"metrics:    {metrics or '(none yet)'}",
         f"checkpoint: {s['checkpoint'] or '(none yet)'}",
         "logs:       " + ("\n            ".join(s["logs"]) or "(none yet)"),
@@ -96,8 +122,10 @@ def status_text(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def wait_for(jobs: list, *, poll_s: float = 5.0) -> list[str]:
+def wait_for(jobs: list, *, poll_s: float = 1.0) -> list[str]:
     """Until every job has ended (its result file exists; works without Slurm accounting).
+
+    A poll stats each job's result file; submitit spaces its own sacct calls (2 s apart at least, more as jobs age).
 
     Returns one line per failed job (its exception's last line), also printed to stderr.
     """

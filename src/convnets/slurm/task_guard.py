@@ -25,6 +25,7 @@ import time
 FOLLOWER_WAIT_S = 3.0
 FORWARDED_BY_SLURM = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT, signal.SIGINT, signal.SIGHUP)
 REQUEUED_STATES = ("REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PENDING")
+REPORT_PREFIX = "convnets: rank "  # the line's start, which `convnets status` looks for in the task logs
 HINTS = {
     signal.SIGKILL: " (the kernel's OOM-killer sends SIGKILL when the node runs out of memory)",
     signal.SIGSEGV: " (a crash in native code: a driver, a kernel or an extension)",
@@ -71,7 +72,7 @@ def report(returncode: int) -> str:
         env.get("SLURMD_NODENAME", os.uname().nodename),
     )
     return (
-        f"convnets: rank {rank} (Slurm task {rank} of job {job_id} on host {host}) {describe(returncode)} at "
+        f"{REPORT_PREFIX}{rank} (Slurm task {rank} of job {job_id} on host {host}) {describe(returncode)} at "
         f"{time.strftime('%H:%M:%S')}; the other ranks are stopped now and the job ends without "
         "a requeue (a crash is not a preemption): fix the cause, then submit the same command again to resume "
         "from the run's checkpoints/last.ckpt"

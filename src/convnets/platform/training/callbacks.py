@@ -357,6 +357,25 @@ class RunWandbLogger(WandbLogger):
         self._floor: int | None = None  # read at the first row: the rank-0 process only
         self.fitting = True  # set by RunRecorder when a fit or a test starts
         self._open_step: int | None = None  # W&B holds a row open until a later step comes: see commit_before
+        self._service_lost = False  # W&B's service process has ended: nothing more can be logged by this process
+
+    def _log(self, row: dict, step: int, *, commit: bool) -> bool:
+        """W&B's log, unless its service process has ended: Slurm's SIGTERM (a preemption, `scontrol
+        requeue`) reaches that process too, and the training must still reach its next check and save."""
+        if self._service_lost:
+            return False
+        try:
+            self.experiment.log(row, step=step, commit=commit)
+            return True
+        except OSError as exc:  # the service's socket is closed: ConnectionResetError, BrokenPipeError
+            self._service_lost = True
+            log.warning(
+                "W&B's service process has ended (%s): this process logs no more rows from step %d on; "
+                "checkpoints and metrics.json are not affected",
+                exc,
+                step,
+            )
+            return False
 
     @rank_zero_only
     def commit_before(self, step: int) -> None:
@@ -366,7 +385,7 @@ class RunWandbLogger(WandbLogger):
         SIGTERM in between (which also ends W&B's service) would lose it. One call per logged row.
         """
         if self._open_step is not None and self._open_step < step:
-            self.experiment.log({}, step=self._open_step, commit=True)
+            self._log({}, self._open_step, commit=True)
             self._open_step = None
 
     @override
@@ -389,9 +408,9 @@ class RunWandbLogger(WandbLogger):
         from lightning_fabric.utilities.logger import _add_prefix
 
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
-        self.experiment.log({**metrics, "trainer/global_step": step}, step=step, commit=False)
-        self._open_step = step
-        record_wandb_step(self._run_dir, step)  # a few bytes per logged row (every log_every_n_steps steps)
+        if self._log({**metrics, "trainer/global_step": step}, step, commit=False):
+            self._open_step = step
+            record_wandb_step(self._run_dir, step)  # a few bytes per logged row (every log_every_n_steps steps)
 
 
 class PlatformProgressBar(TQDMProgressBar):
