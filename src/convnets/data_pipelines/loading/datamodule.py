@@ -30,6 +30,7 @@ from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfi
 from convnets.data_pipelines.loading.plan_loader import saved_global_batch
 from convnets.data_pipelines.loading.torch_loader import normalize_batch
 from convnets.data_pipelines.shards.format import (
+    MANIFEST,
     Manifest,
     SampleIndex,
     check_same_classes,
@@ -37,7 +38,10 @@ from convnets.data_pipelines.shards.format import (
     read_labels,
     read_manifest,
 )
+from convnets.data_pipelines.shards.mirror import cache_root, default_limit, open_cached_split
 from convnets.data_pipelines.shards.reader import check_shard_sizes
+from convnets.data_pipelines.storage.cache import ShardCache
+from convnets.data_pipelines.storage.store import Store, is_remote, open_store
 
 if TYPE_CHECKING:  # annotations only: the loaders import DALI / torchvision
     from convnets.data_pipelines.loading.dali_loader import DaliLoader
@@ -69,10 +73,13 @@ class ShardDataModule(pl.LightningDataModule):
         test_split: str | None = None,
         input_spec: InputSpec | None = None,
         hw_decoder_load: float = 0.65,
+        cache_dir: str | None = None,
+        cache_limit_gb: float | None = None,
     ) -> None:
         """
         Args:
-            data_dir: folder written by `convnets shards` (one subfolder per split).
+            data_dir: folder written by `convnets shards` (one subfolder per split): a local path, or
+                any address a store opens (https://..., s3://...), read through the node-local cache.
             batch_size: per-rank training batch (the global batch is this times the world size). A
                 resumed run keeps its checkpoint's global batch: on another number of processes
                 the per-rank batch is that global batch divided by it.
@@ -104,10 +111,20 @@ class ShardDataModule(pl.LightningDataModule):
             input_spec: the network's input facts; default: the LightningModule's `input_spec`.
             hw_decoder_load: GPU decoding: share of images for the hardware JPEG decoder of
                 A100/H100 (the rest go to CUDA nvJPEG); ignored on CPU.
+            cache_dir: node-local folder for the shard cache (shared by the node's ranks, one
+                download per node); a remote data_dir always uses one (default: $TMPDIR or /tmp,
+                under convnets-cache/), a local one only when this is given (e.g. shards on a slow
+                shared file system copied to local disk as they are needed).
+            cache_limit_gb: the cache's size limit per node, in GB (1e9 bytes); least recently used
+                shards are evicted beyond it. Default: 90% of the cache disk's free space (plus what
+                the cache already holds), so a split that fits is kept whole and the disk never fills.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["input_spec"])
-        self.data_dir = Path(data_dir)
+        self.address = str(data_dir)
+        self.data_dir = Path(data_dir)  # local addresses only (a URL is not a path)
+        self._store: Store | None = None
+        self._caches: dict[str, ShardCache] = {}
         self.input_spec = input_spec
         self.manifests: dict[str, Manifest] = {}
         self._splits: dict[str, tuple[SampleIndex, np.ndarray]] = {}
@@ -126,17 +143,44 @@ class ShardDataModule(pl.LightningDataModule):
     # -- facts the platform reads before building the model -------------------------------------
     def manifest(self, split: str) -> Manifest:
         if split not in self.manifests:
-            folder = self.data_dir / split
-            if not self.data_dir.is_dir():
+            if not self.cached and not self.data_dir.is_dir():
                 raise DataError(f"data_dir {self.data_dir} does not exist (write it with `convnets shards ...`)")
-            self.manifests[split] = read_manifest(folder)
+            self.manifests[split] = read_manifest(self.split_dir(split))
         return self.manifests[split]
+
+    @property
+    def cached(self) -> bool:
+        """Whether the shards are read through the node-local cache (remote data, or data.cache_dir given)."""
+        return is_remote(self.address) or self.hparams.cache_dir is not None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.address)
+        return self._store
+
+    def has_split(self, split: str) -> bool:
+        return self.store.exists(f"{split}/{MANIFEST}") if self.cached else (self.data_dir / split / MANIFEST).exists()
+
+    def split_dir(self, split: str) -> Path:
+        """The local folder the split is read from: the data folder's, or its mirror in the cache."""
+        return self.cache(split).folder if self.cached else self.data_dir / split
+
+    def cache(self, split: str) -> ShardCache:
+        """The split's node-local cache, opened on first use (its small files fetched; shards on demand)."""
+        if split not in self._caches:
+            root = cache_root(self.address, self.hparams.cache_dir)
+            gb = self.hparams.cache_limit_gb
+            limit = default_limit(root) if gb is None else int(gb * 1e9)
+            self._caches[split], _ = open_cached_split(self.store, split, root, limit_bytes=limit)
+            log.info("reading %s/%s through the cache %s (limit %.3g GB)", self.address, split, root, limit / 1e9)
+        return self._caches[split]
 
     @property
     def class_split(self) -> str:
         """The split whose manifest defines the classes: train where it was written, else the split
         that is evaluated (`convnets evaluate --data DIR` on a folder holding only val/ or test/)."""
-        return "train" if (self.data_dir / "train" / "manifest.json").exists() else self.test_split_name
+        return "train" if self.has_split("train") else self.test_split_name
 
     @property
     def num_classes(self) -> int:
@@ -155,7 +199,7 @@ class ShardDataModule(pl.LightningDataModule):
     def test_split_name(self) -> str:
         if self.hparams.test_split:
             return self.hparams.test_split
-        return "test" if (self.data_dir / "test" / "manifest.json").exists() else "val"
+        return "test" if self.has_split("test") else "val"
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -167,11 +211,11 @@ class ShardDataModule(pl.LightningDataModule):
         if split in self._splits:
             return
         manifest = self.manifest(split)
-        check_same_classes(
-            self.data_dir / split, manifest, self.data_dir / self.class_split, self.manifest(self.class_split)
-        )
-        check_shard_sizes(self.data_dir / split, manifest)
-        index = load_sample_index(self.data_dir / split)
+        folder = self.split_dir(split)
+        check_same_classes(folder, manifest, self.split_dir(self.class_split), self.manifest(self.class_split))
+        if not self.cached:  # the cache verifies each shard (size and sha256) as it arrives
+            check_shard_sizes(folder, manifest)
+        index = load_sample_index(folder)
         # Every rank reads and checks every label up front (one labels.npy read, written with the
         # shards): a bad label stops all ranks at once, before any collective, not one rank mid-epoch.
         labels = read_labels(index, num_classes=manifest.num_classes)
@@ -294,8 +338,13 @@ class ShardDataModule(pl.LightningDataModule):
             self.augment_spec(split),
             cfg,
             epoch_fn=lambda: trainer.current_epoch if trainer else 0,
+            cache=self._caches.get(split),
             **hooks,
         )
+
+    def teardown(self, stage: str) -> None:
+        for split, cache in self._caches.items():
+            log.info("shard cache of %s: %s", split, cache.stats.as_dict())
 
 
 def resolve_preset(preset: Preset, augment: str | None, *, warn: bool = True) -> Preset:

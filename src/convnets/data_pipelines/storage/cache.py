@@ -78,6 +78,20 @@ def plain_name(name: str, where: str) -> str:
     return name
 
 
+# Lock descriptors held right now, by any thread of this process. A forked child (a DataLoader
+# worker) inherits copies of them, and a flock lives until the last copy closes: the child closes its
+# copies at once, else a lock held by a parent's thread at the fork would never be released.
+_HELD: set[int] = set()
+_FORK_HOOK: list[bool] = []
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
 @contextlib.contextmanager
 def flocked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
     """An exclusive flock on `path` (created); yields False at once if not blocking and someone holds it.
@@ -85,8 +99,12 @@ def flocked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
     flock locks an open file description, so two threads of one process conflict too, and the lock
     goes with the process: a killed fetcher never leaves a shard locked.
     """
+    if not _FORK_HOOK:
+        _FORK_HOOK.append(True)
+        os.register_at_fork(after_in_child=_close_inherited_locks)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    _HELD.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -95,6 +113,7 @@ def flocked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
             return
         yield True
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the lock
 
 
@@ -125,6 +144,21 @@ def fetch_small_files(store: Store, names: dict[str, str | None], folder: Path, 
 
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="cache-small") as pool:
         list(pool.map(one, names.items()))  # list(): the first error raises here
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a worker process needs to open the same cache (picklable; no threads, no locks held)."""
+
+    store: Store
+    prefix: str
+    entries: tuple
+    folder: Path
+    limit_bytes: int | None
+
+    def open(self) -> ShardCache:
+        """A cache without prefetch threads: it fetches on demand and waits for the node's other fetchers."""
+        return ShardCache(self.store, self.prefix, self.entries, self.folder, limit_bytes=self.limit_bytes, threads=0)
 
 
 class ShardCache:
@@ -175,6 +209,9 @@ class ShardCache:
 
     def _meta(self, shard: int, suffix: str) -> Path:
         return self.folder / META / (self.entries[shard].name + suffix)
+
+    def spec(self) -> CacheSpec:
+        return CacheSpec(self.store, self.prefix, tuple(self.entries), self.folder, self.limit)
 
     # -- the reader's side ----------------------------------------------------------------------
     def ensure(self, shard: int) -> Path:
