@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from convnets.data_pipelines.shards.format import load_sample_index, read_labels, read_manifest
 from convnets.data_pipelines.shards.mirror import open_cached_split
@@ -200,3 +201,30 @@ def test_two_processes_sharing_a_cache_folder_download_each_shard_once(digits_sh
     assert downloads == sorted(f"train/{e.name}" for e in manifest.shards)  # each once, on the node
     for path, entry in zip(results[0]["paths"], manifest.shards):
         assert Path(path).read_bytes() == (digits_shards / "train" / entry.name).read_bytes()
+
+
+def test_torch_loader_workers_read_the_same_batches_through_a_small_cache(digits_shards, cached):
+    """DataLoader worker processes (forked while the prefetch threads hold shard locks) wait on the
+    node's lock files, fetch what the limit evicted, and produce the local folder's batches."""
+    from convnets.data_pipelines.loading.augment import InputSpec, preset_spec
+    from convnets.data_pipelines.loading.loader_config import LoaderConfig
+    from convnets.data_pipelines.loading.torch_loader import TorchLoader
+
+    spec = InputSpec(channels=1, image_size=32, mean=(0.1307,), std=(0.3081,), crop_fraction=28 / 32)
+    aug = preset_spec("pad", spec, flip=False)
+    cfg = LoaderConfig(train=True, crops=1, batch_size=200, num_threads=2, device_id=None, seed=3, rank=0, world_size=1)
+    probe = cached()
+    size = probe.entries[0].num_bytes
+    probe.close()
+    cache = cached(limit=2 * size, threads=2)  # 2 of the 5 shards: a global shuffle keeps refetching
+
+    def batches(index, loader_cache):
+        labels = read_labels(index, num_classes=10)
+        loader = TorchLoader(index, labels, aug, cfg, epoch_fn=lambda: 0, cache=loader_cache)
+        return [(b["images"], b["index"]) for b in loader]
+
+    local = batches(load_sample_index(digits_shards / "train"), None)
+    through = batches(load_sample_index(cache.folder), cache)
+    assert len(local) == len(through) == -(-read_manifest(cache.folder).num_samples // 200)
+    for (a_img, a_idx), (b_img, b_idx) in zip(local, through):
+        assert torch.equal(a_idx, b_idx) and torch.equal(a_img, b_img)

@@ -38,7 +38,7 @@ from convnets.data_pipelines.shards.format import (
     read_labels,
     read_manifest,
 )
-from convnets.data_pipelines.shards.mirror import cache_root, default_limit, open_cached_split
+from convnets.data_pipelines.shards.mirror import cache_root, default_limit, open_cached_split, read_remote_manifest
 from convnets.data_pipelines.shards.reader import check_shard_sizes
 from convnets.data_pipelines.storage.cache import ShardCache
 from convnets.data_pipelines.storage.store import Store, is_remote, open_store
@@ -145,7 +145,10 @@ class ShardDataModule(pl.LightningDataModule):
         if split not in self.manifests:
             if not self.cached and not self.data_dir.is_dir():
                 raise DataError(f"data_dir {self.data_dir} does not exist (write it with `convnets shards ...`)")
-            self.manifests[split] = read_manifest(self.split_dir(split))
+            if self.cached and split not in self._caches:  # one small read; the cache opens when the split is read
+                self.manifests[split] = read_remote_manifest(self.store, split)
+            else:
+                self.manifests[split] = read_manifest(self.split_dir(split))
         return self.manifests[split]
 
     @property
@@ -212,7 +215,9 @@ class ShardDataModule(pl.LightningDataModule):
             return
         manifest = self.manifest(split)
         folder = self.split_dir(split)
-        check_same_classes(folder, manifest, self.split_dir(self.class_split), self.manifest(self.class_split))
+        reference = self.class_split  # named, not opened: only its manifest is read
+        where = Path(self.address) / reference if not self.cached else f"{self.address}/{reference}"
+        check_same_classes(folder, manifest, where, self.manifest(reference))
         if not self.cached:  # the cache verifies each shard (size and sha256) as it arrives
             check_shard_sizes(folder, manifest)
         index = load_sample_index(folder)

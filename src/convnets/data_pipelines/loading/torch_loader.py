@@ -44,7 +44,7 @@ from convnets.data_pipelines.loading.epoch_plan import RankPlan
 from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfig
 from convnets.data_pipelines.loading.plan_loader import PlanLoader
 from convnets.data_pipelines.shards.reader import ShardFiles, describe
-from convnets.data_pipelines.storage.cache import CacheSpec
+from convnets.data_pipelines.storage.cache import ShardCache
 
 TRAIN_ANTIALIAS = False  # as dali_pipeline.TRAIN_ANTIALIAS: the inception crop's resize
 
@@ -149,7 +149,7 @@ class PlanBatches(torch.utils.data.Dataset):
         train: bool,
         crops: int,
         seed: int,
-        cache: CacheSpec | None = None,
+        cache: ShardCache | None = None,
     ) -> None:
         self.index, self.labels, self.aug, self.plan, self.cache = index, labels, aug, plan, cache
         self.train, self.crops, self.seed = train, crops, seed
@@ -162,10 +162,12 @@ class PlanBatches(torch.utils.data.Dataset):
 
     def _decode(self, i: int) -> torch.Tensor:
         if self._files is None:
-            # In a worker process: a cache of its own (no prefetch threads) over the node's folder;
-            # the training process's cache prefetches ahead, this one waits on its lock files.
-            ensure = self.cache.open().ensure if self.cache is not None else None
-            self._files = ShardFiles(self.index, open_path=ensure)
+            cache = self.cache
+            if cache is not None and torch.utils.data.get_worker_info() is not None:
+                # A worker process: a cache of its own (no prefetch threads) over the node's folder;
+                # the training process's cache prefetches ahead, this one waits on its lock files.
+                cache = cache.spec().open()
+            self._files = ShardFiles(self.index, open_path=cache.ensure if cache is not None else None)
         data = torch.frombuffer(bytearray(self._files.image(i)), dtype=torch.uint8)
         try:
             return decode_image(data, mode=self.mode)
@@ -234,7 +236,7 @@ class TorchLoader(PlanLoader):
             train=c.train,
             crops=c.crops,
             seed=seed,
-            cache=self.cache.spec() if self.cache is not None else None,
+            cache=self.cache,
         )
         steps = range(plan.first_step, plan.steps)
         loader = torch.utils.data.DataLoader(

@@ -175,8 +175,18 @@ def read_manifest(split_dir: Path) -> Manifest:
     if not path.is_file():
         raise ShardError(f"{path}: missing (an incomplete or never-run write); rerun `convnets shards ...`")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ShardError(f"{path}: not valid JSON ({exc})") from None
+    return parse_manifest(raw, str(path))
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """A manifest.json's bytes, read from `where` (a path or URL, for messages), checked as read_manifest does."""
+    path = where
+    try:
+        raw = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ShardError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
         found = (raw.get("format"), raw.get("format_version")) if isinstance(raw, dict) else type(raw).__name__

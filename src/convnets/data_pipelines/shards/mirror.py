@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from convnets.data_pipelines.shards.format import LABELS, MANIFEST, Manifest, ShardError, read_manifest
+from convnets.data_pipelines.shards.format import LABELS, MANIFEST, Manifest, ShardError, parse_manifest
 from convnets.data_pipelines.storage.cache import META, ShardCache, fetch_small_files, flocked, plain_name
 from convnets.data_pipelines.storage.store import Store, is_remote
 from convnets.utils.files import atomic_write_bytes
@@ -48,18 +48,18 @@ def default_limit(root: Path) -> int:
     return int(DEFAULT_FREE_SHARE * (shutil.disk_usage(root).free + held))
 
 
+def read_remote_manifest(store: Store, split: str) -> Manifest:
+    """The split's manifest straight from its store (config checks: nothing cached yet)."""
+    return parse_manifest(store.read(f"{split}/{MANIFEST}"), store.url(f"{split}/{MANIFEST}"))
+
+
 def mirror_split(store: Store, split: str, folder: Path, *, threads: int = 8) -> Manifest:
     """The split's small files in `folder` (fetched unless the copies there are current); returns its manifest."""
     folder.mkdir(parents=True, exist_ok=True)
     url = store.url(f"{split}/{MANIFEST}")
     with flocked(folder / META / "small.lock"):
         raw = store.read(f"{split}/{MANIFEST}")
-        incoming = folder / META / "incoming"
-        atomic_write_bytes(incoming / MANIFEST, raw)
-        try:
-            manifest = read_manifest(incoming)
-        except ShardError as exc:
-            raise ShardError(str(exc).replace(str(incoming / MANIFEST), url)) from None
+        manifest = parse_manifest(raw, url)
         current = folder / MANIFEST
         if current.is_file() and current.read_bytes() != raw:  # the data changed: its small files are stale
             log.info("%s changed since it was cached: fetching its index files again", url)
@@ -70,7 +70,8 @@ def mirror_split(store: Store, split: str, folder: Path, *, threads: int = 8) ->
         if manifest.labels is not None:
             names[f"{split}/{plain_name(manifest.labels.name, url)}"] = manifest.labels.sha256
         fetch_small_files(store, names, folder, threads=threads)
-        atomic_write_bytes(current, raw)  # last: a folder with manifest.json holds all its small files
+        if not current.is_file():
+            atomic_write_bytes(current, raw)  # last: a folder with manifest.json holds all its small files
     if manifest.labels is None:
         raise ShardError(
             f"{url}: format {manifest.format_version} keeps its labels only inside the shards (no {LABELS}); "

@@ -213,6 +213,9 @@ class ShardCache:
     def spec(self) -> CacheSpec:
         return CacheSpec(self.store, self.prefix, tuple(self.entries), self.folder, self.limit)
 
+    def __reduce__(self):  # sent to a spawned worker process: the same cache there, without prefetch threads
+        return (CacheSpec.open, (self.spec(),))
+
     # -- the reader's side ----------------------------------------------------------------------
     def ensure(self, shard: int) -> Path:
         """The shard's local path, once it is in the cache and verified (blocks while it is fetched)."""
