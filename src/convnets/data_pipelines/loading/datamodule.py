@@ -343,13 +343,17 @@ class ShardDataModule(pl.LightningDataModule):
             self.augment_spec(split),
             cfg,
             epoch_fn=lambda: trainer.current_epoch if trainer else 0,
-            cache=self._caches.get(split),
+            cache=self.cache(split) if self.cached else None,
             **hooks,
         )
 
     def teardown(self, stage: str) -> None:
+        # The prefetch threads stop with the stage (a loader still open fetches on demand); the next
+        # loader opens the cache again (one manifest read; the small files and shards are reused).
         for split, cache in self._caches.items():
+            cache.close()
             log.info("shard cache of %s: %s", split, cache.stats.as_dict())
+        self._caches.clear()
 
 
 def resolve_preset(preset: Preset, augment: str | None, *, warn: bool = True) -> Preset:

@@ -268,6 +268,7 @@ class ShardCache:
             self._cond.notify_all()
         for t in self._threads:
             t.join()
+        self._threads = []  # ensure() still works: on demand, without prefetch
 
     # -- verification ---------------------------------------------------------------------------
     def _is_good(self, shard: int) -> bool:
