@@ -29,11 +29,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class CountingStore(LocalStore):
-    """A real LocalStore that counts whole-shard downloads (counting, not replacing, the bytes)."""
+    """A real LocalStore that counts downloads (counting, not replacing, the bytes)."""
 
     def __init__(self, root) -> None:
         super().__init__(root)
         self.streams: list[str] = []
+        self.reads: list[str] = []
+
+    def read(self, name: str) -> bytes:
+        self.reads.append(name)
+        return super().read(name)
 
     def stream(self, name: str, chunk_bytes: int = 8 << 20):
         self.streams.append(name)
@@ -55,6 +60,24 @@ def cached(digits_shards, tmp_path):
     yield make
     for cache in opened:
         cache.close()
+
+
+def test_start_up_reuses_current_small_files_and_refetches_stale_ones(digits_shards, tmp_path, cached):
+    source = tmp_path / "source"
+    shutil.copytree(digits_shards, source)
+    first = cached(store=CountingStore(source))
+    entries = read_manifest(source / "train").shards
+    indexes = [f"train/{e.index}" for e in entries]
+    assert sorted(first.store.reads) == sorted(["train/manifest.json", "train/labels.npy", *indexes])
+    again = cached(store=CountingStore(source))  # the next run on the node: the manifest is read, nothing else
+    assert again.store.reads == ["train/manifest.json"]
+    # The data was rewritten at its address: a changed manifest makes every index file stale.
+    manifest = source / "train" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"seed": 0', '"seed": 1'))
+    changed = cached(store=CountingStore(source))
+    # (labels.npy is kept: its sha256 in the manifest still matches)
+    assert changed.store.reads[0] == "train/manifest.json" and sorted(changed.store.reads[1:]) == indexes
+    assert (changed.folder / "manifest.json").read_bytes() == manifest.read_bytes()
 
 
 def _same_bytes(cache: ShardCache, source: Path, shard: int) -> bool:
