@@ -43,6 +43,7 @@ from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfi
 from convnets.data_pipelines.loading.plan_loader import STATE_VERSION, PlanLoader  # noqa: F401 (re-exported)
 from convnets.data_pipelines.shards.format import SampleIndex
 from convnets.data_pipelines.shards.reader import ShardFiles
+from convnets.data_pipelines.storage.cache import ShardCache
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,11 @@ class ShardSource:
     `start(plan)` begins an epoch, `stop()` ends it early: every later call raises StopIteration.
     """
 
-    def __init__(self, index: SampleIndex, labels: np.ndarray, read: ReadAhead = ReadAhead()) -> None:
-        self.index, self.labels, self.read = index, labels, read
-        self.files = ShardFiles(index, max_open=read.max_open_files)
+    def __init__(
+        self, index: SampleIndex, labels: np.ndarray, read: ReadAhead = ReadAhead(), *, on_step=None, open_path=None
+    ) -> None:
+        self.index, self.labels, self.read, self.on_step = index, labels, read, on_step
+        self.files = ShardFiles(index, max_open=read.max_open_files, open_path=open_path)
         self.plan: RankPlan | None = None
         self.offset = 0
         self._stopped = True
@@ -106,6 +109,8 @@ class ShardSource:
                 self._ahead[ahead] = self._pool.submit(self._read_batch, plan, ahead)
         for old in [s for s in self._ahead if s < step]:  # after a restore: reads of batches never asked for
             self._drop(old)
+        if self.on_step is not None:  # the node-local cache: this rank now reads batch `step`
+            self.on_step(plan, step)
         images = self._ahead.pop(step).result()
         idx, valid = plan.batch(step)
         self.recent.append(idx)
@@ -159,8 +164,11 @@ class DaliLoader(PlanLoader):
         epoch_fn: Callable[[], int],
         consumed_fn: Callable[[], int] | None = None,
         gather_fn: Callable[[Any], list] | None = None,
+        cache: ShardCache | None = None,
     ) -> None:
-        super().__init__(index, labels, aug, cfg, epoch_fn=epoch_fn, consumed_fn=consumed_fn, gather_fn=gather_fn)
+        super().__init__(
+            index, labels, aug, cfg, epoch_fn=epoch_fn, consumed_fn=consumed_fn, gather_fn=gather_fn, cache=cache
+        )
         self._source: ShardSource | None = None
         self._iterator: DALIGenericIterator | None = None
         self._epoch: _Epoch | None = None
@@ -169,7 +177,8 @@ class DaliLoader(PlanLoader):
     def _build(self, checkpoint: bytes | None) -> None:
         c = self.cfg
         self.close()
-        self._source = ShardSource(self.index, self.labels, c.read)
+        ensure = self.cache.ensure if self.cache is not None else None
+        self._source = ShardSource(self.index, self.labels, c.read, on_step=self.advance_plan, open_path=ensure)
         # Augmentation randomness differs per rank, reproducibly; it continues across epochs
         # (the pipeline lives for the whole run), and a checkpoint restores it mid-epoch.
         seed = (c.seed * 1_000_003 + c.rank) % (2**31 - 1)
@@ -238,6 +247,7 @@ class DaliLoader(PlanLoader):
         else:
             start = self._finish_epoch()
         self._source.start(plan, offset=offset)
+        self.follow_plan(plan)
         if reset:
             self._iterator.reset()
         self._epoch = _Epoch(number=epoch, next_step=first, checkpoints=kept, start=start, first=first)

@@ -31,6 +31,7 @@ from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfi
 from convnets.data_pipelines.loading.plan_loader import saved_global_batch
 from convnets.data_pipelines.loading.torch_loader import normalize_batch
 from convnets.data_pipelines.shards.format import (
+    MANIFEST,
     Manifest,
     SampleIndex,
     check_same_classes,
@@ -38,7 +39,10 @@ from convnets.data_pipelines.shards.format import (
     read_labels,
     read_manifest,
 )
+from convnets.data_pipelines.shards.mirror import cache_root, default_limit, open_cached_split, read_remote_manifest
 from convnets.data_pipelines.shards.reader import check_shard_sizes
+from convnets.data_pipelines.storage.cache import ShardCache
+from convnets.data_pipelines.storage.store import Store, is_remote, open_store
 from convnets.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: the loaders import DALI / torchvision
@@ -73,10 +77,13 @@ class ShardDataModule(pl.LightningDataModule):
         hw_decoder_load: float = 0.65,
         shuffle: ShuffleMode = "global",
         shuffle_window: int = DEFAULT_WINDOW,
+        cache_dir: str | None = None,
+        cache_limit_gb: float | None = None,
     ) -> None:
         """
         Args:
-            data_dir: folder written by `convnets shards` (one subfolder per split).
+            data_dir: folder written by `convnets shards` (one subfolder per split): a local path, or
+                any address a store opens (https://..., s3://...), read through the node-local cache.
             batch_size: per-rank training batch (the global batch is this times the world size). A
                 resumed run keeps its checkpoint's global batch: on another number of processes
                 the per-rank batch is that global batch divided by it.
@@ -116,6 +123,13 @@ class ShardDataModule(pl.LightningDataModule):
                 checkpoint's order (another one is allowed from an epoch's end).
             shuffle_window: "block" only: shards per window (default 16: ~16,000 ImageNet images,
                 ~1.8 GB of shards). Larger mixes more; the cache needs two windows.
+            cache_dir: node-local folder for the shard cache (shared by the node's ranks, one
+                download per node); a remote data_dir always uses one (default: $TMPDIR or /tmp,
+                under convnets-cache/), a local one only when this is given (e.g. shards on a slow
+                shared file system copied to local disk as they are needed).
+            cache_limit_gb: the cache's size limit per node, in GB (1e9 bytes); least recently used
+                shards are evicted beyond it. Default: 90% of the cache disk's free space (plus what
+                the cache already holds), so a split that fits is kept whole and the disk never fills.
         """
         super().__init__()
         if shuffle not in SHUFFLE_MODES:
@@ -123,7 +137,10 @@ class ShardDataModule(pl.LightningDataModule):
         if isinstance(shuffle_window, bool) or not isinstance(shuffle_window, int) or shuffle_window < 1:
             raise ConfigError(f"data.shuffle_window={shuffle_window!r}: the block shuffle's window is shards, >= 1")
         self.save_hyperparameters(ignore=["input_spec"])
-        self.data_dir = Path(data_dir)
+        self.address = str(data_dir)
+        self.data_dir = Path(data_dir)  # local addresses only (a URL is not a path)
+        self._store: Store | None = None
+        self._caches: dict[str, ShardCache] = {}
         self.input_spec = input_spec
         self.manifests: dict[str, Manifest] = {}
         self._splits: dict[str, tuple[SampleIndex, np.ndarray]] = {}
@@ -142,17 +159,47 @@ class ShardDataModule(pl.LightningDataModule):
     # -- facts the platform reads before building the model -------------------------------------
     def manifest(self, split: str) -> Manifest:
         if split not in self.manifests:
-            folder = self.data_dir / split
-            if not self.data_dir.is_dir():
+            if not self.cached and not self.data_dir.is_dir():
                 raise DataError(f"data_dir {self.data_dir} does not exist (write it with `convnets shards ...`)")
-            self.manifests[split] = read_manifest(folder)
+            if self.cached and split not in self._caches:  # one small read; the cache opens when the split is read
+                self.manifests[split] = read_remote_manifest(self.store, split)
+            else:
+                self.manifests[split] = read_manifest(self.split_dir(split))
         return self.manifests[split]
+
+    @property
+    def cached(self) -> bool:
+        """Whether the shards are read through the node-local cache (remote data, or data.cache_dir given)."""
+        return is_remote(self.address) or self.hparams.cache_dir is not None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.address)
+        return self._store
+
+    def has_split(self, split: str) -> bool:
+        return self.store.exists(f"{split}/{MANIFEST}") if self.cached else (self.data_dir / split / MANIFEST).exists()
+
+    def split_dir(self, split: str) -> Path:
+        """The local folder the split is read from: the data folder's, or its mirror in the cache."""
+        return self.cache(split).folder if self.cached else self.data_dir / split
+
+    def cache(self, split: str) -> ShardCache:
+        """The split's node-local cache, opened on first use (its small files fetched; shards on demand)."""
+        if split not in self._caches:
+            root = cache_root(self.address, self.hparams.cache_dir)
+            gb = self.hparams.cache_limit_gb
+            limit = default_limit(root) if gb is None else int(gb * 1e9)
+            self._caches[split], _ = open_cached_split(self.store, split, root, limit_bytes=limit)
+            log.info("reading %s/%s through the cache %s (limit %.3g GB)", self.address, split, root, limit / 1e9)
+        return self._caches[split]
 
     @property
     def class_split(self) -> str:
         """The split whose manifest defines the classes: train where it was written, else the split
         that is evaluated (`convnets evaluate --data DIR` on a folder holding only val/ or test/)."""
-        return "train" if (self.data_dir / "train" / "manifest.json").exists() else self.test_split_name
+        return "train" if self.has_split("train") else self.test_split_name
 
     @property
     def num_classes(self) -> int:
@@ -171,7 +218,7 @@ class ShardDataModule(pl.LightningDataModule):
     def test_split_name(self) -> str:
         if self.hparams.test_split:
             return self.hparams.test_split
-        return "test" if (self.data_dir / "test" / "manifest.json").exists() else "val"
+        return "test" if self.has_split("test") else "val"
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -183,11 +230,13 @@ class ShardDataModule(pl.LightningDataModule):
         if split in self._splits:
             return
         manifest = self.manifest(split)
-        check_same_classes(
-            self.data_dir / split, manifest, self.data_dir / self.class_split, self.manifest(self.class_split)
-        )
-        check_shard_sizes(self.data_dir / split, manifest)
-        index = load_sample_index(self.data_dir / split)
+        folder = self.split_dir(split)
+        reference = self.class_split  # named, not opened: only its manifest is read
+        where = Path(self.address) / reference if not self.cached else f"{self.address}/{reference}"
+        check_same_classes(folder, manifest, where, self.manifest(reference))
+        if not self.cached:  # the cache verifies each shard (size and sha256) as it arrives
+            check_shard_sizes(folder, manifest)
+        index = load_sample_index(folder)
         # Every rank reads and checks every label up front (one labels.npy read, written with the
         # shards): a bad label stops all ranks at once, before any collective, not one rank mid-epoch.
         labels = read_labels(index, num_classes=manifest.num_classes)
@@ -312,8 +361,17 @@ class ShardDataModule(pl.LightningDataModule):
             self.augment_spec(split),
             cfg,
             epoch_fn=lambda: trainer.current_epoch if trainer else 0,
+            cache=self.cache(split) if self.cached else None,
             **hooks,
         )
+
+    def teardown(self, stage: str) -> None:
+        # The prefetch threads stop with the stage (a loader still open fetches on demand); the next
+        # loader opens the cache again (one manifest read; the small files and shards are reused).
+        for split, cache in self._caches.items():
+            cache.close()
+            log.info("shard cache of %s: %s", split, cache.stats.as_dict())
+        self._caches.clear()
 
 
 def resolve_preset(preset: Preset, augment: str | None, *, warn: bool = True) -> Preset:

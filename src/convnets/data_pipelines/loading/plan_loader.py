@@ -26,6 +26,7 @@ import numpy as np
 from convnets.data_pipelines.loading.augment import AugmentSpec
 from convnets.data_pipelines.loading.epoch_plan import BlockShuffle, RankPlan, consumed_samples, plan_rank
 from convnets.data_pipelines.loading.loader_config import LoaderConfig
+from convnets.data_pipelines.storage.cache import ShardCache
 from convnets.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ class PlanLoader:
     per-rank state in `_engine_state`.
 
     consumed_fn: batches of the current epoch the trainer has taken (default: those handed out);
-    gather_fn: a list of every rank's value (default: [value], one process).
+    gather_fn: a list of every rank's value (default: [value], one process);
+    cache: the split's node-local shard cache (storage/cache.py), or None for a local folder: the
+    engine hands it each epoch's reading order (`follow_plan`) and its position (`advance`).
     """
 
     engine = ""
@@ -127,9 +130,10 @@ class PlanLoader:
         epoch_fn: Callable[[], int],
         consumed_fn: Callable[[], int] | None = None,
         gather_fn: Callable[[Any], list] | None = None,
+        cache: ShardCache | None = None,
     ) -> None:
         self.index, self.labels, self.aug, self.cfg, self.epoch_fn = index, labels, aug, cfg, epoch_fn
-        self.consumed_fn, self.gather_fn = consumed_fn, gather_fn
+        self.consumed_fn, self.gather_fn, self.cache = consumed_fn, gather_fn, cache
         self._epoch = None
         self._restore: Resume | None = None  # a loaded state, applied when its epoch begins
         self._resumed: Resume | None = None  # the state the current epoch began from
@@ -179,6 +183,16 @@ class PlanLoader:
         resumed = self._resumed
         mid = resumed is not None and resumed.epoch == epoch and 0 < resumed.samples < len(self.labels)
         return restore, mid
+
+    def follow_plan(self, plan: RankPlan) -> None:
+        """Tell the cache the shards this rank reads from the plan's first step on (a resume: from where it is)."""
+        if self.cache is not None:
+            self.cache.follow(self.index.shard_id[plan.indices])
+
+    def advance_plan(self, plan: RankPlan, step: int) -> None:
+        """Tell the cache that batch `step` of the epoch is being read: shards used only before it may go."""
+        if self.cache is not None:
+            self.cache.advance((step - plan.first_step) * plan.batch_size)
 
     # -- resuming -----------------------------------------------------------------------------
     def _engine_state(self, taken: int) -> Any:

@@ -44,6 +44,7 @@ from convnets.data_pipelines.loading.epoch_plan import RankPlan
 from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfig
 from convnets.data_pipelines.loading.plan_loader import PlanLoader
 from convnets.data_pipelines.shards.reader import ShardFiles, describe
+from convnets.data_pipelines.storage.cache import ShardCache
 
 TRAIN_ANTIALIAS = False  # as dali_pipeline.TRAIN_ANTIALIAS: the inception crop's resize
 
@@ -139,9 +140,18 @@ class PlanBatches(torch.utils.data.Dataset):
     """Item `step` = batch `step` of one rank's epoch plan, decoded and augmented."""
 
     def __init__(
-        self, *, index, labels: np.ndarray, aug: AugmentSpec, plan: RankPlan, train: bool, crops: int, seed: int
+        self,
+        *,
+        index,
+        labels: np.ndarray,
+        aug: AugmentSpec,
+        plan: RankPlan,
+        train: bool,
+        crops: int,
+        seed: int,
+        cache: ShardCache | None = None,
     ) -> None:
-        self.index, self.labels, self.aug, self.plan = index, labels, aug, plan
+        self.index, self.labels, self.aug, self.plan, self.cache = index, labels, aug, plan, cache
         self.train, self.crops, self.seed = train, crops, seed
         self.geometry = TRAIN_PRESETS[aug.preset](aug=aug) if train else eval_resize(aug=aug)
         self.mode = ImageReadMode.GRAY if aug.spec.channels == 1 else ImageReadMode.RGB
@@ -152,7 +162,12 @@ class PlanBatches(torch.utils.data.Dataset):
 
     def _decode(self, i: int) -> torch.Tensor:
         if self._files is None:
-            self._files = ShardFiles(self.index)
+            cache = self.cache
+            if cache is not None and torch.utils.data.get_worker_info() is not None:
+                # A worker process: a cache of its own (no prefetch threads) over the node's folder;
+                # the training process's cache prefetches ahead, this one waits on its lock files.
+                cache = cache.spec().open()
+            self._files = ShardFiles(self.index, open_path=cache.ensure if cache is not None else None)
         data = torch.frombuffer(bytearray(self._files.image(i)), dtype=torch.uint8)
         try:
             return decode_image(data, mode=self.mode)
@@ -211,15 +226,24 @@ class TorchLoader(PlanLoader):
         self._take_resume(epoch)
         plan = self._plan(epoch)
         state = self._epoch = _Epoch(number=epoch, next_step=plan.first_step)
+        self.follow_plan(plan)
         seed = (c.seed * 1_000_003 + epoch * 7_919 + c.rank) % (2**31 - 1)  # as DaliLoader's
         batches = PlanBatches(
-            index=self.index, labels=self.labels, aug=self.aug, plan=plan, train=c.train, crops=c.crops, seed=seed
+            index=self.index,
+            labels=self.labels,
+            aug=self.aug,
+            plan=plan,
+            train=c.train,
+            crops=c.crops,
+            seed=seed,
+            cache=self.cache,
         )
         steps = range(plan.first_step, plan.steps)
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, sampler=steps, num_workers=c.num_threads, persistent_workers=False
         )
         for step, batch in zip(steps, loader):
+            self.advance_plan(plan, step)
             state.next_step = step + 1
             batch["n_valid"] = int(plan.batch(step)[1].sum())  # numpy: host-side, no device sync
             yield batch

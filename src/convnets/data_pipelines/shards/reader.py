@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,18 @@ class ShardFiles:
     ~110 kB pread per ImageNet sample. Thread-safe: reader threads share the cache; a descriptor in
     use by a pread is never closed under it (reference counts), so the cache may exceed `max_open`
     by the number of concurrent readers.
+
+    open_path: where shard `s` is, called before each open (the node-local cache's `ensure`: it
+    blocks until the shard is fetched and verified); default: `index.shard_paths[s]`. A descriptor
+    stays valid if the cache evicts (unlinks) its file meanwhile: the inode lives until it is closed.
     """
 
-    def __init__(self, index: SampleIndex, *, max_open: int = 64) -> None:
+    def __init__(
+        self, index: SampleIndex, *, max_open: int = 64, open_path: Callable[[int], Path] | None = None
+    ) -> None:
         if max_open < 1:
             raise ValueError(f"max_open must be >= 1, got {max_open}")
-        self.index, self.max_open = index, max_open
+        self.index, self.max_open, self.open_path = index, max_open, open_path
         self._fds: OrderedDict[int, int] = OrderedDict()  # shard -> fd, least recently used first
         self._busy: dict[int, int] = {}  # shard -> preads in flight
         self._lock = threading.Lock()
@@ -59,12 +66,31 @@ class ShardFiles:
     def _acquire(self, shard: int) -> int:
         with self._lock:
             fd = self._fds.get(shard)
-            if fd is None:
-                fd = self._fds[shard] = os.open(self.index.shard_paths[shard], os.O_RDONLY)
-            self._fds.move_to_end(shard)
-            self._busy[shard] = self._busy.get(shard, 0) + 1
-            self._evict()
-            return fd
+            if fd is not None:
+                return self._use(shard, fd)
+        fd = self._open(shard)  # outside the lock: with a cache it may wait for a download
+        with self._lock:
+            if shard in self._fds:  # another thread opened it meanwhile
+                os.close(fd)
+                fd = self._fds[shard]
+            self._fds[shard] = fd
+            return self._use(shard, fd)
+
+    def _use(self, shard: int, fd: int) -> int:  # caller holds the lock
+        self._fds.move_to_end(shard)
+        self._busy[shard] = self._busy.get(shard, 0) + 1
+        self._evict()
+        return fd
+
+    def _open(self, shard: int) -> int:
+        if self.open_path is None:
+            return os.open(self.index.shard_paths[shard], os.O_RDONLY)
+        for _ in range(3):  # another process of the node may evict it between ensure and open: fetch again
+            try:
+                return os.open(self.open_path(shard), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+        return os.open(self.open_path(shard), os.O_RDONLY)
 
     def _release(self, shard: int) -> None:
         with self._lock:

@@ -39,7 +39,7 @@ class EvalConfig:
     """One evaluation: which checkpoint on which shards, and how to predict."""
 
     ckpt: Path
-    data: Path
+    data: Path | str  # a local folder, or a shard folder's address (https://..., s3://...)
     split: str | None = None  # None: "test" when the shards have it, else "val"
     crops: int | None = None  # 1, 5 or 10; None: 10 where flips are allowed, else 5
     average: str = "softmax"
@@ -57,7 +57,13 @@ class EvalConfig:
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by `convnets fit`")
-    p.add_argument("--data", type=Path, required=True, help="shard folder (DIR with DIR/val, or a split folder)")
+    p.add_argument(
+        "--data",
+        type=_address,
+        required=True,
+        help="shard folder (DIR with DIR/val, or a split folder); or its address (https://..., s3://...), "
+        "read through the node-local cache",
+    )
     p.add_argument("--split", default=None, help="split to evaluate (default: test when present, else val)")
     p.add_argument(
         "--crops", type=int, default=None, choices=[1, 5, 10], help="crops per image (default 10, 5 without flips)"
@@ -98,8 +104,18 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_data(data: Path, split: str | None) -> tuple[Path, str | None]:
-    """`--data DIR` (DIR/val, DIR/test...) or `--data DIR/val` (a split folder with manifest.json)."""
+def _address(text: str) -> Path | str:
+    """A local path as a Path; a URL stays a string (a Path would fold its "//")."""
+    from convnets.data_pipelines.storage.store import is_remote
+
+    return text.rstrip("/") if is_remote(text) else Path(text)
+
+
+def resolve_data(data: Path | str, split: str | None) -> tuple[Path | str, str | None]:
+    """`--data DIR` (DIR/val, DIR/test...) or `--data DIR/val` (a split folder with manifest.json);
+    an address is a shard folder with one subfolder per split (its splits are checked when read)."""
+    if isinstance(data, str):
+        return data, split
     if not data.exists():
         raise FileNotFoundError(f"--data {data} does not exist (write shards with `convnets shards ...`)")
     if (data / "manifest.json").is_file():
@@ -128,7 +144,8 @@ def build_datamodule(cfg: EvalConfig, ckpt: Checkpoint, module):
     if cfg.resize_ratio is not None:
         spec = replace(spec, crop_fraction=eval_crop_fraction(ckpt.data_hparams, cfg.resize_ratio))
     accepted = set(inspect.signature(ShardDataModule.__init__).parameters)
-    settings = {k: v for k, v in ckpt.data_hparams.items() if k in accepted}
+    # The training node's cache folder and size are not this machine's: the defaults apply here.
+    settings = {k: v for k, v in ckpt.data_hparams.items() if k in accepted - {"cache_dir", "cache_limit_gb"}}
     settings.update(
         data_dir=str(data_dir),
         batch_size=cfg.batch,
@@ -140,11 +157,9 @@ def build_datamodule(cfg: EvalConfig, ckpt: Checkpoint, module):
     )
     dm = ShardDataModule(**settings)
     split = dm.test_split_name
-    if not (data_dir / split / "manifest.json").is_file():
-        raise FileNotFoundError(
-            f"--data {data_dir}: no {split!r} split ({data_dir / split / 'manifest.json'} is missing)"
-        )
-    check_classes(ckpt, list(dm.manifest(split).classes), str(data_dir / split))
+    if not dm.has_split(split):
+        raise FileNotFoundError(f"--data {data_dir}: no {split!r} split ({data_dir}/{split}/manifest.json is missing)")
+    check_classes(ckpt, list(dm.manifest(split).classes), f"{data_dir}/{split}")
     return dm
 
 

@@ -52,16 +52,19 @@ def _thumbnail(data: bytes, side: int = 160) -> np.ndarray:
         return np.asarray(img)
 
 
-def prediction_grid(rows: np.ndarray, split_dir: Path, classes: list[str], path: Path, columns: int = 4) -> Path:
+def prediction_grid(
+    rows: np.ndarray, split_dir: Path, classes: list[str], path: Path, columns: int = 4, open_path=None
+) -> Path:
     """Images with their top-5 classes and probabilities, the true class in red (Krizhevsky et al. 2012, Figure 4).
 
-    rows: (n, 2 + 2k) = sample index, true label, k predicted classes, their probabilities.
+    rows: (n, 2 + 2k) = sample index, true label, k predicted classes, their probabilities;
+    open_path: the node-local cache's `ensure` where the split is read through one (ShardFiles).
     """
     from convnets.data_pipelines.shards.format import load_sample_index
     from convnets.data_pipelines.shards.reader import ShardFiles
 
     k = (rows.shape[1] - 2) // 2
-    files = ShardFiles(load_sample_index(split_dir))
+    files = ShardFiles(load_sample_index(split_dir), open_path=open_path)
     n = len(rows)
     grid_rows = math.ceil(n / columns)
     fig, axes = plt.subplots(

@@ -129,7 +129,11 @@ def write_outputs(result: dict, collector, dm, out: Path, *, cfg, logger) -> dic
     }
     if collector.topk is not None and len(collector.topk):
         pngs["predictions"] = eval_plots.prediction_grid(
-            collector.topk[: cfg.grid_images], dm.data_dir / split, names, out / "plots" / "predictions.png"
+            collector.topk[: cfg.grid_images],
+            dm.split_dir(split),
+            names,
+            out / "plots" / "predictions.png",
+            open_path=dm.cache(split).ensure if dm.cached else None,
         )
     if collector.topk is not None:
         write_predictions(collector.topk, out / "predictions.npz")

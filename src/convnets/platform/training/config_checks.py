@@ -31,9 +31,12 @@ def _get(cfg: Mapping, key: str, default: Any = None) -> Any:
 def check_data(data: Mapping, stage: str, *, world_size: int) -> int | None:
     """data_dir exists with readable manifests for the stage's splits; batch sizes fit. Returns the classes."""
     from convnets.data_pipelines.shards.format import read_manifest
+    from convnets.data_pipelines.shards.mirror import read_remote_manifest
+    from convnets.data_pipelines.storage.store import is_remote, open_store
 
-    data_dir = Path(str(_get(data, "data_dir", "")))
-    if not data_dir.is_dir():
+    address = str(_get(data, "data_dir", ""))
+    data_dir, store = Path(address), open_store(address) if is_remote(address) else None
+    if store is None and not data_dir.is_dir():
         raise ConfigError(f"data.data_dir {data_dir}: no such folder (write it with `convnets shards ...`)")
     # num_threads: DALI needs >= 1 thread; for the torch backend it counts worker processes (0 = inline).
     least = {"batch_size": 1, "eval_batch_size": 1, "num_threads": 0 if _get(data, "backend") == "torch" else 1}
@@ -44,8 +47,10 @@ def check_data(data: Mapping, stage: str, *, world_size: int) -> int | None:
     num_classes = None
     for split in STAGE_SPLITS.get(stage, ()):
         if split == "test":
-            split = _get(data, "test_split") or ("test" if (data_dir / "test" / "manifest.json").exists() else "val")
-        manifest = read_manifest(data_dir / split)  # ShardError (an input error) naming the file
+            has_test = store.exists("test/manifest.json") if store else (data_dir / "test" / "manifest.json").exists()
+            split = _get(data, "test_split") or ("test" if has_test else "val")
+        # ShardError / StoreError (input errors) naming the file or URL; remote: read at its address
+        manifest = read_remote_manifest(store, split) if store else read_manifest(data_dir / split)
         check_shard_names(manifest, data_dir / split)
         num_classes = num_classes or manifest.num_classes
         if split == "train":
