@@ -114,7 +114,11 @@ def flocked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
         yield True
     finally:
         _HELD.discard(fd)
-        os.close(fd)  # releases the lock
+        # Unlock explicitly: close() alone releases the lock only with the last copy of the descriptor,
+        # and a worker forked between this open() and the bookkeeping above may hold one.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def sha256_file(path: Path, chunk_bytes: int = 8 << 20) -> str:
