@@ -370,7 +370,7 @@ class ShardDataModule(pl.LightningDataModule):
         # loader opens the cache again (one manifest read; the small files and shards are reused).
         for split, cache in self._caches.items():
             cache.close()
-            log.info("shard cache of %s: %s", split, cache.stats.as_dict())
+            log.info("shard cache of %s: %s", split, cache.stats.summary())
         self._caches.clear()
 
 

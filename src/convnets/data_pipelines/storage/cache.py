@@ -70,6 +70,13 @@ class CacheStats:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        """One line for the log: what was fetched, and how long the reader waited for it."""
+        return (
+            f"{self.bytes_fetched / 1e6:,.1f} MB fetched in {self.shards_fetched} shards, "
+            f"{self.hits} hits, {self.misses} misses, reader waited {self.wait_s:.1f} s"
+        )
+
 
 def plain_name(name: str, where: str) -> str:
     """A manifest name is written into the cache folder: no paths ("../x" would write outside it)."""

@@ -59,6 +59,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
         from convnets.platform.bench.imagenette import bench_imagenette, format_imagenette_table
 
         return _report(bench_imagenette(args), format_imagenette_table, args.json)
+    if args.bench_command == "data" and args.epochs is not None:
+        from convnets.platform.bench.cached_epochs import bench_epochs, epochs_config, format_epochs_table
+
+        return _report(bench_epochs(epochs_config(args)), format_epochs_table, args.json)
     if args.bench_command == "data":
         from convnets.platform.bench.data import bench_data, config_from_args, format_data_table
 

@@ -58,7 +58,11 @@ class DataBench:
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shards", type=Path, required=True, help="a split folder, or a folder of splits (train is used)")
+    p.add_argument(
+        "--shards",
+        required=True,
+        help="a split folder, or a folder of splits (train is used); with --epochs also https:// or s3://",
+    )
     p.add_argument("--backend", choices=sorted(BACKENDS), default="dali")
     p.add_argument(
         "--preset",
@@ -84,9 +88,22 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     p.add_argument("--image-size", type=int, default=224, help="network input side (dali backend)")
     p.add_argument("--json", type=Path, default=None)
+    whole = p.add_argument_group(
+        "whole epochs through the node-local cache (--epochs): cold-cache and cached epochs, bytes fetched"
+    )
+    whole.add_argument("--epochs", type=int, default=None, help="time this many whole epochs instead of a window")
+    whole.add_argument("--baseline", default=None, help="a local folder of the same shards, timed first (the 1.0x)")
+    whole.add_argument("--cache-dir", default=None, help="where the fresh cache folder goes (default: system temp)")
+    whole.add_argument("--cache-limit-gb", type=float, default=None, help="the cache's limit (default: 90%% of free)")
+    whole.add_argument("--shuffle", choices=("global", "block"), default="global", help="the epoch's order")
+    whole.add_argument("--shuffle-window", type=int, default=16, help="block shuffle: shards per window")
 
 
 def config_from_args(args: argparse.Namespace) -> DataBench:
+    from convnets.data_pipelines.storage.store import is_remote
+
+    if is_remote(args.shards):
+        raise ValueError(f"--shards {args.shards}: a remote folder is measured in whole epochs: add --epochs N")
     cfg = DataBench(
         shards=split_dir(args.shards),
         backend=args.backend,
