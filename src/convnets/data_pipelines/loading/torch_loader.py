@@ -21,6 +21,7 @@ so a batch is the same whichever worker makes it and however many workers there 
 from __future__ import annotations
 
 import math
+import multiprocessing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from convnets.data_pipelines.loading.loader_config import DataError, LoaderConfi
 from convnets.data_pipelines.loading.plan_loader import PlanLoader
 from convnets.data_pipelines.shards.reader import ShardFiles, describe
 from convnets.data_pipelines.storage.cache import ShardCache
+from convnets.data_pipelines.storage.store import is_remote
 
 TRAIN_ANTIALIAS = False  # as dali_pipeline.TRAIN_ANTIALIAS: the inception crop's resize
 
@@ -166,7 +168,9 @@ class PlanBatches(torch.utils.data.Dataset):
             if cache is not None and torch.utils.data.get_worker_info() is not None:
                 # A worker process: a cache of its own (no prefetch threads) over the node's folder;
                 # the training process's cache prefetches ahead, this one waits on its lock files.
-                cache = cache.spec().open()
+                # A forked worker never fetches from a remote store (its client does not survive fork).
+                forked = multiprocessing.get_start_method() == "fork"
+                cache = cache.spec().open(fetch=not (forked and is_remote(cache.store.address)))
             self._files = ShardFiles(self.index, open_path=cache.ensure if cache is not None else None)
         data = torch.frombuffer(bytearray(self._files.image(i)), dtype=torch.uint8)
         try:

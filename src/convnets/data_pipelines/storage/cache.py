@@ -46,6 +46,7 @@ from convnets.utils.files import atomic_file, atomic_write_bytes
 log = logging.getLogger(__name__)
 
 META = ".cache"  # lock files and verification records, beside the shards
+WAIT_FOR_FETCH_S = 600.0  # a worker waiting for the training process's prefetch (one shard: seconds)
 TOUCH_EVERY_S = 10.0  # the LRU stamp is refreshed at most this often per shard and process (one utime)
 
 
@@ -167,9 +168,11 @@ class CacheSpec:
     folder: Path
     limit_bytes: int | None
 
-    def open(self) -> ShardCache:
+    def open(self, *, fetch: bool = True) -> ShardCache:
         """A cache without prefetch threads: it fetches on demand and waits for the node's other fetchers."""
-        return ShardCache(self.store, self.prefix, self.entries, self.folder, limit_bytes=self.limit_bytes, threads=0)
+        return ShardCache(
+            self.store, self.prefix, self.entries, self.folder, limit_bytes=self.limit_bytes, threads=0, fetch=fetch
+        )
 
 
 class ShardCache:
@@ -187,12 +190,16 @@ class ShardCache:
         *,
         limit_bytes: int | None = None,
         threads: int = 4,
+        fetch: bool = True,
     ) -> None:
         self.store, self.prefix, self.folder = store, prefix, Path(folder)
         self.entries = list(entries)
         for e in self.entries:
             plain_name(e.name, store.url(f"{prefix}/manifest.json"))
         self.limit = limit_bytes
+        # fetch=False: a forked worker of a process that reads a remote store (whose client does not
+        # survive fork) waits for that process's prefetch to bring a shard in instead of fetching it.
+        self.fetch = fetch
         self.stats = CacheStats()
         (self.folder / META).mkdir(parents=True, exist_ok=True)
         self._trusted: dict[int, tuple[int, int, int]] = {}  # shard -> (inode, size, mtime_ns) verified here
@@ -238,7 +245,10 @@ class ShardCache:
         begin = time.perf_counter()
         with self._cond:
             self._failed.discard(shard)
-        self._fetch(shard, protect=self._lookahead())
+        if self.fetch:
+            self._fetch(shard, protect=self._lookahead())
+        else:
+            self._wait_for(shard)
         with self._cond:
             self.stats.misses += 1
             self.stats.wait_s += time.perf_counter() - begin
@@ -315,6 +325,19 @@ class ShardCache:
             stamp = time.time()  # not utime's default: the kernel's file clock ticks only every few ms
             with contextlib.suppress(OSError):  # evicted meanwhile: nothing to stamp
                 os.utime(self._meta(shard, ".ok"), (stamp, stamp))
+
+    def _wait_for(self, shard: int, timeout_s: float = WAIT_FOR_FETCH_S) -> None:
+        """Block until another process of the node has fetched the shard (its lock shows a fetch in flight)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._is_good(shard):
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"{self.url(shard)}: not fetched by the training process within {timeout_s:.0f} s "
+                    "(a loader worker cannot fetch it itself)"
+                )
+            with flocked(self._meta(shard, ".lock")):  # returns at once unless a fetch is in flight
+                pass
+            time.sleep(0.05)
 
     # -- fetching -------------------------------------------------------------------------------
     def _fetch(self, shard: int, *, protect: set[int]) -> bool:
