@@ -392,3 +392,16 @@ def test_reports_name_classes_as_a_person_does_and_keep_ids_in_the_json(trained,
     report = (tmp_path / "out" / "eval.md").read_text()
     worst = min(result["per_class"], key=lambda r: r["top1"])
     assert f"| {worst['name']} ({worst['class']})" in report
+
+
+def test_a_shard_folder_served_over_http_evaluates_like_the_local_one(trained, evaluated, tmp_path, nginx, nginx_root):
+    """`evaluate --data https://...`: the split read from a real nginx through the node-local cache gives the
+    same predictions as the local folder."""
+    ckpt, shards = trained
+    served = nginx_root / "evaluate-val"
+    shutil.copytree(shards / "val", served / "val")
+    local, pred = evaluated(crops=1, average="softmax")
+    remote, pred_remote = _evaluate(ckpt, f"{nginx.url}/{served.name}", tmp_path / "out", crops=1, average="softmax")
+    assert remote["n"] == local["n"] == 33 and remote["top1"] == local["top1"]
+    np.testing.assert_array_equal(pred_remote["index"], pred["index"])
+    np.testing.assert_allclose(pred_remote["probs"], pred["probs"], atol=1e-6)
