@@ -20,6 +20,7 @@ so a batch is the same whichever worker makes it and however many workers there 
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 from collections.abc import Callable, Iterator
@@ -246,11 +247,31 @@ class TorchLoader(PlanLoader):
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, sampler=steps, num_workers=c.num_threads, persistent_workers=False
         )
-        for step, batch in zip(steps, loader):
+        for step, batch in zip(steps, _forked_safely(loader)):
             self.advance_plan(plan, step)
             state.next_step = step + 1
             batch["n_valid"] = int(plan.batch(step)[1].sum())  # numpy: host-side, no device sync
             yield batch
+
+
+def _forked_safely(loader: torch.utils.data.DataLoader):
+    """The loader's batches, its worker processes forked without this process's pending garbage.
+
+    A worker forked while this process holds unreachable objects collects them itself; a DALI
+    pipeline among them (a DALI loader dropped earlier in the same process) then waits forever in
+    the worker for DALI threads that exist only here. Collecting first, and freezing what is left
+    while the workers fork, keeps the worker's collector off the parent's objects.
+    """
+    if not loader.num_workers:
+        yield from loader
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        batches = iter(loader)  # forks the workers
+    finally:
+        gc.unfreeze()
+    yield from batches
 
 
 def build_torch_loader(
