@@ -8,6 +8,7 @@ overwrites. Shards, indexes, manifests, checkpoints and every JSON record go thr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -46,6 +47,15 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def sha256_file(path: Path, chunk_bytes: int = 8 << 20) -> str:
+    """Hex sha256 of a file, read in 8 MB chunks (a shard is ~110 MB: never whole in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -24,7 +24,6 @@ On another number of ranks the position alone carries over (fresh pipelines, new
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -171,7 +170,6 @@ class DaliLoader(PlanLoader):
             index, labels, aug, cfg, epoch_fn=epoch_fn, consumed_fn=consumed_fn, gather_fn=gather_fn, cache=cache
         )
         self._source: ShardSource | None = None
-        self._pid = os.getpid()
         self._iterator: DALIGenericIterator | None = None
         self._epoch: _Epoch | None = None
 
@@ -307,11 +305,6 @@ class DaliLoader(PlanLoader):
         return checkpoint
 
     def close(self) -> None:
-        if os.getpid() != getattr(self, "_pid", os.getpid()):
-            # A forked child (a PyTorch loader worker forked while this loader was alive) inherited this
-            # object but none of DALI's threads: shutting its pipeline down there waits forever. Leave it
-            # for the process that made it.
-            return
         if self._source is not None:
             self._source.close()
         self._source, self._iterator, self._epoch = None, None, None

@@ -11,19 +11,14 @@ for a finished one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from convnets.data_pipelines.shards.format import LABELS, MANIFEST, Manifest, ShardEntry
 from convnets.data_pipelines.storage.store import Store
+from convnets.utils.files import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class UploadSink:
@@ -52,11 +47,11 @@ class UploadSink:
     def shard_finished(self, split_dir: Path, entry: ShardEntry) -> None:
         self._put(Path(split_dir) / entry.name, entry.sha256)
         index = Path(split_dir) / entry.index
-        self._put(index, _sha256(index))
+        self._put(index, sha256_file(index))
 
     def split_finished(self, split_dir: Path, manifest: Manifest) -> None:
         if manifest.labels is not None:
             self._put(Path(split_dir) / LABELS, manifest.labels.sha256)
         path = Path(split_dir) / MANIFEST
-        self.store.upload(path, self._name(path), sha256=_sha256(path))  # always, and last
+        self.store.upload(path, self._name(path), sha256=sha256_file(path))  # always, and last
         self.uploaded.append(self._name(path))

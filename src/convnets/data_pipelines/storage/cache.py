@@ -41,7 +41,7 @@ from typing import Protocol
 import numpy as np
 
 from convnets.data_pipelines.storage.store import Store, StoreError
-from convnets.utils.files import atomic_file, atomic_write_bytes
+from convnets.utils.files import atomic_file, atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +127,6 @@ def flocked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def sha256_file(path: Path, chunk_bytes: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_small_files(store: Store, names: dict[str, str | None], folder: Path, *, threads: int = 8) -> None:
